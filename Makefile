@@ -1,0 +1,43 @@
+# zbase: each target is one line of intent. `make run` and `make test` are the two commands
+# a newcomer needs; CI runs `make test` through .ci/run.
+
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:8080
+DATA_DIR ?= ./data
+
+.PHONY: run build test unit e2e lint fmt bench clean
+
+## Start a station on the embedded SQLite store, plain HTTP on $(LISTEN).
+run:
+	$(CARGO) build --release -p zbase-basestation
+	@echo "zbase: WebSocket ws://$(LISTEN)/v1/resources/{id}, gRPC zbase.v1.Station/Connect on $(LISTEN)"
+	@echo "zbase: try it from another terminal: make demo"
+	./target/release/zbase-station serve --listen $(LISTEN) --data-dir $(DATA_DIR)
+
+## Run the demo client against a running `make run` station: create, verify, relay a delta.
+demo:
+	$(CARGO) run -q -p zbase-tests --example quickstart -- $(LISTEN)
+
+## Build every binary the tests drive.
+build:
+	$(CARGO) build --workspace --bins --examples
+
+## Every test: unit, property, store conformance, and end-to-end through the real binary.
+test: build
+	$(CARGO) test --workspace --no-fail-fast
+
+## Formatting and lints, as CI would want them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Benchmarks, each figure printed beside a baseline measured in the same run.
+bench:
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --release -p zbase-tests --bin zbase-bench
+
+clean:
+	$(CARGO) clean

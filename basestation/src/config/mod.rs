@@ -1,0 +1,359 @@
+//! Settings in two stages: [`RawSettings`] is what the user wrote (flags, `ZBASE_*`
+//! environment variables, an optional YAML file; parsing only), and [`Settings`] is what the
+//! station runs with (merged, defaulted, cross-checked). Only `Settings` travels further.
+//!
+//! Precedence: flag, then environment variable (clap reads both), then the YAML file, then the
+//! default. Pure: no file is read here except the one named by `--config`, by the caller.
+
+use crate::limits::Limits;
+use crate::telemetry::LogFormat;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The smallest frame limit that still carries an 8 KiB configuration payload.
+const MIN_FRAME_BYTES: usize = 8 * 1024 + 2;
+/// The largest frame limit accepted: frames are held whole in memory.
+const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
+
+/// What `serve` accepts, each field optional so that sources can be merged.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSettings {
+    /// YAML file with any of these settings as keys (e.g. `frame-max-bytes: 65536`).
+    #[arg(long, env = "ZBASE_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address of the public port (WebSocket, gRPC, health, metrics). [default: 127.0.0.1:8080]
+    #[arg(long, env = "ZBASE_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+
+    /// Directory of the embedded SQLite store. [default: ./data]
+    #[arg(long, env = "ZBASE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Log line format. [default: text]
+    #[arg(long, env = "ZBASE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter in RUST_LOG syntax. [default: info]
+    #[arg(long, env = "ZBASE_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// Largest frame accepted, in bytes, header included. [default: 8388608]
+    #[arg(long, env = "ZBASE_FRAME_MAX_BYTES", value_name = "BYTES")]
+    pub frame_max_bytes: Option<usize>,
+
+    /// Time a client has to answer the handshake. [default: 10s]
+    #[arg(long, env = "ZBASE_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub handshake_timeout: Option<Duration>,
+
+    /// Verified peers per resource. [default: 1024]
+    #[arg(long, env = "ZBASE_PEERS_PER_RESOURCE", value_name = "N")]
+    pub peers_per_resource: Option<usize>,
+
+    /// Open connections per client IP. [default: 256]
+    #[arg(long, env = "ZBASE_CONNECTIONS_PER_IP", value_name = "N")]
+    pub connections_per_ip: Option<usize>,
+
+    /// Failed handshakes per client IP within a minute before it is refused. [default: 20]
+    #[arg(long, env = "ZBASE_FAILED_HANDSHAKES_PER_MINUTE", value_name = "N")]
+    pub failed_handshakes_per_minute: Option<u32>,
+
+    /// How long a client IP over its failed handshakes is refused. [default: 60s]
+    #[arg(long, env = "ZBASE_FAILED_HANDSHAKE_BAN", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub failed_handshake_ban: Option<Duration>,
+
+    /// Frames queued towards one peer before it is disconnected. [default: 1024]
+    #[arg(long, env = "ZBASE_PEER_QUEUE_FRAMES", value_name = "N")]
+    pub peer_queue_frames: Option<usize>,
+
+    /// How long a requester waits for the next snapshot as forward-response. [default: 30s]
+    #[arg(long, env = "ZBASE_PENDING_REQUEST_WINDOW", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub pending_request_window: Option<Duration>,
+
+    /// How long a resource without peers stays in memory. [default: 30s]
+    #[arg(long, env = "ZBASE_RESOURCE_IDLE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub resource_idle: Option<Duration>,
+
+    /// How long SIGTERM waits for connections and writes to finish. [default: 10s]
+    #[arg(long, env = "ZBASE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// Why settings are refused. Each message names the setting and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The YAML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML file does not parse or has unknown keys.
+    #[error(
+        "config file {path} is not valid: {source} (keys are the long flags without '--', e.g. 'frame-max-bytes')"
+    )]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_yaml::Error,
+    },
+    /// A value is out of its range.
+    #[error("setting '{name}' is {value}: {expected}")]
+    Range {
+        /// The setting.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// What is allowed.
+        expected: &'static str,
+    },
+}
+
+/// The settings the station runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Address of the public port.
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log: String,
+    /// Every bound.
+    pub limits: Limits,
+}
+
+impl RawSettings {
+    /// Reads a YAML settings file.
+    pub fn from_yaml_file(path: &Path) -> Result<RawSettings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Parses YAML settings text (an empty document is no settings).
+    pub fn from_yaml(text: &str) -> Result<RawSettings, serde_yaml::Error> {
+        // A file of comments only is a null document: no settings, not an error.
+        let value: serde_yaml::Value = serde_yaml::from_str(text)?;
+        if value.is_null() {
+            return Ok(RawSettings::default());
+        }
+        serde_yaml::from_value(value)
+    }
+
+    /// Each setting from `self` where given, else from `fallback`.
+    pub fn or(self, fallback: RawSettings) -> RawSettings {
+        RawSettings {
+            config: self.config.or(fallback.config),
+            listen: self.listen.or(fallback.listen),
+            data_dir: self.data_dir.or(fallback.data_dir),
+            log_format: self.log_format.or(fallback.log_format),
+            log: self.log.or(fallback.log),
+            frame_max_bytes: self.frame_max_bytes.or(fallback.frame_max_bytes),
+            handshake_timeout: self.handshake_timeout.or(fallback.handshake_timeout),
+            peers_per_resource: self.peers_per_resource.or(fallback.peers_per_resource),
+            connections_per_ip: self.connections_per_ip.or(fallback.connections_per_ip),
+            failed_handshakes_per_minute: self
+                .failed_handshakes_per_minute
+                .or(fallback.failed_handshakes_per_minute),
+            failed_handshake_ban: self.failed_handshake_ban.or(fallback.failed_handshake_ban),
+            peer_queue_frames: self.peer_queue_frames.or(fallback.peer_queue_frames),
+            pending_request_window: self
+                .pending_request_window
+                .or(fallback.pending_request_window),
+            resource_idle: self.resource_idle.or(fallback.resource_idle),
+            shutdown_grace: self.shutdown_grace.or(fallback.shutdown_grace),
+        }
+    }
+
+    /// Applies defaults and checks every range.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let d = Limits::default();
+        let limits = Limits {
+            frame_max_bytes: range(
+                "frame-max-bytes",
+                self.frame_max_bytes.unwrap_or(d.frame_max_bytes),
+                MIN_FRAME_BYTES..=MAX_FRAME_BYTES,
+                "between 8194 (an 8 KiB configuration must fit) and 268435456",
+            )?,
+            handshake_timeout: positive(
+                "handshake-timeout",
+                self.handshake_timeout,
+                d.handshake_timeout,
+            )?,
+            peers_per_resource: range(
+                "peers-per-resource",
+                self.peers_per_resource.unwrap_or(d.peers_per_resource),
+                1..=1_000_000,
+                "at least 1",
+            )?,
+            connections_per_ip: range(
+                "connections-per-ip",
+                self.connections_per_ip.unwrap_or(d.connections_per_ip),
+                1..=10_000_000,
+                "at least 1",
+            )?,
+            failed_handshakes_per_minute: range(
+                "failed-handshakes-per-minute",
+                self.failed_handshakes_per_minute
+                    .unwrap_or(d.failed_handshakes_per_minute),
+                1..=u32::MAX,
+                "at least 1",
+            )?,
+            failed_handshake_ban: positive(
+                "failed-handshake-ban",
+                self.failed_handshake_ban,
+                d.failed_handshake_ban,
+            )?,
+            peer_queue_frames: range(
+                "peer-queue-frames",
+                self.peer_queue_frames.unwrap_or(d.peer_queue_frames),
+                1..=1_000_000,
+                "at least 1",
+            )?,
+            pending_request_window: positive(
+                "pending-request-window",
+                self.pending_request_window,
+                d.pending_request_window,
+            )?,
+            resource_idle: self.resource_idle.unwrap_or(d.resource_idle),
+            shutdown_grace: self.shutdown_grace.unwrap_or(d.shutdown_grace),
+        };
+        Ok(Settings {
+            listen: self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            log_format: self.log_format.unwrap_or(LogFormat::Text),
+            log: self.log.unwrap_or_else(|| "info".to_string()),
+            limits,
+        })
+    }
+}
+
+fn range<T: PartialOrd + std::fmt::Display>(
+    name: &'static str,
+    value: T,
+    allowed: std::ops::RangeInclusive<T>,
+    expected: &'static str,
+) -> Result<T, ConfigError> {
+    if allowed.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::Range {
+            name,
+            value: value.to_string(),
+            expected,
+        })
+    }
+}
+
+fn positive(
+    name: &'static str,
+    value: Option<Duration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        Some(value) if value.is_zero() => Err(ConfigError::Range {
+            name,
+            value: "0s".into(),
+            expected: "a duration above zero, such as 500ms or 10s",
+        }),
+        Some(value) => Ok(value),
+        None => Ok(default),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s9_defaults_are_the_contracts() {
+        let settings = RawSettings::default().resolve().unwrap();
+        assert_eq!(settings.limits, Limits::default());
+        assert_eq!(settings.limits.frame_max_bytes, 8 * 1024 * 1024);
+        assert_eq!(settings.limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(settings.limits.peers_per_resource, 1024);
+        assert_eq!(settings.limits.connections_per_ip, 256);
+        assert_eq!(settings.limits.failed_handshakes_per_minute, 20);
+        assert_eq!(settings.limits.peer_queue_frames, 1024);
+        assert_eq!(
+            settings.limits.pending_request_window,
+            Duration::from_secs(30)
+        );
+        assert_eq!(settings.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+    }
+
+    #[test]
+    fn yaml_keys_are_the_flag_names_and_flags_win() {
+        let file = RawSettings::from_yaml(
+            "frame-max-bytes: 65536\nhandshake-timeout: 500ms\nlisten: 0.0.0.0:9000\n",
+        )
+        .unwrap();
+        let flags = RawSettings {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 1))),
+            ..Default::default()
+        };
+        let settings = flags.or(file).resolve().unwrap();
+        assert_eq!(settings.limits.frame_max_bytes, 65536);
+        assert_eq!(
+            settings.limits.handshake_timeout,
+            Duration::from_millis(500)
+        );
+        assert_eq!(settings.listen, SocketAddr::from(([127, 0, 0, 1], 1)));
+    }
+
+    #[test]
+    fn unknown_yaml_keys_and_bad_values_are_refused_with_the_setting_named() {
+        assert!(RawSettings::from_yaml("frame_max: 1\n").is_err());
+        assert!(RawSettings::from_yaml("handshake-timeout: soon\n").is_err());
+        assert!(RawSettings::from_yaml("- a\n- b\n").is_err());
+        let error = RawSettings {
+            frame_max_bytes: Some(10),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(error.to_string().contains("frame-max-bytes"), "{error}");
+        let error = RawSettings {
+            handshake_timeout: Some(Duration::ZERO),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(error.to_string().contains("handshake-timeout"), "{error}");
+        assert!(
+            RawSettings {
+                peer_queue_frames: Some(0),
+                ..Default::default()
+            }
+            .resolve()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn empty_yaml_is_no_settings() {
+        assert!(RawSettings::from_yaml("").is_ok());
+        assert!(RawSettings::from_yaml("\n# nothing\n").is_ok());
+    }
+}

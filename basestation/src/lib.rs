@@ -1,0 +1,17 @@
+//! The zbase base station: stores the latest encrypted snapshot of each resource and relays
+//! encrypted deltas between the devices that prove they hold the resource's key, understanding
+//! none of it.
+//!
+//! Layers, lowest first (a module never imports a higher one): `limits`, `store`, `session`
+//! (the pure protocol), `relay` (one task per resource, and the connection driver),
+//! `transport` (WebSocket and gRPC on one port). `config` turns flags, environment and a YAML
+//! file into [`config::Settings`]; `main.rs` wires it together.
+
+pub mod config;
+pub mod limits;
+pub mod relay;
+pub mod session;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod transport;

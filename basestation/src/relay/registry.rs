@@ -1,0 +1,238 @@
+//! From identifier to resource task: find it, wake it, or start it.
+
+use super::resource::{self, Command, PeerLink, Refused, Reply};
+use crate::limits::{Admission, Limits};
+use crate::session::CloseReason;
+use crate::store::Store;
+use crate::telemetry::{IdHasher, Metrics};
+use dashmap::DashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use zbase_proto::wire::{ResourceId, VerificationKey};
+
+/// Commands a resource task buffers before senders wait: deep enough for bursts, shallow
+/// enough that a flooding peer is slowed at its own socket.
+const COMMAND_QUEUE: usize = 256;
+/// A handshake retries this often when it meets a resource that is hibernating just then.
+const MAX_RETRIES: usize = 8;
+
+/// A running resource task's mailbox.
+#[derive(Clone)]
+pub(super) struct Handle {
+    pub(super) tx: mpsc::Sender<Command>,
+    generation: u64,
+}
+
+/// What the relay is built from.
+pub struct RelayParts {
+    /// Where resources are kept.
+    pub store: Arc<dyn Store>,
+    /// Every bound.
+    pub limits: Limits,
+    /// Where counts go.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the station starts to shut down.
+    pub shutdown: CancellationToken,
+}
+
+pub(super) struct Inner {
+    resources: DashMap<ResourceId, Handle>,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) limits: Limits,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) hasher: IdHasher,
+    pub(super) admission: Admission,
+    pub(super) shutdown: CancellationToken,
+    pub(super) tasks: TaskTracker,
+    connections: TaskTracker,
+    next_peer: AtomicU64,
+    next_generation: AtomicU64,
+}
+
+/// The registry of active resources and everything a connection needs to reach them.
+#[derive(Clone)]
+pub struct Relay {
+    pub(super) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("active", &self.inner.resources.len())
+            .finish()
+    }
+}
+
+impl Relay {
+    /// A relay over `parts.store`.
+    pub fn new(parts: RelayParts) -> Relay {
+        let admission = Admission::new(
+            parts.limits.connections_per_ip,
+            parts.limits.failed_handshakes_per_minute,
+            parts.limits.failed_handshake_ban,
+        );
+        Relay {
+            inner: Arc::new(Inner {
+                resources: DashMap::new(),
+                store: parts.store,
+                limits: parts.limits,
+                metrics: parts.metrics,
+                hasher: IdHasher::random(),
+                admission,
+                shutdown: parts.shutdown,
+                tasks: TaskTracker::new(),
+                connections: TaskTracker::new(),
+                next_peer: AtomicU64::new(1),
+                next_generation: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The station's bounds.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The station's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Per-IP admission.
+    pub fn admission(&self) -> &Admission {
+        &self.inner.admission
+    }
+
+    /// The short keyed tag that stands for `id` in logs.
+    pub fn tag(&self, id: &ResourceId) -> String {
+        self.inner.hasher.tag(id)
+    }
+
+    /// The shutdown signal every connection and resource watches.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+
+    /// Resources currently held in memory.
+    pub fn active(&self) -> usize {
+        self.inner.resources.len()
+    }
+
+    /// Tracks connection drivers, so shutdown can wait for each to send its termination.
+    pub fn connections(&self) -> &TaskTracker {
+        &self.inner.connections
+    }
+
+    /// Waits until every connection has ended and every resource task has finished its writes
+    /// and exited. Call after cancelling [`Relay::shutdown`].
+    pub async fn drained(&self) {
+        self.inner.connections.close();
+        self.inner.connections.wait().await;
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+
+    pub(super) fn next_peer_id(&self) -> u64 {
+        self.inner.next_peer.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn handle(&self, id: ResourceId) -> Handle {
+        self.inner
+            .resources
+            .entry(id)
+            .or_insert_with(|| {
+                let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+                resource::spawn(self.clone(), id, generation, rx);
+                Handle { tx, generation }
+            })
+            .clone()
+    }
+
+    /// Removes the registry entry of a resource task that is hibernating, if it is still the
+    /// current one for `id`.
+    pub(super) fn retire(&self, id: &ResourceId, generation: u64) {
+        self.inner
+            .resources
+            .remove_if(id, |_, handle| handle.generation == generation);
+    }
+
+    /// Sends a command built by `make` to `id`'s task and waits for its reply, starting the
+    /// task again if it was hibernating when the command arrived.
+    async fn call<T>(
+        &self,
+        id: ResourceId,
+        make: impl Fn(oneshot::Sender<Reply<T>>) -> Command,
+    ) -> Result<(T, mpsc::Sender<Command>), CloseReason> {
+        for _ in 0..MAX_RETRIES {
+            let handle = self.handle(id);
+            let (reply, answer) = oneshot::channel();
+            if handle.tx.send(make(reply)).await.is_err() {
+                self.retire(&id, handle.generation);
+                continue;
+            }
+            match answer.await {
+                Ok(Ok(value)) => return Ok((value, handle.tx)),
+                Ok(Err(Refused::Close(reason))) => return Err(reason),
+                Ok(Err(Refused::Retired)) | Err(_) => {
+                    self.retire(&id, handle.generation);
+                }
+            }
+        }
+        Err(CloseReason::Internal("resource kept hibernating"))
+    }
+
+    /// The resource's current verification key, or `None` if it is not configured.
+    pub(super) async fn open(
+        &self,
+        id: ResourceId,
+    ) -> Result<Option<Arc<VerificationKey>>, CloseReason> {
+        self.call(id, |reply| Command::Open { reply })
+            .await
+            .map(|(key, _)| key)
+    }
+
+    /// Claims `id` (or a fresh identifier if it is taken) for `key`; returns the one claimed.
+    pub(super) async fn configure(
+        &self,
+        id: ResourceId,
+        key: VerificationKey,
+    ) -> Result<ResourceId, CloseReason> {
+        self.call(id, |reply| Command::Configure {
+            key: key.clone(),
+            reply,
+        })
+        .await
+        .map(|(id, _)| id)
+    }
+
+    /// Joins the verified peer set of `id` with the key the peer proved.
+    pub(super) async fn join(
+        &self,
+        id: ResourceId,
+        peer: u64,
+        key: Arc<VerificationKey>,
+    ) -> Result<(PeerLink, mpsc::Sender<Command>), CloseReason> {
+        self.call(id, |reply| Command::Join {
+            peer,
+            key: key.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Tells `id`'s task, if one is running, that its key changed in the store.
+    pub(super) fn reload(&self, id: &ResourceId) {
+        let Some(tx) = self.inner.resources.get(id).map(|handle| handle.tx.clone()) else {
+            return;
+        };
+        // Not awaited here: the caller is another resource's task, which must not wait on
+        // this one. A closed mailbox means the task is gone and the next one loads afresh.
+        tokio::spawn(async move {
+            let _ = tx.send(Command::Reload).await;
+        });
+    }
+}

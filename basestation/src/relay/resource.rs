@@ -1,0 +1,411 @@
+//! The task that owns one active resource: key, cached snapshot, verified peers, pending
+//! requesters and in-flight snapshot writes.
+//!
+//! Snapshot writes are queued to the store in arrival order and complete in that order; the
+//! cache, `offer-snapshot` and `forward-response` see a snapshot only after its write is
+//! durable. Deltas never wait for the disk.
+
+use super::registry::Relay;
+use crate::session::CloseReason;
+use crate::store::{Claim, StoreError};
+use crate::telemetry::StoreTimer;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use rand::RngCore;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+use zbase_proto::wire::{Code, Frame, ResourceId, VerificationKey};
+
+/// Attempts at drawing a free identifier when the proposed one is taken. 32 random bytes
+/// collide with negligible probability, so more than one retry means a broken generator.
+const CLAIM_ATTEMPTS: usize = 8;
+
+/// Why a resource task did not do what was asked.
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// The task is hibernating; ask the registry again.
+    Retired,
+    /// End the connection for this reason.
+    Close(CloseReason),
+}
+
+/// A resource task's answer.
+pub(super) type Reply<T> = Result<T, Refused>;
+
+/// A verified peer's end of its link to the resource: frames to send, and the signal that the
+/// resource disconnected it (queue overflow, shutdown).
+pub(crate) struct PeerLink {
+    pub(crate) frames: mpsc::Receiver<Bytes>,
+    pub(crate) kicked: oneshot::Receiver<CloseReason>,
+}
+
+/// What connections ask of a resource task.
+pub(super) enum Command {
+    /// Which key must a new connection prove?
+    Open {
+        reply: oneshot::Sender<Reply<Option<Arc<VerificationKey>>>>,
+    },
+    /// Claim the identifier (or a fresh one) for this key.
+    Configure {
+        key: VerificationKey,
+        reply: oneshot::Sender<Reply<ResourceId>>,
+    },
+    /// Add a peer that proved `key`.
+    Join {
+        peer: u64,
+        key: Arc<VerificationKey>,
+        reply: oneshot::Sender<Reply<PeerLink>>,
+    },
+    /// The peer's connection ended.
+    Leave { peer: u64 },
+    /// Persist and then offer this snapshot.
+    Snapshot { peer: u64, payload: Bytes },
+    /// Relay this delta.
+    Delta { peer: u64, payload: Bytes },
+    /// Answer and relay this request.
+    Request { peer: u64, payload: Bytes },
+    /// The stored key changed under this task (claimed elsewhere); load it again.
+    Reload,
+}
+
+struct Peer {
+    frames: mpsc::Sender<Bytes>,
+    kick: Option<oneshot::Sender<CloseReason>>,
+}
+
+struct Written {
+    peer: u64,
+    payload: Bytes,
+    result: Result<u64, StoreError>,
+}
+
+struct Resource {
+    relay: Relay,
+    id: ResourceId,
+    tag: String,
+    generation: u64,
+    /// `None` until loaded or when loading failed.
+    loaded: bool,
+    key: Option<Arc<VerificationKey>>,
+    snapshot: Option<Bytes>,
+    peers: HashMap<u64, Peer>,
+    pending: HashMap<u64, Instant>,
+    writes: FuturesOrdered<BoxFuture<'static, Written>>,
+}
+
+/// Starts the task for `id`; it loads the resource before answering its first command.
+pub(super) fn spawn(relay: Relay, id: ResourceId, generation: u64, rx: mpsc::Receiver<Command>) {
+    let tag = relay.tag(&id);
+    let resource = Resource {
+        relay: relay.clone(),
+        id,
+        tag,
+        generation,
+        loaded: false,
+        key: None,
+        snapshot: None,
+        peers: HashMap::new(),
+        pending: HashMap::new(),
+        writes: FuturesOrdered::new(),
+    };
+    relay.inner.tasks.spawn(resource.run(rx));
+}
+
+fn encoded(code: Code, payload: &Bytes) -> Option<Bytes> {
+    Frame::new(code, payload.clone())
+        .ok()
+        .map(|frame| frame.encode())
+}
+
+impl Resource {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let metrics = self.relay.metrics().clone();
+        metrics.resources_active.inc();
+        self.load().await;
+        let shutdown = self.relay.shutdown().clone();
+        let idle_after = self.relay.limits().resource_idle;
+        let mut idle_since = tokio::time::Instant::now();
+        loop {
+            let idle = self.peers.is_empty() && self.writes.is_empty();
+            tokio::select! {
+                biased;
+                Some(written) = self.writes.next(), if !self.writes.is_empty() => {
+                    self.written(written);
+                }
+                command = rx.recv() => match command {
+                    Some(command) => {
+                        self.handle(command).await;
+                        idle_since = tokio::time::Instant::now();
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(idle_since + idle_after), if idle || !self.loaded => break,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.retire(rx).await;
+        metrics.resources_active.dec();
+    }
+
+    /// Leaves the registry, answers what is still queued, finishes every write, and lets go of
+    /// every peer: the task's last act, whether hibernating or shutting down.
+    async fn retire(mut self, mut rx: mpsc::Receiver<Command>) {
+        self.relay.retire(&self.id, self.generation);
+        rx.close();
+        while let Some(command) = rx.recv().await {
+            match command {
+                Command::Open { reply } => drop(reply.send(Err(Refused::Retired))),
+                Command::Configure { reply, .. } => drop(reply.send(Err(Refused::Retired))),
+                Command::Join { reply, .. } => drop(reply.send(Err(Refused::Retired))),
+                // A snapshot that reached the task before shutdown is still written: the
+                // peer may have seen its socket accept it.
+                Command::Snapshot { peer, payload } => self.persist(peer, payload),
+                Command::Leave { .. }
+                | Command::Delta { .. }
+                | Command::Request { .. }
+                | Command::Reload => {}
+            }
+        }
+        while let Some(written) = self.writes.next().await {
+            self.written(written);
+        }
+        let reason = if self.relay.shutdown().is_cancelled() {
+            CloseReason::ShuttingDown
+        } else {
+            CloseReason::Internal("resource retired with peers")
+        };
+        for (_, peer) in self.peers.drain() {
+            self.relay.metrics().verified_peers.dec();
+            if let Some(kick) = peer.kick {
+                let _ = kick.send(reason);
+            }
+        }
+    }
+
+    async fn load(&mut self) {
+        match self.relay.inner.store.load(&self.id).await {
+            Ok(Some(stored)) => match VerificationKey::from_jwk_json(&stored.jwk) {
+                Ok(key) => {
+                    self.key = Some(Arc::new(key));
+                    self.snapshot = stored.snapshot;
+                    self.loaded = true;
+                }
+                Err(error) => {
+                    tracing::error!(resource = %self.tag, %error, "stored key does not parse; the database is corrupt or foreign");
+                }
+            },
+            Ok(None) => {
+                self.key = None;
+                self.loaded = true;
+            }
+            Err(error) => {
+                tracing::error!(resource = %self.tag, %error, "could not load resource");
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Open { reply } => {
+                let answer = if self.loaded {
+                    Ok(self.key.clone())
+                } else {
+                    Err(Refused::Close(CloseReason::StoreUnavailable))
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Configure { key, reply } => {
+                let answer = self.configure(key).await;
+                let _ = reply.send(answer);
+            }
+            Command::Join { peer, key, reply } => self.join(peer, key, reply),
+            Command::Leave { peer } => self.remove(peer),
+            Command::Snapshot { peer, payload } => self.persist(peer, payload),
+            Command::Delta { peer, payload } => {
+                if let Some(frame) = encoded(Code::ForwardDelta, &payload) {
+                    self.broadcast(peer, frame);
+                }
+            }
+            Command::Request { peer, payload } => self.request(peer, payload),
+            Command::Reload => self.load().await,
+        }
+    }
+
+    async fn configure(&mut self, key: VerificationKey) -> Reply<ResourceId> {
+        if !self.loaded {
+            return Err(Refused::Close(CloseReason::StoreUnavailable));
+        }
+        let jwk = key.to_jwk_json();
+        let mut candidate = self.id;
+        for _ in 0..CLAIM_ATTEMPTS {
+            match self.relay.inner.store.claim(&candidate, &jwk).await {
+                Ok(Claim::Claimed { .. }) => {
+                    if candidate == self.id {
+                        self.key = Some(Arc::new(key));
+                    } else {
+                        self.relay.reload(&candidate);
+                    }
+                    return Ok(candidate);
+                }
+                Ok(Claim::Taken) => {
+                    if candidate == self.id && self.key.is_none() {
+                        // Claimed behind this task's back (another station on the same
+                        // store): learn the key so the next connection is asked to verify.
+                        self.load().await;
+                    }
+                    let mut raw = [0u8; 32];
+                    rand::rngs::OsRng.fill_bytes(&mut raw);
+                    candidate = ResourceId::from_bytes(raw);
+                }
+                Err(error) => {
+                    tracing::error!(resource = %self.tag, %error, "could not claim identifier");
+                    return Err(Refused::Close(CloseReason::StoreUnavailable));
+                }
+            }
+        }
+        Err(Refused::Close(CloseReason::Internal("no free identifier")))
+    }
+
+    fn join(
+        &mut self,
+        peer: u64,
+        key: Arc<VerificationKey>,
+        reply: oneshot::Sender<Reply<PeerLink>>,
+    ) {
+        let limits = self.relay.limits();
+        // The peer proved the key it was given at open; if the resource's key changed since,
+        // that proof no longer admits it.
+        if self.key.as_deref() != Some(&*key) {
+            let _ = reply.send(Err(Refused::Close(CloseReason::VerificationFailed)));
+            return;
+        }
+        if self.peers.len() >= limits.peers_per_resource {
+            let _ = reply.send(Err(Refused::Close(CloseReason::PeersFull)));
+            return;
+        }
+        let (frames_tx, frames) = mpsc::channel(limits.peer_queue_frames.max(1));
+        let (kick, kicked) = oneshot::channel();
+        // The offer goes first into an empty queue, so it is the first frame after joining.
+        if let Some(offer) = self
+            .snapshot
+            .as_ref()
+            .and_then(|s| encoded(Code::OfferSnapshot, s))
+        {
+            let _ = frames_tx.try_send(offer);
+        }
+        if reply.send(Ok(PeerLink { frames, kicked })).is_ok() {
+            self.peers.insert(
+                peer,
+                Peer {
+                    frames: frames_tx,
+                    kick: Some(kick),
+                },
+            );
+            self.relay.metrics().verified_peers.inc();
+        }
+    }
+
+    fn remove(&mut self, peer: u64) {
+        self.pending.remove(&peer);
+        if self.peers.remove(&peer).is_some() {
+            self.relay.metrics().verified_peers.dec();
+        }
+    }
+
+    /// Queues `frame` to `peer`; a peer whose queue is full is disconnected, not starved.
+    fn deliver(&mut self, peer: u64, frame: Bytes) {
+        let Some(link) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        match link.frames.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.kick(peer, CloseReason::QueueOverflow),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.remove(peer),
+        }
+    }
+
+    fn kick(&mut self, peer: u64, reason: CloseReason) {
+        if let Some(mut link) = self.peers.remove(&peer) {
+            self.relay.metrics().verified_peers.dec();
+            self.pending.remove(&peer);
+            if let Some(kick) = link.kick.take() {
+                let _ = kick.send(reason);
+            }
+        }
+    }
+
+    fn broadcast(&mut self, from: u64, frame: Bytes) {
+        let full: Vec<u64> = self
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != from)
+            .filter_map(|(id, link)| match link.frames.try_send(frame.clone()) {
+                Ok(()) => None,
+                Err(_) => Some(*id),
+            })
+            .collect();
+        for peer in full {
+            self.kick(peer, CloseReason::QueueOverflow);
+        }
+    }
+
+    fn request(&mut self, peer: u64, payload: Bytes) {
+        if let Some(offer) = self
+            .snapshot
+            .as_ref()
+            .and_then(|s| encoded(Code::OfferSnapshot, s))
+        {
+            self.deliver(peer, offer);
+        }
+        if let Some(frame) = encoded(Code::ForwardRequest, &payload) {
+            self.broadcast(peer, frame);
+        }
+        if self.peers.contains_key(&peer) {
+            let window = self.relay.limits().pending_request_window;
+            self.pending.insert(peer, Instant::now() + window);
+        }
+    }
+
+    fn persist(&mut self, peer: u64, payload: Bytes) {
+        let store = self.relay.inner.store.clone();
+        let id = self.id;
+        let timer = StoreTimer::start(&self.relay.metrics().store_write_seconds);
+        self.writes.push_back(Box::pin(async move {
+            let result = store.put_snapshot(&id, payload.clone()).await;
+            drop(timer);
+            Written {
+                peer,
+                payload,
+                result,
+            }
+        }));
+    }
+
+    fn written(&mut self, written: Written) {
+        match written.result {
+            Ok(_seq) => {
+                let now = Instant::now();
+                let waiting: Vec<u64> = self
+                    .pending
+                    .drain()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(peer, _)| peer)
+                    .collect();
+                if let Some(frame) = encoded(Code::ForwardResponse, &written.payload) {
+                    for peer in waiting {
+                        self.deliver(peer, frame.clone());
+                    }
+                }
+                self.snapshot = Some(written.payload);
+            }
+            Err(error) => {
+                tracing::error!(resource = %self.tag, %error, "snapshot write failed; disconnecting its submitter");
+                self.kick(written.peer, CloseReason::StoreUnavailable);
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! The relay driven through channels: no sockets, no disk. Each test names its WIRE.md rule.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use crate::limits::Limits;
+use crate::session::CloseReason;
+use crate::store::memory::MemoryStore;
+use crate::store::{Change, Claim, Seq, Store, StoreError, StoredResource};
+use crate::telemetry::Metrics;
+use bytes::Bytes;
+use ed25519_dalek::{Signer, SigningKey};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::{CancellationToken, PollSender};
+use zbase_proto::wire::{Code, Frame, ResourceId, config_message, encode_b64url, verify_message};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Client {
+    to_station: mpsc::Sender<Incoming>,
+    from_station: mpsc::Receiver<Outgoing>,
+}
+
+impl Client {
+    fn connect(relay: &Relay, id: ResourceId) -> Client {
+        Self::connect_with_buffer(relay, id, 64)
+    }
+
+    fn connect_with_buffer(relay: &Relay, id: ResourceId, buffer: usize) -> Client {
+        let (to_station, inbound) = mpsc::channel(64);
+        let (outbound, from_station) = mpsc::channel(buffer);
+        let sink = PollSender::new(outbound);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        tokio::spawn(run_connection(
+            relay.clone(),
+            id,
+            ip,
+            "test",
+            ReceiverStream::new(inbound),
+            sink,
+        ));
+        Client {
+            to_station,
+            from_station,
+        }
+    }
+
+    async fn send(&self, code: Code, payload: impl Into<Bytes>) {
+        let frame = Frame::new(code, payload).unwrap();
+        self.to_station
+            .send(Incoming::Frame(Ok(frame)))
+            .await
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> Outgoing {
+        tokio::time::timeout(WAIT, self.from_station.recv())
+            .await
+            .expect("station silent")
+            .expect("connection gone")
+    }
+
+    async fn frame(&mut self, code: Code) -> Bytes {
+        match self.next().await {
+            Outgoing::Frame(bytes) => {
+                let frame = Frame::decode(bytes, usize::MAX).unwrap();
+                assert_eq!(frame.code(), code);
+                frame.into_payload()
+            }
+            Outgoing::Close(reason) => panic!("expected {code}, got close {reason:?}"),
+        }
+    }
+
+    async fn closed(&mut self) -> CloseReason {
+        loop {
+            match self.next().await {
+                Outgoing::Close(reason) => return reason,
+                Outgoing::Frame(_) => continue,
+            }
+        }
+    }
+
+    async fn silent(&mut self) {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), self.from_station.recv())
+                .await
+                .is_err()
+        );
+    }
+}
+
+fn relay_with(store: Arc<dyn Store>, limits: Limits) -> Relay {
+    Relay::new(RelayParts {
+        store,
+        limits,
+        metrics: Arc::new(Metrics::new()),
+        shutdown: CancellationToken::new(),
+    })
+}
+
+fn relay() -> Relay {
+    relay_with(Arc::new(MemoryStore::default()), Limits::default())
+}
+
+fn challenge(payload: &Bytes) -> [u8; 32] {
+    payload.as_ref().try_into().unwrap()
+}
+
+async fn create(relay: &Relay, key: &SigningKey) -> ResourceId {
+    let proposed = ResourceId::from_bytes(rand::random());
+    let mut client = Client::connect(relay, proposed);
+    let c = challenge(&client.frame(Code::RequireConfig).await);
+    let proof = key.sign(&config_message(&c, &proposed)).to_bytes();
+    let config = format!(
+        r#"{{"jwk":{{"kty":"OKP","crv":"Ed25519","x":"{}"}},"proof":"{}"}}"#,
+        encode_b64url(key.verifying_key().as_bytes()),
+        encode_b64url(&proof)
+    );
+    client.send(Code::SubmitConfig, config.into_bytes()).await;
+    let offered = client.frame(Code::OfferConfig).await;
+    assert_eq!(client.closed().await, CloseReason::Normal);
+    ResourceId::parse(std::str::from_utf8(&offered).unwrap()).unwrap()
+}
+
+async fn verified(relay: &Relay, id: ResourceId, key: &SigningKey) -> Client {
+    let mut client = Client::connect(relay, id);
+    let c = challenge(&client.frame(Code::RequireVerification).await);
+    client
+        .send(
+            Code::SubmitVerification,
+            key.sign(&verify_message(&c, &id)).to_bytes().to_vec(),
+        )
+        .await;
+    client
+}
+
+#[tokio::test]
+async fn s6_delta_reaches_every_other_peer_and_never_the_sender() {
+    let relay = relay();
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = create(&relay, &key).await;
+    let mut a = verified(&relay, id, &key).await;
+    let mut b = verified(&relay, id, &key).await;
+    let mut c = verified(&relay, id, &key).await;
+    a.send(Code::SubmitDelta, &b"d1"[..]).await;
+    assert_eq!(b.frame(Code::ForwardDelta).await, &b"d1"[..]);
+    assert_eq!(c.frame(Code::ForwardDelta).await, &b"d1"[..]);
+    a.silent().await;
+}
+
+#[tokio::test]
+async fn s6_frames_never_cross_resources() {
+    let relay = relay();
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let one = create(&relay, &key).await;
+    let two = create(&relay, &key).await;
+    let a = verified(&relay, one, &key).await;
+    let mut b = verified(&relay, two, &key).await;
+    a.send(Code::SubmitDelta, &b"d"[..]).await;
+    a.send(Code::SubmitRequest, &b"r"[..]).await;
+    b.silent().await;
+}
+
+/// A store whose snapshot writes wait for a permit, to observe what happens before durability.
+struct GatedStore {
+    inner: MemoryStore,
+    gate: Semaphore,
+}
+
+#[async_trait::async_trait]
+impl Store for GatedStore {
+    async fn load(&self, id: &ResourceId) -> Result<Option<StoredResource>, StoreError> {
+        self.inner.load(id).await
+    }
+    async fn claim(&self, id: &ResourceId, jwk: &str) -> Result<Claim, StoreError> {
+        self.inner.claim(id, jwk).await
+    }
+    async fn put_snapshot(&self, id: &ResourceId, snapshot: Bytes) -> Result<Seq, StoreError> {
+        self.gate.acquire().await.unwrap().forget();
+        self.inner.put_snapshot(id, snapshot).await
+    }
+    async fn changes_since(&self, after: Seq, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.inner.changes_since(after, limit).await
+    }
+    async fn last_seq(&self) -> Result<Seq, StoreError> {
+        self.inner.last_seq().await
+    }
+    async fn close(&self) {}
+}
+
+#[tokio::test]
+async fn s6_snapshot_is_offered_only_after_it_is_durable_and_deltas_do_not_wait() {
+    let store = Arc::new(GatedStore {
+        inner: MemoryStore::default(),
+        gate: Semaphore::new(0),
+    });
+    let relay = relay_with(store.clone(), Limits::default());
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = create(&relay, &key).await;
+    let writer = verified(&relay, id, &key).await;
+    let mut reader = verified(&relay, id, &key).await;
+    reader.send(Code::SubmitRequest, &b"state?"[..]).await;
+    writer.send(Code::SubmitSnapshot, &b"s1"[..]).await;
+    // While the write waits, deltas still flow and nothing offers the snapshot.
+    writer.send(Code::SubmitDelta, &b"d"[..]).await;
+    assert_eq!(reader.frame(Code::ForwardDelta).await, &b"d"[..]);
+    let mut late = verified(&relay, id, &key).await;
+    late.silent().await;
+    reader.silent().await;
+    store.gate.add_permits(1);
+    assert_eq!(reader.frame(Code::ForwardResponse).await, &b"s1"[..]);
+    let mut fresh = verified(&relay, id, &key).await;
+    assert_eq!(fresh.frame(Code::OfferSnapshot).await, &b"s1"[..]);
+}
+
+#[tokio::test]
+async fn s6_request_offers_snapshot_forwards_and_answers_once() {
+    let relay = relay();
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = create(&relay, &key).await;
+    let mut a = verified(&relay, id, &key).await;
+    a.send(Code::SubmitSnapshot, &b"s1"[..]).await;
+    let mut b = verified(&relay, id, &key).await;
+    assert_eq!(b.frame(Code::OfferSnapshot).await, &b"s1"[..]);
+    b.send(Code::SubmitRequest, &b"req"[..]).await;
+    assert_eq!(b.frame(Code::OfferSnapshot).await, &b"s1"[..]);
+    assert_eq!(a.frame(Code::ForwardRequest).await, &b"req"[..]);
+    a.send(Code::SubmitSnapshot, &b"s2"[..]).await;
+    assert_eq!(b.frame(Code::ForwardResponse).await, &b"s2"[..]);
+    a.send(Code::SubmitSnapshot, &b"s3"[..]).await;
+    b.silent().await;
+}
+
+#[tokio::test]
+async fn s6_overflowing_peer_is_disconnected_and_others_keep_going() {
+    let limits = Limits {
+        peer_queue_frames: 4,
+        ..Limits::default()
+    };
+    let relay = relay_with(Arc::new(MemoryStore::default()), limits);
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = create(&relay, &key).await;
+    let sender = verified(&relay, id, &key).await;
+    // A peer that never reads: its transport buffer holds one frame, its queue four.
+    let mut slow = {
+        let mut client = Client::connect_with_buffer(&relay, id, 1);
+        let c = challenge(&client.frame(Code::RequireVerification).await);
+        client
+            .send(
+                Code::SubmitVerification,
+                key.sign(&verify_message(&c, &id)).to_bytes().to_vec(),
+            )
+            .await;
+        client
+    };
+    let mut fast = verified(&relay, id, &key).await;
+    for n in 0..32u8 {
+        sender.send(Code::SubmitDelta, vec![n]).await;
+        assert_eq!(fast.frame(Code::ForwardDelta).await, &[n][..]);
+    }
+    assert_eq!(slow.closed().await, CloseReason::QueueOverflow);
+}
+
+#[tokio::test]
+async fn s9_peers_per_resource_are_bounded() {
+    let limits = Limits {
+        peers_per_resource: 2,
+        ..Limits::default()
+    };
+    let relay = relay_with(Arc::new(MemoryStore::default()), limits);
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = create(&relay, &key).await;
+    let _a = verified(&relay, id, &key).await;
+    let _b = verified(&relay, id, &key).await;
+    let mut c = verified(&relay, id, &key).await;
+    assert_eq!(c.closed().await, CloseReason::PeersFull);
+}
+
+#[tokio::test]
+async fn idle_resource_hibernates_and_wakes_with_its_state() {
+    let limits = Limits {
+        resource_idle: Duration::from_millis(20),
+        ..Limits::default()
+    };
+    let relay = relay_with(Arc::new(MemoryStore::default()), limits);
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = create(&relay, &key).await;
+    let a = verified(&relay, id, &key).await;
+    a.send(Code::SubmitSnapshot, &b"kept"[..]).await;
+    a.send(Code::SubmitRequest, &b"r"[..]).await;
+    drop(a);
+    tokio::time::timeout(WAIT, async {
+        while relay.active() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("resource never hibernated");
+    let mut b = verified(&relay, id, &key).await;
+    assert_eq!(b.frame(Code::OfferSnapshot).await, &b"kept"[..]);
+}
+
+#[tokio::test]
+async fn shutdown_closes_peers_going_away_and_drains() {
+    let relay = relay();
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = create(&relay, &key).await;
+    let mut a = verified(&relay, id, &key).await;
+    let mut waiting = Client::connect(&relay, id);
+    waiting.frame(Code::RequireVerification).await;
+    relay.shutdown().cancel();
+    assert_eq!(a.closed().await, CloseReason::ShuttingDown);
+    assert_eq!(waiting.closed().await, CloseReason::ShuttingDown);
+    tokio::time::timeout(WAIT, relay.drained())
+        .await
+        .expect("relay did not drain");
+}
+
+fn config(key: &SigningKey, challenge: &[u8; 32], proposed: &ResourceId) -> Vec<u8> {
+    let proof = key.sign(&config_message(challenge, proposed)).to_bytes();
+    format!(
+        r#"{{"jwk":{{"kty":"OKP","crv":"Ed25519","x":"{}"}},"proof":"{}"}}"#,
+        encode_b64url(key.verifying_key().as_bytes()),
+        encode_b64url(&proof)
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn s5_two_creators_racing_for_one_identifier_get_two_that_each_verify() {
+    let relay = relay();
+    let proposed = ResourceId::from_bytes(rand::random());
+    let keys = [
+        SigningKey::generate(&mut rand::rngs::OsRng),
+        SigningKey::generate(&mut rand::rngs::OsRng),
+    ];
+    let mut a = Client::connect(&relay, proposed);
+    let mut b = Client::connect(&relay, proposed);
+    let ca = challenge(&a.frame(Code::RequireConfig).await);
+    let cb = challenge(&b.frame(Code::RequireConfig).await);
+    a.send(Code::SubmitConfig, config(&keys[0], &ca, &proposed))
+        .await;
+    b.send(Code::SubmitConfig, config(&keys[1], &cb, &proposed))
+        .await;
+    let ids: Vec<ResourceId> =
+        futures::future::join_all([&mut a, &mut b].map(|client| async move {
+            let offered = client.frame(Code::OfferConfig).await;
+            assert_eq!(client.closed().await, CloseReason::Normal);
+            ResourceId::parse(std::str::from_utf8(&offered).unwrap()).unwrap()
+        }))
+        .await;
+    assert_ne!(ids[0], ids[1]);
+    assert!(ids.contains(&proposed), "one of them keeps the proposal");
+    for (id, key) in ids.iter().zip(&keys) {
+        let mut peer = verified(&relay, *id, key).await;
+        peer.silent().await;
+    }
+    // A newcomer to the proposal is now asked to verify, not to configure.
+    let mut newcomer = Client::connect(&relay, proposed);
+    newcomer.frame(Code::RequireVerification).await;
+}

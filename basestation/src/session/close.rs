@@ -1,0 +1,67 @@
+//! Why a connection ends. Each reason maps to exactly one WebSocket close code and one gRPC
+//! status in `transport`, and is the label of the terminations metric.
+
+/// The reason a connection is terminated (WIRE.md section 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Normal end after `offer-config` (1000 / OK).
+    Normal,
+    /// The client ended the connection.
+    ClientClosed,
+    /// The station is shutting down (1001 / UNAVAILABLE).
+    ShuttingDown,
+    /// A protocol violation (1002 / INVALID_ARGUMENT); the text is for logs only.
+    Protocol(&'static str),
+    /// Bad verification signature (1008 / UNAUTHENTICATED).
+    VerificationFailed,
+    /// Bad configuration payload or proof (1008 / UNAUTHENTICATED).
+    ConfigurationFailed,
+    /// No answer within the handshake timeout (1008 / UNAUTHENTICATED).
+    HandshakeTimeout,
+    /// A frame over the size limit (1009 / OUT_OF_RANGE).
+    FrameTooLarge,
+    /// The peer's outgoing queue overflowed (1013 / RESOURCE_EXHAUSTED).
+    QueueOverflow,
+    /// The resource has its maximum of verified peers (1013 / RESOURCE_EXHAUSTED).
+    PeersFull,
+    /// The client IP has its maximum of connections (1013 / RESOURCE_EXHAUSTED).
+    TooManyConnections,
+    /// The client IP failed too many handshakes (1013 / RESOURCE_EXHAUSTED).
+    Throttled,
+    /// Storage could not complete a write or read (1013 / UNAVAILABLE: try again later).
+    StoreUnavailable,
+    /// A bug in the station (1011 / INTERNAL); never carries detail to the client.
+    Internal(&'static str),
+}
+
+impl CloseReason {
+    /// The metric label and log field for this reason.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::ShuttingDown => "shutting_down",
+            CloseReason::Protocol(_) => "protocol_violation",
+            CloseReason::VerificationFailed => "verification_failed",
+            CloseReason::ConfigurationFailed => "configuration_failed",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::FrameTooLarge => "frame_too_large",
+            CloseReason::QueueOverflow => "queue_overflow",
+            CloseReason::PeersFull => "peers_full",
+            CloseReason::TooManyConnections => "too_many_connections",
+            CloseReason::Throttled => "throttled",
+            CloseReason::StoreUnavailable => "store_unavailable",
+            CloseReason::Internal(_) => "internal",
+        }
+    }
+
+    /// True for the reasons that count as a failed handshake against the client's IP.
+    pub fn is_failed_handshake(self) -> bool {
+        matches!(
+            self,
+            CloseReason::VerificationFailed
+                | CloseReason::ConfigurationFailed
+                | CloseReason::HandshakeTimeout
+        )
+    }
+}

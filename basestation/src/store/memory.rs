@@ -1,0 +1,113 @@
+//! An in-memory [`Store`] for relay tests that need no disk. It keeps the trait's ordering
+//! promises (one lock, sequence in commit order) but not durability, so it is test-only.
+
+use super::{Change, Claim, Seq, Store, StoreError, StoredResource};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use zbase_proto::wire::ResourceId;
+
+#[derive(Default)]
+struct State {
+    resources: HashMap<ResourceId, StoredResource>,
+    seq: Seq,
+    closed: bool,
+}
+
+/// Resources in a map behind one mutex.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut state = self.state.lock().map_err(|_| StoreError::Closed)?;
+        if state.closed {
+            return Err(StoreError::Closed);
+        }
+        f(&mut state)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn load(&self, id: &ResourceId) -> Result<Option<StoredResource>, StoreError> {
+        self.with(|state| Ok(state.resources.get(id).cloned()))
+    }
+
+    async fn claim(&self, id: &ResourceId, jwk: &str) -> Result<Claim, StoreError> {
+        self.with(|state| {
+            if state.resources.contains_key(id) {
+                return Ok(Claim::Taken);
+            }
+            state.seq += 1;
+            let seq = state.seq;
+            state.resources.insert(
+                *id,
+                StoredResource {
+                    jwk: jwk.to_string(),
+                    snapshot: None,
+                    seq,
+                },
+            );
+            Ok(Claim::Claimed { seq })
+        })
+    }
+
+    async fn put_snapshot(&self, id: &ResourceId, snapshot: Bytes) -> Result<Seq, StoreError> {
+        self.with(|state| {
+            let next = state.seq + 1;
+            let resource = state.resources.get_mut(id).ok_or(StoreError::NotFound)?;
+            resource.snapshot = Some(snapshot);
+            resource.seq = next;
+            state.seq = next;
+            Ok(next)
+        })
+    }
+
+    async fn changes_since(&self, after: Seq, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.with(|state| {
+            let mut changes: Vec<Change> = state
+                .resources
+                .iter()
+                .filter(|(_, r)| r.seq > after)
+                .map(|(id, r)| Change {
+                    seq: r.seq,
+                    id: *id,
+                    jwk: r.jwk.clone(),
+                    snapshot: r.snapshot.clone(),
+                })
+                .collect();
+            changes.sort_by_key(|change| change.seq);
+            changes.truncate(limit);
+            Ok(changes)
+        })
+    }
+
+    async fn last_seq(&self) -> Result<Seq, StoreError> {
+        self.with(|state| Ok(state.seq))
+    }
+
+    async fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.closed = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryStore;
+    use crate::store::conformance::{self, Fixture};
+
+    // The test double obeys the same contract as the real backends.
+    async fn fresh() -> Fixture {
+        Fixture::new(MemoryStore::default(), ())
+    }
+
+    conformance::conformance_tests!(fresh);
+}

@@ -1,0 +1,101 @@
+//! Durable storage of resources: verification key, latest snapshot, and a global change
+//! sequence. Nothing else about a resource is stored or indexed.
+//!
+//! Promise of every implementation: a call that changes data returns only once the change is
+//! durable (SQLite: committed with `synchronous=FULL`; PostgreSQL: committed), and each change
+//! gets a sequence number strictly greater than every change committed before it, so a reader
+//! that resumes from a position with [`Store::changes_since`] never misses a committed change.
+//! The store knows nothing of sessions or relays; it holds JWKs as opaque text.
+
+#[cfg(test)]
+pub(crate) mod conformance;
+#[cfg(test)]
+pub(crate) mod memory;
+mod sqlite;
+
+pub use sqlite::{SqliteStore, WriteStats};
+
+use bytes::Bytes;
+use zbase_proto::wire::ResourceId;
+
+/// A position in the global change sequence. 0 means "before every change".
+pub type Seq = u64;
+
+/// What the store keeps for one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResource {
+    /// The verification key, as canonical JWK JSON.
+    pub jwk: String,
+    /// The latest snapshot, if any was ever submitted.
+    pub snapshot: Option<Bytes>,
+    /// The sequence of the resource's latest change.
+    pub seq: Seq,
+}
+
+/// The outcome of claiming an identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The identifier was free and now belongs to the new resource.
+    Claimed {
+        /// The change sequence of the creation.
+        seq: Seq,
+    },
+    /// Another resource already has this identifier; nothing was written.
+    Taken,
+}
+
+/// One committed change, as replication and backups read it: the resource's state at `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The change's sequence.
+    pub seq: Seq,
+    /// The resource changed.
+    pub id: ResourceId,
+    /// Its key at that point.
+    pub jwk: String,
+    /// Its snapshot at that point.
+    pub snapshot: Option<Bytes>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The resource does not exist (a snapshot for an unknown identifier).
+    #[error("resource not found")]
+    NotFound,
+    /// The database could not be opened, migrated, read or written.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("database migration failed: {0}; the data directory may belong to a newer station")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store's writer has stopped (shutdown, or a fatal error logged where it happened).
+    #[error("the store is shut down")]
+    Closed,
+    /// Stored data is not what this station wrote (a corrupt or foreign database).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A backend for resources. SQLite is the embedded default; PostgreSQL comes for several pods.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The resource's key and snapshot, or `None` if it was never configured.
+    async fn load(&self, id: &ResourceId) -> Result<Option<StoredResource>, StoreError>;
+
+    /// Creates the resource with `jwk` if `id` is free, as one atomic step; durable on return.
+    async fn claim(&self, id: &ResourceId, jwk: &str) -> Result<Claim, StoreError>;
+
+    /// Replaces the resource's snapshot byte for byte; durable on return.
+    async fn put_snapshot(&self, id: &ResourceId, snapshot: Bytes) -> Result<Seq, StoreError>;
+
+    /// Committed changes with a sequence above `after`, in sequence order, at most `limit`.
+    /// A resource changed several times since `after` appears once, at its latest sequence.
+    async fn changes_since(&self, after: Seq, limit: usize) -> Result<Vec<Change>, StoreError>;
+
+    /// The highest committed sequence (0 for an empty store).
+    async fn last_seq(&self) -> Result<Seq, StoreError>;
+
+    /// Waits for queued writes to finish and closes the database.
+    async fn close(&self);
+}

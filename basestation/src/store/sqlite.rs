@@ -1,0 +1,845 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! Promise: `claim` and `put_snapshot` return only once their transaction is committed with
+//! `synchronous=FULL`, that is, fsynced. Every write goes through one writer task that owns the
+//! only writing connection. When it wakes it takes every request already queued (up to a bounded
+//! batch), applies them in one transaction and commits once, so concurrent writers share one
+//! fsync instead of paying one each (group commit). The writer numbers changes in commit order
+//! and a batch becomes visible all at once, so readers, a separate pool that WAL lets run beside
+//! the writer, always see a prefix of the sequence: resuming from the last position seen never
+//! misses a committed change.
+
+use super::{Change, Claim, Seq, Store, StoreError, StoredResource};
+use bytes::Bytes;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{ConnectOptions as _, Connection as _};
+use std::fmt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use zbase_proto::wire::ResourceId;
+
+/// Requests committed together at most, so one batch cannot hold its first caller for long.
+const MAX_BATCH_WRITES: usize = 512;
+
+/// Snapshot bytes taken into one batch at most (exceeded by at most the last snapshot taken),
+/// bounding the memory and write-ahead log a single commit needs.
+const MAX_BATCH_BYTES: usize = 32 << 20;
+
+/// Requests waiting for the writer before callers wait to enqueue: backpressure, not growth.
+const QUEUE_CAPACITY: usize = 2 * MAX_BATCH_WRITES;
+
+/// Read connections: loads and change feeds run beside the writer, never behind it.
+const READERS: u32 = 4;
+
+/// How long a statement waits for a lock. Readers and the writer never block each other in WAL
+/// mode; this covers other users of the file: an operator's `sqlite3`, a backup, or a store
+/// dropped without `close` whose writer is still finishing as the file is reopened.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Bound on the write-ahead log left on disk after a checkpoint; one large batch would
+/// otherwise keep its full size forever.
+const WAL_SIZE_LIMIT: &str = "67108864";
+
+/// `PRAGMA application_id` of a zbase store (the bytes "zbas"); set by the first migration.
+const APPLICATION_ID: i64 = 0x7a62_6173;
+
+/// SQLite's primary result codes for "this file is damaged" and "this is not a database".
+const SQLITE_CORRUPT: i32 = 11;
+const SQLITE_NOTADB: i32 = 26;
+
+/// Creates a resource if its identifier is free; zero rows affected means taken.
+const CLAIM: &str = "INSERT INTO resources (id, jwk, snapshot, seq) VALUES (?1, ?2, NULL, ?3) \
+                     ON CONFLICT (id) DO NOTHING";
+
+/// Replaces a resource's snapshot and moves it to the new sequence; zero rows means unknown.
+const PUT: &str = "UPDATE resources SET snapshot = ?1, seq = ?2 WHERE id = ?3";
+
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// A [`Store`] in one SQLite file, written through one group-committing writer task.
+pub struct SqliteStore {
+    /// The writer's queue; `None` once closed, which is how later writes learn of it.
+    writes: std::sync::Mutex<Option<mpsc::Sender<Write>>>,
+    /// The writer task; `close` awaits it so queued writes finish before the files close.
+    writer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Connections for reads; they only ever see committed transactions.
+    reader: SqlitePool,
+    /// Counters the writer keeps, shared so they can be read while it runs.
+    stats: Arc<Counters>,
+}
+
+/// What the writer has committed since the store was opened; shows group commit at work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Transactions committed.
+    pub transactions: u64,
+    /// Write requests answered from those transactions, including ones that changed nothing.
+    pub writes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    transactions: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl SqliteStore {
+    /// Opens the store at `path`, creating it (and its directory) if missing, and migrates it.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(sqlx::Error::Io)?;
+        }
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            .busy_timeout(BUSY_TIMEOUT);
+        let writer_options = base
+            .clone()
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT);
+        // The first statements on a file are where SQLite notices it is not a database.
+        let mut conn = writer_options
+            .connect()
+            .await
+            .map_err(|e| on_disk(path, e))?;
+        refuse_foreign(&mut conn, path)
+            .await
+            .map_err(|e| on_disk(path, e))?;
+        MIGRATOR.run(&mut conn).await?;
+        let last = max_seq(&mut conn).await?;
+
+        // query_only makes a read connection unable to write even by mistake, so the writer's
+        // numbering stays the only one.
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(base.pragma("query_only", "ON"))
+            .await?;
+
+        let (sender, requests) = mpsc::channel(QUEUE_CAPACITY);
+        let stats = Arc::new(Counters::default());
+        let writer = Writer {
+            conn,
+            options: writer_options,
+            requests,
+            last,
+            stats: Arc::clone(&stats),
+        };
+        Ok(SqliteStore {
+            writes: std::sync::Mutex::new(Some(sender)),
+            writer: tokio::sync::Mutex::new(Some(tokio::spawn(writer.run()))),
+            reader,
+            stats,
+        })
+    }
+
+    /// Transactions committed and writes answered so far.
+    pub fn stats(&self) -> WriteStats {
+        WriteStats {
+            transactions: self.stats.transactions.load(Ordering::Relaxed),
+            writes: self.stats.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Hands `op` to the writer and waits for its commit: the change's sequence, or `None` if
+    /// it changed nothing.
+    async fn write(&self, op: Op) -> Result<Option<Seq>, StoreError> {
+        let queue = self
+            .writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Write { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        // A dropped reply means the writer stopped before committing this request.
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn load(&self, id: &ResourceId) -> Result<Option<StoredResource>, StoreError> {
+        let row: Option<(String, Option<Vec<u8>>, i64)> =
+            sqlx::query_as("SELECT jwk, snapshot, seq FROM resources WHERE id = ?1")
+                .bind(id.as_str())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(read_error)?;
+        row.map(|(jwk, snapshot, seq)| {
+            Ok(StoredResource {
+                jwk,
+                snapshot: snapshot.map(Bytes::from),
+                seq: seq_from_sql(seq)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn claim(&self, id: &ResourceId, jwk: &str) -> Result<Claim, StoreError> {
+        let op = Op::Claim {
+            id: *id,
+            jwk: jwk.to_owned(),
+        };
+        Ok(match self.write(op).await? {
+            Some(seq) => Claim::Claimed { seq },
+            None => Claim::Taken,
+        })
+    }
+
+    async fn put_snapshot(&self, id: &ResourceId, snapshot: Bytes) -> Result<Seq, StoreError> {
+        let op = Op::Put { id: *id, snapshot };
+        self.write(op).await?.ok_or(StoreError::NotFound)
+    }
+
+    async fn changes_since(&self, after: Seq, limit: usize) -> Result<Vec<Change>, StoreError> {
+        // Past the largest stored value both simply mean "everything" or "nothing".
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, String, String, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT seq, id, jwk, snapshot FROM resources WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(read_error)?;
+        rows.into_iter()
+            .map(|(seq, id, jwk, snapshot)| {
+                Ok(Change {
+                    seq: seq_from_sql(seq)?,
+                    id: ResourceId::parse(&id).map_err(|e| {
+                        StoreError::Corrupt(format!("a stored identifier is invalid: {e}"))
+                    })?,
+                    jwk,
+                    snapshot: snapshot.map(Bytes::from),
+                })
+            })
+            .collect()
+    }
+
+    async fn last_seq(&self) -> Result<Seq, StoreError> {
+        let mut conn = self.reader.acquire().await.map_err(read_error)?;
+        max_seq(&mut conn).await
+    }
+
+    async fn close(&self) {
+        // Without our sender the queue ends once callers already sending are in; the writer
+        // commits everything queued, then closes its connection.
+        drop(
+            self.writes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        // Held across the wait so a second `close` also returns only after the drain.
+        let mut writer = self.writer.lock().await;
+        if let Some(task) = writer.take()
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "the store's writer task failed");
+        }
+        self.reader.close().await;
+    }
+}
+
+/// A change asked of the writer.
+enum Op {
+    /// Create the resource if the identifier is free.
+    Claim { id: ResourceId, jwk: String },
+    /// Replace an existing resource's snapshot.
+    Put { id: ResourceId, snapshot: Bytes },
+}
+
+/// A request in the writer's queue, answered with the change's sequence or `None` if nothing
+/// changed (identifier taken, resource unknown); each caller reads `None` for its operation.
+struct Write {
+    op: Op,
+    reply: oneshot::Sender<Result<Option<Seq>, StoreError>>,
+}
+
+impl Write {
+    /// Bytes this request adds to a batch (its snapshot, or its key).
+    fn weight(&self) -> usize {
+        match &self.op {
+            Op::Claim { jwk, .. } => jwk.len(),
+            Op::Put { snapshot, .. } => snapshot.len(),
+        }
+    }
+
+    fn answer(self, result: Result<Option<Seq>, StoreError>) {
+        // A caller that stopped waiting (its connection dropped) needs no answer; its write stands.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Why a batch's transaction did not commit.
+enum Failure {
+    /// One request's statement failed: possibly that request's fault, so the others are retried
+    /// without it.
+    Request(sqlx::Error),
+    /// Beginning or committing failed: the batch as a whole, no request's fault.
+    Batch(sqlx::Error),
+}
+
+/// The only writer: owns the writing connection and numbers changes in commit order.
+struct Writer {
+    conn: SqliteConnection,
+    /// To reconnect when the connection's state is in doubt after a failure.
+    options: SqliteConnectOptions,
+    requests: mpsc::Receiver<Write>,
+    /// The highest committed sequence; the next change gets `last + 1`.
+    last: Seq,
+    stats: Arc<Counters>,
+}
+
+impl Writer {
+    /// Commits batches until every sender is gone (close or drop), or until the connection
+    /// cannot be brought back to a known state, after which writes are refused with `Closed`.
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(MAX_BATCH_WRITES);
+        while let Some(first) = self.requests.recv().await {
+            let mut bytes = first.weight();
+            batch.push(first);
+            while batch.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
+                let Ok(next) = self.requests.try_recv() else {
+                    break;
+                };
+                bytes += next.weight();
+                batch.push(next);
+            }
+            if let Err(error) = self.process(&mut batch).await {
+                tracing::error!(
+                    %error,
+                    "the store's writer stopped after a failed write; restart the station"
+                );
+                // Dropping the batch and, below, the queue answers every waiting caller `Closed`.
+                return;
+            }
+        }
+        if let Err(error) = self.conn.close().await {
+            tracing::warn!(%error, "closing the store's write connection failed");
+        }
+    }
+
+    /// Commits `batch` and answers each request. An error means the writer cannot go on.
+    async fn process(&mut self, batch: &mut Vec<Write>) -> Result<(), StoreError> {
+        let failure = match self.transact(batch).await {
+            Ok(outcomes) => {
+                for (write, outcome) in batch.drain(..).zip(outcomes) {
+                    write.answer(Ok(outcome));
+                }
+                return Ok(());
+            }
+            Err(failure) => failure,
+        };
+        self.recover().await?;
+        match failure {
+            Failure::Request(_) if batch.len() > 1 => {
+                // Isolate the request at fault: each alone in its own transaction.
+                for write in batch.drain(..) {
+                    match self.transact(std::slice::from_ref(&write)).await {
+                        Ok(outcomes) => write.answer(Ok(outcomes.into_iter().next().flatten())),
+                        Err(Failure::Request(error) | Failure::Batch(error)) => {
+                            self.recover().await?;
+                            write.answer(Err(error.into()));
+                        }
+                    }
+                }
+            }
+            Failure::Request(error) | Failure::Batch(error) => {
+                // Nothing of the batch committed, so every request hears so; none is
+                // acknowledged for a transaction that did not happen.
+                let error = Arc::new(error);
+                for write in batch.drain(..) {
+                    write.answer(Err(StoreError::Database(sqlx::Error::Io(
+                        std::io::Error::other(BatchFailed(Arc::clone(&error))),
+                    ))));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `batch` in one transaction and commits it: each request's sequence, or `None`
+    /// where it changed nothing.
+    async fn transact(&mut self, batch: &[Write]) -> Result<Vec<Option<Seq>>, Failure> {
+        // IMMEDIATE takes the write lock up front, so a conflict shows at BEGIN, never halfway.
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut self.conn)
+            .await
+            .map_err(Failure::Batch)?;
+        let mut last = self.last;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for write in batch {
+            let next = last.checked_add(1);
+            let Some((next, seq)) = next.and_then(|n| Some((n, i64::try_from(n).ok()?))) else {
+                let exhausted = "the change sequence is exhausted".to_owned();
+                return Err(Failure::Batch(sqlx::Error::Protocol(exhausted)));
+            };
+            let result = match &write.op {
+                Op::Claim { id, jwk } => {
+                    let claim = sqlx::query(CLAIM).bind(id.as_str()).bind(jwk.as_str());
+                    claim.bind(seq).execute(&mut self.conn).await
+                }
+                Op::Put { id, snapshot } => {
+                    let put = sqlx::query(PUT).bind(&snapshot[..]).bind(seq);
+                    put.bind(id.as_str()).execute(&mut self.conn).await
+                }
+            };
+            // Zero rows is the answer "taken" or "not found", and takes no sequence number.
+            if result.map_err(Failure::Request)?.rows_affected() == 1 {
+                last = next;
+                outcomes.push(Some(next));
+            } else {
+                outcomes.push(None);
+            }
+        }
+        sqlx::query("COMMIT")
+            .execute(&mut self.conn)
+            .await
+            .map_err(Failure::Batch)?;
+        self.last = last;
+        self.stats.transactions.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .writes
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(outcomes)
+    }
+
+    /// After a failed transaction: make sure none is left open and relearn the committed
+    /// sequence from disk. An error here means the writer cannot trust its connection.
+    async fn recover(&mut self) -> Result<(), StoreError> {
+        // SQLite may already have rolled back on its own (e.g. disk full), in which case ROLLBACK
+        // fails too. A fresh connection is the one state that is certain either way.
+        if sqlx::query("ROLLBACK")
+            .execute(&mut self.conn)
+            .await
+            .is_err()
+        {
+            let fresh = self.options.connect().await?;
+            let stale = std::mem::replace(&mut self.conn, fresh);
+            // Closing abandons whatever the old connection still had open.
+            if let Err(error) = stale.close().await {
+                tracing::warn!(%error, "closing a failed write connection failed");
+            }
+        }
+        self.last = max_seq(&mut self.conn).await?;
+        Ok(())
+    }
+}
+
+/// The failure of a whole batch, told to each request in it (a `sqlx::Error` cannot be cloned).
+#[derive(Debug)]
+struct BatchFailed(Arc<sqlx::Error>);
+
+impl fmt::Display for BatchFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the transaction carrying this write failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for BatchFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// Refuses a database that some other program wrote, rather than adding our tables to it.
+async fn refuse_foreign(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
+    let application: i64 = sqlx::query_scalar("PRAGMA application_id")
+        .fetch_one(&mut *conn)
+        .await?;
+    if application == APPLICATION_ID {
+        return Ok(());
+    }
+    if application != 0 {
+        return Err(StoreError::Corrupt(format!(
+            "{} belongs to another application (application_id {application:#x}); give the \
+             station a data directory of its own",
+            path.display()
+        )));
+    }
+    // A new file has no tables; sqlx's own table may exist if the first migration was interrupted.
+    let foreign: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' \
+         AND name <> '_sqlx_migrations'",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if foreign > 0 {
+        return Err(StoreError::Corrupt(format!(
+            "{} is a SQLite database that a zbase station did not create; give the station a \
+             data directory of its own",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Names the file when SQLite reports it is not a database or is damaged.
+fn on_disk(path: &Path, error: impl Into<StoreError>) -> StoreError {
+    let error = error.into();
+    let code = match &error {
+        StoreError::Database(sqlx::Error::Database(db)) => db
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .map(|code| code & 0xff),
+        _ => None,
+    };
+    match code {
+        Some(SQLITE_NOTADB | SQLITE_CORRUPT) => StoreError::Corrupt(format!(
+            "{} is not a readable SQLite database ({error}); restore it from a backup or move it \
+             aside",
+            path.display()
+        )),
+        _ => error,
+    }
+}
+
+/// A read failed; after `close` that is the pool refusing, which callers see as `Closed`.
+fn read_error(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::PoolClosed => StoreError::Closed,
+        error => StoreError::Database(error),
+    }
+}
+
+/// The highest committed sequence, 0 for an empty store.
+async fn max_seq(conn: &mut SqliteConnection) -> Result<Seq, StoreError> {
+    let max: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM resources")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(read_error)?;
+    seq_from_sql(max.unwrap_or(0))
+}
+
+fn seq_from_sql(seq: i64) -> Result<Seq, StoreError> {
+    Seq::try_from(seq)
+        .map_err(|_| StoreError::Corrupt(format!("a stored change sequence is negative ({seq})")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::{self, Fixture, id, jwk};
+
+    async fn fresh() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("store.db"))
+            .await
+            .unwrap();
+        Fixture::new(store, dir)
+    }
+
+    conformance::conformance_tests!(fresh);
+
+    /// A plain connection to the file, as an operator's `sqlite3` would open it.
+    async fn inspect(path: &Path) -> SqliteConnection {
+        SqliteConnectOptions::new()
+            .filename(path)
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_share_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("store.db"))
+                .await
+                .unwrap(),
+        );
+        let writers: Vec<_> = (0..64)
+            .map(|n| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    store.claim(&id(n), &jwk(n)).await.unwrap();
+                    for i in 0..10u8 {
+                        store
+                            .put_snapshot(&id(n), Bytes::from(vec![i; 100]))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        let stats = store.stats();
+        assert_eq!(stats.writes, 64 * 11);
+        assert!(
+            stats.transactions < stats.writes,
+            "every write paid its own commit: {stats:?}"
+        );
+        store.close().await;
+    }
+
+    /// Claims `id(0..n)`, then puts a snapshot on each from `n` tasks at once. On this
+    /// single-threaded runtime every task enqueues before the writer runs, so the puts form one
+    /// batch.
+    async fn one_batch_of_puts(store: &Arc<SqliteStore>, n: u32) -> Vec<Result<Seq, StoreError>> {
+        for n in 0..n {
+            store.claim(&id(n), &jwk(n)).await.unwrap();
+        }
+        let puts: Vec<_> = (0..n)
+            .map(|n| {
+                let store = Arc::clone(store);
+                tokio::spawn(async move { store.put_snapshot(&id(n), Bytes::from("new")).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for put in puts {
+            results.push(put.await.unwrap());
+        }
+        results
+    }
+
+    #[tokio::test]
+    async fn a_failing_request_does_not_fail_the_rest_of_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+        // Stands in for a request that SQLite refuses on its own merits.
+        let refuse = format!(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON resources WHEN NEW.id = '{}' \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+            id(3).as_str()
+        );
+        sqlx::raw_sql(&refuse)
+            .execute(&mut inspect(&path).await)
+            .await
+            .unwrap();
+
+        let results = one_batch_of_puts(&store, 8).await;
+        let mut previous = 8;
+        for (n, result) in (0..).zip(results) {
+            let loaded = store.load(&id(n)).await.unwrap().unwrap();
+            if n == 3 {
+                assert!(matches!(result, Err(StoreError::Database(_))), "{result:?}");
+                assert_eq!(loaded.snapshot, None);
+            } else {
+                let seq = result.unwrap();
+                assert!(seq > previous, "{seq} after {previous}");
+                previous = seq;
+                assert_eq!(
+                    (loaded.snapshot, loaded.seq),
+                    (Some(Bytes::from("new")), seq)
+                );
+            }
+        }
+        assert_eq!(store.last_seq().await.unwrap(), previous);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_fails_its_whole_batch_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+        // A deferred foreign key is checked at COMMIT, so updating id(3) makes the commit fail
+        // (sqlx turns foreign keys on for every connection).
+        let fail_commit = format!(
+            "CREATE TABLE parent (y INTEGER PRIMARY KEY); \
+             CREATE TABLE child (x INTEGER REFERENCES parent (y) DEFERRABLE INITIALLY DEFERRED); \
+             CREATE TRIGGER orphan AFTER UPDATE ON resources WHEN NEW.id = '{}' \
+             BEGIN INSERT INTO child VALUES (1); END",
+            id(3).as_str()
+        );
+        sqlx::raw_sql(&fail_commit)
+            .execute(&mut inspect(&path).await)
+            .await
+            .unwrap();
+
+        let results = one_batch_of_puts(&store, 8).await;
+        for (n, result) in (0..).zip(results) {
+            assert!(
+                matches!(result, Err(StoreError::Database(_))),
+                "put {n}: {result:?}"
+            );
+            assert_eq!(store.load(&id(n)).await.unwrap().unwrap().snapshot, None);
+        }
+        assert_eq!(store.last_seq().await.unwrap(), 8);
+        assert_eq!(store.changes_since(8, 100).await.unwrap(), []);
+
+        let seq = store
+            .put_snapshot(&id(0), Bytes::from("later"))
+            .await
+            .unwrap();
+        assert_eq!(seq, 9, "the failed batch took no sequence numbers");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn data_and_sequence_survive_close_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.claim(&id(1), &jwk(1)).await.unwrap();
+        store.claim(&id(2), &jwk(2)).await.unwrap();
+        let last = store
+            .put_snapshot(&id(1), Bytes::from_static(b"\0kept\xff"))
+            .await
+            .unwrap();
+        let before = store.load(&id(1)).await.unwrap();
+        store.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.load(&id(1)).await.unwrap(), before);
+        assert_eq!(store.last_seq().await.unwrap(), last);
+        let next = store
+            .put_snapshot(&id(2), Bytes::from_static(b"later"))
+            .await
+            .unwrap();
+        assert!(next > last, "{next} after reopening at {last}");
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn acknowledged_writes_survive_a_drop_without_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.claim(&id(1), &jwk(1)).await.unwrap();
+        let seq = store
+            .put_snapshot(&id(1), Bytes::from_static(b"acknowledged"))
+            .await
+            .unwrap();
+        drop(store);
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let loaded = store.load(&id(1)).await.unwrap().unwrap();
+        assert_eq!(loaded.snapshot, Some(Bytes::from_static(b"acknowledged")));
+        assert_eq!((loaded.seq, store.last_seq().await.unwrap()), (seq, seq));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn writes_queued_before_close_are_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+        let writers: Vec<_> = (0..32)
+            .map(|n| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.claim(&id(n), &jwk(n)).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        store.close().await;
+        let mut acknowledged = Vec::new();
+        for (n, writer) in (0..).zip(writers) {
+            match writer.await.unwrap() {
+                Ok(claim) => acknowledged.push((n, claim)),
+                Err(StoreError::Closed) => {}
+                Err(other) => panic!("claim {n}: {other}"),
+            }
+        }
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        for (n, claim) in acknowledged {
+            let Claim::Claimed { seq } = claim else {
+                panic!("identifier {n} was free");
+            };
+            assert_eq!(store.load(&id(n)).await.unwrap().unwrap().seq, seq);
+        }
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_parent_directory_is_created_and_the_file_is_in_wal_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("nested").join("store.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.close().await;
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut inspect(&path).await)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn the_schema_holds_only_key_snapshot_and_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        SqliteStore::open(&path).await.unwrap().close().await;
+        let mut conn = inspect(&path).await;
+        let columns: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_table_info('resources')")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(columns, ["id", "jwk", "snapshot", "seq"]);
+        let indexed: Vec<String> = sqlx::query_scalar(
+            "SELECT i.name || ':' || c.name FROM pragma_index_list('resources') AS i \
+             JOIN pragma_index_info(i.name) AS c ORDER BY 1",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            indexed,
+            ["resources_by_seq:seq", "sqlite_autoindex_resources_1:id"]
+        );
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(tables, ["_sqlx_migrations", "resources"]);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_sqlite_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        std::fs::write(&path, b"this is a text file, not a database\n".repeat(64)).unwrap();
+        match SqliteStore::open(&path).await {
+            Err(StoreError::Corrupt(message)) => {
+                assert!(message.contains(&*path.to_string_lossy()), "{message}");
+            }
+            Err(other) => panic!("expected Corrupt, got {other:?}"),
+            Ok(_) => panic!("a text file opened as a store"),
+        }
+    }
+
+    #[tokio::test]
+    async fn another_programs_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let mut other = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::raw_sql("CREATE TABLE users (name TEXT)")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        other.close().await.unwrap();
+        let refused = SqliteStore::open(&path).await;
+        assert!(
+            matches!(refused, Err(StoreError::Corrupt(_))),
+            "{:?}",
+            refused.err()
+        );
+    }
+}

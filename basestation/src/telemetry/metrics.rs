@@ -1,0 +1,190 @@
+//! Prometheus metrics, served as text on `/metrics`. Label values are fixed sets (frame code
+//! names, close reasons, transports): never identifiers.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::time::Instant;
+
+/// A frame code label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The contract's name of the code.
+    pub code: &'static str,
+}
+
+/// A close reason label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `CloseReason::label`.
+    pub reason: &'static str,
+}
+
+/// A transport label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// `websocket` or `grpc`.
+    pub transport: &'static str,
+}
+
+/// Every metric the station exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections by transport.
+    pub connections: Family<TransportLabel, Gauge>,
+    /// Verified peers across all resources.
+    pub verified_peers: Gauge,
+    /// Resources with a task in memory.
+    pub resources_active: Gauge,
+    /// Frames received, by code.
+    pub frames_in: Family<CodeLabel, Counter>,
+    /// Frames sent, by code.
+    pub frames_out: Family<CodeLabel, Counter>,
+    /// Bytes received in frames, by code.
+    pub bytes_in: Family<CodeLabel, Counter>,
+    /// Bytes sent in frames, by code.
+    pub bytes_out: Family<CodeLabel, Counter>,
+    /// Connections ended, by reason.
+    pub terminations: Family<ReasonLabel, Counter>,
+    /// Seconds from a snapshot write's submission to its durable commit.
+    pub store_write_seconds: Histogram,
+    /// Connections refused because their IP failed too many handshakes.
+    pub throttled_handshakes: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics(..)")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `zbase_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("zbase");
+        let metrics = Metrics {
+            connections: Family::default(),
+            verified_peers: Gauge::default(),
+            resources_active: Gauge::default(),
+            frames_in: Family::default(),
+            frames_out: Family::default(),
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            terminations: Family::default(),
+            store_write_seconds: Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0,
+            ]),
+            throttled_handshakes: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open client connections",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "verified_peers",
+            "Verified peers across all resources",
+            metrics.verified_peers.clone(),
+        );
+        registry.register(
+            "resources_active",
+            "Resources held in memory",
+            metrics.resources_active.clone(),
+        );
+        registry.register(
+            "frames_in",
+            "Frames received from clients",
+            metrics.frames_in.clone(),
+        );
+        registry.register(
+            "frames_out",
+            "Frames sent to clients",
+            metrics.frames_out.clone(),
+        );
+        registry.register(
+            "frame_bytes_in",
+            "Frame bytes received from clients",
+            metrics.bytes_in.clone(),
+        );
+        registry.register(
+            "frame_bytes_out",
+            "Frame bytes sent to clients",
+            metrics.bytes_out.clone(),
+        );
+        registry.register(
+            "terminations",
+            "Connections ended, by reason",
+            metrics.terminations.clone(),
+        );
+        registry.register(
+            "store_write_seconds",
+            "Time from snapshot submission to durable commit",
+            metrics.store_write_seconds.clone(),
+        );
+        registry.register(
+            "throttled_handshakes",
+            "Connections refused after too many failed handshakes from their IP",
+            metrics.throttled_handshakes.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts one frame received.
+    pub fn frame_in(&self, code: &'static str, bytes: usize) {
+        self.frames_in.get_or_create(&CodeLabel { code }).inc();
+        self.bytes_in
+            .get_or_create(&CodeLabel { code })
+            .inc_by(bytes as u64);
+    }
+
+    /// Counts one frame sent.
+    pub fn frame_out(&self, code: &'static str, bytes: usize) {
+        self.frames_out.get_or_create(&CodeLabel { code }).inc();
+        self.bytes_out
+            .get_or_create(&CodeLabel { code })
+            .inc_by(bytes as u64);
+    }
+}
+
+/// Measures one store write; records into the histogram when dropped.
+pub struct StoreTimer {
+    histogram: Histogram,
+    started: Instant,
+}
+
+impl StoreTimer {
+    /// Starts timing (the histogram is a shared handle, so the timer can move into a task).
+    pub fn start(histogram: &Histogram) -> StoreTimer {
+        StoreTimer {
+            histogram: histogram.clone(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for StoreTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}

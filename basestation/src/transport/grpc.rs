@@ -1,0 +1,110 @@
+//! gRPC: `zbase.v1.Station/Connect`, frames as messages, the identifier in metadata.
+
+use super::close::{grpc_code, public_text};
+use crate::relay::{Incoming, Outgoing, Relay, run_connection};
+use crate::session::CloseReason;
+use futures::{SinkExt, StreamExt, future};
+use std::pin::Pin;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::{PollSendError, PollSender};
+use tonic::{Request, Response, Status, Streaming};
+use zbase_proto::pb::station_server::{Station, StationServer};
+use zbase_proto::pb::{self, RESOURCE_ID_METADATA};
+use zbase_proto::wire::{Frame, FrameError, HEADER_LEN, ResourceId, VERSION};
+
+/// Protobuf framing around a `Frame`'s fields: three tags, two small varints and a length.
+const MESSAGE_OVERHEAD: usize = 16;
+/// Frames buffered between the driver and tonic; the driver's own queue is the real buffer.
+const STREAM_BUFFER: usize = 4;
+
+/// The Station service, ready to be routed.
+pub fn service(relay: Relay) -> StationServer<StationService> {
+    let limit = relay.limits().frame_max_bytes;
+    StationServer::new(StationService { relay })
+        // One message over the limit still decodes, so our own check answers it; anything
+        // larger is refused by tonic with OUT_OF_RANGE, the same code.
+        .max_decoding_message_size(limit + MESSAGE_OVERHEAD)
+        .max_encoding_message_size(limit + MESSAGE_OVERHEAD)
+}
+
+/// The gRPC face of the relay.
+#[derive(Debug)]
+pub struct StationService {
+    relay: Relay,
+}
+
+type FrameStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Frame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Station for StationService {
+    type ConnectStream = FrameStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::Frame>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let id = request
+            .metadata()
+            .get(RESOURCE_ID_METADATA)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| ResourceId::parse(text).ok())
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "metadata 'zbase-resource-id' must be a 43-character canonical base64url identifier",
+                )
+            })?;
+        let ip = super::client_addr(request.extensions()).ip();
+        let limit = self.relay.limits().frame_max_bytes;
+        let inbound = request
+            .into_inner()
+            .map(move |message| incoming(message, limit));
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let outbound = PollSender::new(tx)
+            .with(|outgoing: Outgoing| future::ready(Ok::<_, PollSendError<_>>(message(outgoing))));
+        let relay = self.relay.clone();
+        let tracker = relay.connections().clone();
+        tracker.spawn(run_connection(
+            relay,
+            id,
+            ip,
+            "grpc",
+            inbound,
+            Box::pin(outbound),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn incoming(message: Result<pb::Frame, Status>, limit: usize) -> Incoming {
+    match message {
+        Ok(frame) => Incoming::Frame(Frame::from_parts(
+            frame.version,
+            frame.code,
+            frame.payload,
+            limit,
+        )),
+        Err(status) if status.code() == tonic::Code::OutOfRange => {
+            Incoming::Frame(Err(FrameError::Oversize {
+                len: limit + 1,
+                max: limit,
+            }))
+        }
+        Err(_) => Incoming::Closed,
+    }
+}
+
+fn message(outgoing: Outgoing) -> Result<pb::Frame, Status> {
+    match outgoing {
+        Outgoing::Frame(bytes) => Ok(pb::Frame {
+            version: VERSION.into(),
+            code: bytes.get(1).copied().unwrap_or_default().into(),
+            payload: bytes.slice(HEADER_LEN.min(bytes.len())..),
+        }),
+        // Ending with an OK status closes the stream normally.
+        Outgoing::Close(reason @ (CloseReason::Normal | CloseReason::ClientClosed)) => {
+            Err(Status::new(grpc_code(reason), ""))
+        }
+        Outgoing::Close(reason) => Err(Status::new(grpc_code(reason), public_text(reason))),
+    }
+}
