@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use zbase_basestation::config::{RawSettings, Settings};
 use zbase_basestation::relay::{Relay, RelayParts};
 use zbase_basestation::store::{SqliteStore, Store};
-use zbase_basestation::telemetry::{Metrics, init_logs};
+use zbase_basestation::telemetry::{Metrics, init_telemetry};
 use zbase_basestation::{shutdown, transport};
 
 /// The zbase base station: a zero-knowledge relay and store for encrypted resources.
@@ -38,10 +38,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = init_logs(settings.log_format, &settings.log) {
-        eprintln!("zbase-station: {error}");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,14 +48,29 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(settings)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("zbase-station: {error:#}");
-            ExitCode::from(1)
-        }
-    }
+    runtime.block_on(async {
+        let telemetry = match init_telemetry(
+            settings.log_format,
+            &settings.log,
+            settings.otlp_endpoint.as_deref(),
+        ) {
+            Ok(telemetry) => telemetry,
+            Err(error) => {
+                eprintln!("zbase-station: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        let code = match serve(settings).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!("{error:#}");
+                eprintln!("zbase-station: {error:#}");
+                ExitCode::from(1)
+            }
+        };
+        telemetry.shutdown();
+        code
+    })
 }
 
 fn settings(raw: RawSettings) -> anyhow::Result<Settings> {

@@ -42,6 +42,10 @@ pub struct RawSettings {
     #[arg(long, env = "ZBASE_LOG", value_name = "FILTER")]
     pub log: Option<String>,
 
+    /// OTLP/gRPC endpoint to export traces to, e.g. http://127.0.0.1:4317. [default: off]
+    #[arg(long, env = "ZBASE_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
     /// Largest frame accepted, in bytes, header included. [default: 8388608]
     #[arg(long, env = "ZBASE_FRAME_MAX_BYTES", value_name = "BYTES")]
     pub frame_max_bytes: Option<usize>,
@@ -132,6 +136,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter.
     pub log: String,
+    /// Where traces go, if anywhere.
+    pub otlp_endpoint: Option<String>,
     /// Every bound.
     pub limits: Limits,
 }
@@ -167,6 +173,7 @@ impl RawSettings {
             data_dir: self.data_dir.or(fallback.data_dir),
             log_format: self.log_format.or(fallback.log_format),
             log: self.log.or(fallback.log),
+            otlp_endpoint: self.otlp_endpoint.or(fallback.otlp_endpoint),
             frame_max_bytes: self.frame_max_bytes.or(fallback.frame_max_bytes),
             handshake_timeout: self.handshake_timeout.or(fallback.handshake_timeout),
             peers_per_resource: self.peers_per_resource.or(fallback.peers_per_resource),
@@ -244,6 +251,7 @@ impl RawSettings {
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             log_format: self.log_format.unwrap_or(LogFormat::Text),
             log: self.log.unwrap_or_else(|| "info".to_string()),
+            otlp_endpoint: self.otlp_endpoint.filter(|endpoint| !endpoint.is_empty()),
             limits,
         })
     }

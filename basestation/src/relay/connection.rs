@@ -48,6 +48,7 @@ struct Joined {
 }
 
 /// Runs one connection for `id` from `ip` until it ends.
+#[tracing::instrument(name = "connection", skip_all, fields(resource = %relay.tag(&id), transport))]
 pub async fn run<I, O>(
     relay: Relay,
     id: zbase_proto::wire::ResourceId,

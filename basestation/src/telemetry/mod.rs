@@ -7,7 +7,7 @@
 mod logs;
 mod metrics;
 
-pub use logs::{LogFormat, init as init_logs};
+pub use logs::{LogFormat, Telemetry, init as init_telemetry};
 pub use metrics::{CodeLabel, Metrics, ReasonLabel, StoreTimer, TransportLabel};
 
 use rand::RngCore;
