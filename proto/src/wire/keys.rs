@@ -407,4 +407,42 @@ mod tests {
         let key = VerificationKey::from_jwk_json(&ed_jwk(&ek)).unwrap();
         assert_eq!(key.to_jwk_json(), ed_jwk(&ek));
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn member() -> impl Strategy<Value = (String, serde_json::Value)> {
+            let names = prop::sample::select(vec![
+                "kty", "crv", "x", "y", "d", "alg", "use", "key_ops", "kid", "ext", "k", "zz",
+            ]);
+            let values = prop_oneof![
+                Just(serde_json::json!("OKP")),
+                Just(serde_json::json!("EC")),
+                Just(serde_json::json!("Ed25519")),
+                Just(serde_json::json!("P-256")),
+                "[A-Za-z0-9_-]{0,50}".prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                Just(serde_json::json!(null)),
+                Just(serde_json::json!(["verify"])),
+                Just(serde_json::json!({"nested": [1, 2, {"x": "y"}]})),
+            ];
+            (names.prop_map(str::to_string), values)
+        }
+
+        proptest! {
+            #[test]
+            fn jwk_parse_never_panics_and_never_accepts_private_members(
+                members in proptest::collection::vec(member(), 0..8)
+            ) {
+                let object: serde_json::Map<String, serde_json::Value> = members.into_iter().collect();
+                let has_private = object.contains_key("d") || object.contains_key("k");
+                let text = serde_json::Value::Object(object).to_string();
+                let parsed = VerificationKey::from_jwk_json(&text);
+                if has_private {
+                    prop_assert!(parsed.is_err());
+                }
+            }
+        }
+    }
 }
