@@ -36,8 +36,8 @@ fmt:
 
 ## Benchmarks, each figure printed beside a baseline measured in the same run.
 bench:
-	$(CARGO) build --release --workspace --bins
-	$(CARGO) run --release -p zbase-tests --bin zbase-bench
+	$(CARGO) build --release -p zbase-basestation
+	$(CARGO) bench -p zbase-tests --bench station
 
 clean:
 	$(CARGO) clean

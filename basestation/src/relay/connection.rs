@@ -140,7 +140,8 @@ impl<O: Sink<Outgoing> + Unpin + Send> Driver<'_, O> {
         inbound: &mut I,
     ) -> CloseReason {
         let id = *self.session.id();
-        let key = match self.relay.open(id).await {
+        // The rare, one-off awaits are boxed so the future every idle connection keeps stays small.
+        let key = match Box::pin(self.relay.open(id)).await {
             Ok(key) => key,
             Err(reason) => return self.finish(reason).await,
         };
@@ -211,7 +212,7 @@ impl<O: Sink<Outgoing> + Unpin + Send> Driver<'_, O> {
             Action::Close(reason) => Flow::End(self.finish(reason).await),
             Action::Join(key) => {
                 let peer = self.relay.next_peer_id();
-                match self.relay.join(*self.session.id(), peer, key).await {
+                match Box::pin(self.relay.join(*self.session.id(), peer, key)).await {
                     Ok((link, resource)) => {
                         self.joined = Some(Joined {
                             peer,
@@ -223,16 +224,18 @@ impl<O: Sink<Outgoing> + Unpin + Send> Driver<'_, O> {
                     Err(reason) => Box::pin(self.end(reason)).await,
                 }
             }
-            Action::Configure(key) => match self.relay.configure(*self.session.id(), key).await {
-                Ok(assigned) => {
-                    let [offer, close] = self.session.configured(assigned);
-                    if let Flow::End(reason) = Box::pin(self.act(offer)).await {
-                        return Flow::End(reason);
+            Action::Configure(key) => {
+                match Box::pin(self.relay.configure(*self.session.id(), key)).await {
+                    Ok(assigned) => {
+                        let [offer, close] = self.session.configured(assigned);
+                        if let Flow::End(reason) = Box::pin(self.act(offer)).await {
+                            return Flow::End(reason);
+                        }
+                        Box::pin(self.act(close)).await
                     }
-                    Box::pin(self.act(close)).await
+                    Err(reason) => Box::pin(self.end(reason)).await,
                 }
-                Err(reason) => Box::pin(self.end(reason)).await,
-            },
+            }
             Action::Snapshot(payload) => {
                 self.command(|peer| Command::Snapshot { peer, payload })
                     .await

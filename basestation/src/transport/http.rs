@@ -24,12 +24,24 @@ async fn readyz(State(relay): State<Relay>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(relay): State<Relay>) -> impl IntoResponse {
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics for scrapers that ask for it (Prometheus does); the classic Prometheus text
+/// type otherwise, whose parser reads this body too (`# EOF` is a comment to it).
+async fn metrics(State(relay): State<Relay>, headers: axum::http::HeaderMap) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    let content_type = if openmetrics {
+        OPENMETRICS
+    } else {
+        PROMETHEUS_TEXT
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, content_type)],
         relay.metrics().render(),
     )
 }

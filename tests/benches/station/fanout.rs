@@ -1,0 +1,272 @@
+//! Figure 1: one sender, 100 receivers in one room, 256-byte deltas.
+//!
+//! Throughput is measured closed-loop: the sender keeps at most [`WINDOW`] deltas ahead of the
+//! slowest receiver, so the server is always busy but no queue ever overflows (the station's
+//! per-peer queue is 1024 frames, and an overflow would disconnect the peer, not measure it).
+//! Latency is measured open-loop at a fixed offered rate, each delta carrying its send time;
+//! sender and receivers share one clock because they share this process.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use futures::{SinkExt as _, StreamExt as _};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{self, MEASURED, WARM, Ws};
+use crate::load::Target;
+
+/// Receivers of the one sender.
+pub const RECEIVERS: usize = 100;
+/// Deltas the sender may be ahead of its slowest receiver.
+const WINDOW: u64 = 256;
+/// Throughput is counted after this much running...
+const WARMUP: Duration = Duration::from_millis(500);
+/// ...for this long (per round; rounds alternate between the servers).
+const MEASURE: Duration = Duration::from_secs(2);
+
+/// What the receivers share with the sender.
+struct Fan {
+    epoch: Instant,
+    counts: Vec<AtomicU64>,
+    gone: Vec<AtomicBool>,
+    warmed: AtomicUsize,
+    lost: AtomicUsize,
+    progress: Notify,
+    stop: CancellationToken,
+    record: bool,
+}
+
+impl Fan {
+    fn new(record: bool) -> Arc<Fan> {
+        Arc::new(Fan {
+            epoch: Instant::now(),
+            counts: (0..RECEIVERS).map(|_| AtomicU64::new(0)).collect(),
+            gone: (0..RECEIVERS).map(|_| AtomicBool::new(false)).collect(),
+            warmed: AtomicUsize::new(0),
+            lost: AtomicUsize::new(0),
+            progress: Notify::new(),
+            stop: CancellationToken::new(),
+            record,
+        })
+    }
+
+    /// Measured deltas delivered so far, over all receivers.
+    fn total(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The slowest live receiver's count; `None` when every receiver is gone.
+    fn slowest(&self) -> Option<u64> {
+        self.counts
+            .iter()
+            .zip(&self.gone)
+            .filter(|(_, gone)| !gone.load(Ordering::Relaxed))
+            .map(|(count, _)| count.load(Ordering::Relaxed))
+            .min()
+    }
+}
+
+/// Counts (and, when recording, times) every measured delta until stopped or disconnected.
+async fn receive(mut ws: Ws, fan: Arc<Fan>, index: usize) -> Vec<u32> {
+    let mut latencies_us = Vec::new();
+    let mut warmed = false;
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = fan.stop.cancelled() => break,
+            message = ws.next() => message,
+        };
+        match message {
+            Some(Ok(Message::Binary(bytes))) => match client::parse_delta(&bytes) {
+                Some((WARM, _)) if !warmed => {
+                    warmed = true;
+                    fan.warmed.fetch_add(1, Ordering::Relaxed);
+                }
+                Some((MEASURED, sent)) => {
+                    if fan.record {
+                        let now = fan.epoch.elapsed().as_nanos() as u64;
+                        let micros = now.saturating_sub(sent) / 1000;
+                        latencies_us.push(u32::try_from(micros).unwrap_or(u32::MAX));
+                    }
+                    let count = fan.counts[index].fetch_add(1, Ordering::Relaxed) + 1;
+                    // Waking the sender on every delivery would cost more than the delivery.
+                    if count.is_multiple_of(16) {
+                        fan.progress.notify_one();
+                    }
+                }
+                _ => {}
+            },
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => {
+                // Disconnected (on the station: its queue overflowed).
+                fan.gone[index].store(true, Ordering::Relaxed);
+                fan.lost.fetch_add(1, Ordering::Relaxed);
+                fan.progress.notify_one();
+                break;
+            }
+        }
+    }
+    latencies_us
+}
+
+/// Joins one sender and [`RECEIVERS`] receivers to a fresh room, starts the receivers, and
+/// sends warm-up deltas until every receiver has one: only then is every path open (on the
+/// station, verification has no success frame of its own).
+async fn setup(
+    target: &Target,
+    fan: &Arc<Fan>,
+) -> anyhow::Result<(Ws, Vec<tokio::task::JoinHandle<Vec<u32>>>)> {
+    let room = target.rooms(1).await?.remove(0);
+    let mut joined = target.join_all(&[room], RECEIVERS + 1).await?.remove(0);
+    let mut sender = joined.pop().ok_or_else(|| anyhow::anyhow!("no sender"))?;
+    let tasks = joined
+        .into_iter()
+        .enumerate()
+        .map(|(index, ws)| tokio::spawn(receive(ws, fan.clone(), index)))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fan.warmed.load(Ordering::Relaxed) + fan.lost.load(Ordering::Relaxed) < RECEIVERS {
+        if Instant::now() > deadline {
+            bail!("receivers did not all join within 30 s");
+        }
+        sender
+            .send(Message::Binary(client::delta(
+                fan.epoch,
+                Instant::now(),
+                WARM,
+            )))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((sender, tasks))
+}
+
+/// Delivered frames per second, closed-loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Throughput {
+    /// Deltas delivered to receivers per second.
+    pub frames_per_s: f64,
+    /// Receivers disconnected during the run.
+    pub lost: usize,
+    /// Server CPU seconds per second of wall time over the window (2.0 = both cores).
+    pub server_cpu: f64,
+}
+
+/// Runs the closed-loop fan-out for [`WARMUP`] + [`MEASURE`].
+pub async fn throughput(target: &Target) -> anyhow::Result<Throughput> {
+    let fan = Fan::new(false);
+    let (mut sender, tasks) = setup(target, &fan).await?;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut window_start: Option<(Instant, u64, f64)> = None;
+    let result = loop {
+        let now = Instant::now();
+        if window_start.is_none() && now - start >= WARMUP {
+            window_start = Some((now, fan.total(), target.server.cpu_seconds()?));
+        }
+        if now - start >= WARMUP + MEASURE
+            && let Some((t0, delivered0, cpu0)) = window_start
+        {
+            let seconds = (now - t0).as_secs_f64();
+            break Throughput {
+                frames_per_s: (fan.total() - delivered0) as f64 / seconds,
+                lost: fan.lost.load(Ordering::Relaxed),
+                server_cpu: (target.server.cpu_seconds()? - cpu0) / seconds,
+            };
+        }
+        let Some(slowest) = fan.slowest() else {
+            bail!("every receiver was disconnected");
+        };
+        if sent >= slowest + WINDOW {
+            tokio::select! {
+                _ = fan.progress.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+            continue;
+        }
+        sender
+            .send(Message::Binary(client::delta(fan.epoch, now, MEASURED)))
+            .await?;
+        sent += 1;
+    };
+    fan.stop.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(result)
+}
+
+/// Delivery latency at a fixed offered rate.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    /// Median delivery latency, microseconds.
+    pub p50_us: u32,
+    /// 99th percentile delivery latency, microseconds.
+    pub p99_us: u32,
+    /// Fraction of the deltas × receivers that arrived.
+    pub delivered: f64,
+    /// Rate the sender actually achieved (below `rate` when the server pushed back).
+    pub achieved_rate: f64,
+    /// Receivers disconnected during the run.
+    pub lost: usize,
+}
+
+/// Sends `rate` deltas per second for `duration`, open-loop, stamping each with the instant
+/// it is handed to the socket, then waits (bounded) for the stragglers.
+pub async fn latency(target: &Target, rate: u64, duration: Duration) -> anyhow::Result<Latency> {
+    let fan = Fan::new(true);
+    let (mut sender, tasks) = setup(target, &fan).await?;
+    let total = rate * duration.as_secs();
+    let interval = Duration::from_secs(1) / u32::try_from(rate)?;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < total {
+        let due = start + interval * u32::try_from(sent)?;
+        let now = Instant::now();
+        if due > now {
+            // tokio's timer has 1 ms resolution: sends come in bursts of rate/1000, each
+            // stamped when it is actually sent, not when it was due.
+            tokio::time::sleep_until(due.into()).await;
+            continue;
+        }
+        sender
+            .send(Message::Binary(client::delta(fan.epoch, now, MEASURED)))
+            .await?;
+        sent += 1;
+    }
+    let achieved_rate = total as f64 / start.elapsed().as_secs_f64();
+    // Wait for stragglers while deliveries still progress: an overloaded server may have
+    // dropped frames (bare) or peers (station) that will never arrive.
+    let mut last = (fan.total(), Instant::now());
+    while fan.slowest().is_some_and(|slowest| slowest < total)
+        && last.1.elapsed() < Duration::from_millis(500)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if fan.total() != last.0 {
+            last = (fan.total(), Instant::now());
+        }
+    }
+    fan.stop.cancel();
+    let mut samples = Vec::with_capacity((total as usize) * RECEIVERS);
+    for task in tasks {
+        samples.extend(task.await?);
+    }
+    samples.sort_unstable();
+    let percentile = |p: f64| {
+        samples
+            .get(((samples.len().saturating_sub(1)) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(u32::MAX)
+    };
+    Ok(Latency {
+        p50_us: percentile(0.50),
+        p99_us: percentile(0.99),
+        delivered: samples.len() as f64 / (total as f64 * RECEIVERS as f64),
+        achieved_rate,
+        lost: fan.lost.load(Ordering::Relaxed),
+    })
+}

@@ -1,0 +1,5 @@
+//! Test harness for the real zbase binaries: start a station in a fresh directory on port 0,
+//! talk to it over WebSocket and gRPC as an independent client would, kill it for real.
+
+pub mod client;
+pub mod station;

@@ -1,0 +1,311 @@
+//! Starts the real `zbase-station` binary for one test and stops it for real.
+//!
+//! Each [`Station`] owns a fresh temporary directory (data directory and stderr log) and
+//! listens on a port the kernel picked (`--listen 127.0.0.1:0`); the port is read from the one
+//! line the binary prints on stdout. The process is SIGKILLed on drop, and if the test is
+//! failing its stderr log is printed, so a failure shows what the station said.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a station may take to print its listening line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a station may take to exit after SIGTERM or SIGKILL.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+const LISTENING_PREFIX: &str = "zbase-station listening on ";
+
+/// The station binary: `$ZBASE_STATION_BIN`, else the workspace's debug build.
+pub fn station_bin() -> PathBuf {
+    let path = std::env::var_os("ZBASE_STATION_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/zbase-station")
+        });
+    assert!(
+        path.is_file(),
+        "{} does not exist; build it first: cargo build -p zbase-basestation (make test does this)",
+        path.display()
+    );
+    path
+}
+
+/// Limit flags and environment for a station, then [`StationBuilder::start`].
+#[derive(Debug, Default, Clone)]
+pub struct StationBuilder {
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+}
+
+impl StationBuilder {
+    /// Adds `--{flag} {value}`, e.g. `.flag("peer-queue-frames", 8)`.
+    pub fn flag(mut self, flag: &str, value: impl ToString) -> Self {
+        self.args.push(format!("--{flag}").into());
+        self.args.push(value.to_string().into());
+        self
+    }
+
+    /// Sets an environment variable for the station process.
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.envs.push((key.into(), value.to_string().into()));
+        self
+    }
+
+    /// `--frame-max-bytes`.
+    pub fn frame_max_bytes(self, bytes: usize) -> Self {
+        self.flag("frame-max-bytes", bytes)
+    }
+
+    /// `--handshake-timeout`, given as milliseconds.
+    pub fn handshake_timeout(self, timeout: Duration) -> Self {
+        self.flag("handshake-timeout", format!("{}ms", timeout.as_millis()))
+    }
+
+    /// `--peers-per-resource`.
+    pub fn peers_per_resource(self, peers: usize) -> Self {
+        self.flag("peers-per-resource", peers)
+    }
+
+    /// `--connections-per-ip`.
+    pub fn connections_per_ip(self, connections: usize) -> Self {
+        self.flag("connections-per-ip", connections)
+    }
+
+    /// `--failed-handshakes-per-minute`.
+    pub fn failed_handshakes_per_minute(self, failures: usize) -> Self {
+        self.flag("failed-handshakes-per-minute", failures)
+    }
+
+    /// `--failed-handshake-ban`, given as milliseconds.
+    pub fn failed_handshake_ban(self, ban: Duration) -> Self {
+        self.flag("failed-handshake-ban", format!("{}ms", ban.as_millis()))
+    }
+
+    /// `--peer-queue-frames`.
+    pub fn peer_queue_frames(self, frames: usize) -> Self {
+        self.flag("peer-queue-frames", frames)
+    }
+
+    /// `--pending-request-window`, given as milliseconds.
+    pub fn pending_request_window(self, window: Duration) -> Self {
+        self.flag(
+            "pending-request-window",
+            format!("{}ms", window.as_millis()),
+        )
+    }
+
+    /// Starts the station in a fresh temporary directory and waits until it listens.
+    pub async fn start(self) -> Station {
+        let dir = tempfile::Builder::new()
+            .prefix("zbase-station-test-")
+            .tempdir()
+            .expect("create a temporary directory for the station");
+        let mut station = Station {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.path().join("data"),
+            log: dir.path().join("station.stderr.log"),
+            dir,
+            builder: self,
+            starts: 0,
+        };
+        std::fs::create_dir_all(&station.data_dir).expect("create the data directory");
+        station.spawn().await;
+        station
+    }
+}
+
+/// A running (or stopped, restartable) `zbase-station serve` process.
+#[derive(Debug)]
+pub struct Station {
+    child: Option<Child>,
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    log: PathBuf,
+    // Kept for its lifetime: the directory is removed when the station is dropped.
+    dir: tempfile::TempDir,
+    builder: StationBuilder,
+    starts: usize,
+}
+
+impl Station {
+    /// A builder for a station with non-default limits.
+    pub fn builder() -> StationBuilder {
+        StationBuilder::default()
+    }
+
+    /// Starts a station with default limits.
+    pub async fn start() -> Station {
+        StationBuilder::default().start().await
+    }
+
+    /// The address it listens on (changes on [`Station::restart`]).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The `--data-dir` it runs on.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The test's temporary directory (data directory and logs live under it).
+    pub fn temp_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the station has written to stderr so far, across restarts.
+    pub fn stderr_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id, if it is running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the station is already running");
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the station's stderr log");
+        writeln!(log, "===== zbase-station start #{} =====", self.starts).expect("write log");
+        let mut command = Command::new(station_bin());
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.builder.args)
+            .envs(self.builder.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawn zbase-station");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(START_TIMEOUT, lines.next_line()).await;
+        let addr = match first {
+            Ok(Ok(Some(line))) => match line
+                .strip_prefix(LISTENING_PREFIX)
+                .and_then(|rest| rest.trim().parse::<SocketAddr>().ok())
+            {
+                Some(addr) => addr,
+                None => self.start_failed(
+                    &mut child,
+                    &format!("its first stdout line was {line:?}, not `{LISTENING_PREFIX}ADDR`"),
+                ),
+            },
+            Ok(Ok(None)) => self.start_failed(&mut child, "stdout closed before it listened"),
+            Ok(Err(e)) => self.start_failed(&mut child, &format!("reading its stdout: {e}")),
+            Err(_) => self.start_failed(&mut child, "it did not listen within 30 s"),
+        };
+        assert!(
+            addr.ip().is_loopback() && addr.port() != 0,
+            "station reported {addr}, expected 127.0.0.1 and a real port"
+        );
+        // The contract is exactly one stdout line; anything later goes to the log, marked.
+        let log_path = self.log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(mut log) = OpenOptions::new().append(true).open(&log_path) {
+                    let _ = writeln!(log, "UNEXPECTED STDOUT LINE: {line}");
+                }
+            }
+        });
+        self.addr = addr;
+        self.child = Some(child);
+    }
+
+    fn start_failed(&self, child: &mut Child, why: &str) -> ! {
+        let _ = child.start_kill();
+        panic!(
+            "zbase-station failed to start: {why}\n----- stderr -----\n{}",
+            self.stderr_log()
+        );
+    }
+
+    fn signal(&self, signal: Signal) {
+        let pid = self.pid().expect("the station is not running");
+        let pid = Pid::from_raw(i32::try_from(pid).expect("pid fits in i32"));
+        kill(pid, signal).expect("signal the station");
+    }
+
+    async fn wait(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the station is not running");
+        match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+            Ok(status) => status.expect("wait for the station"),
+            Err(_) => {
+                let _ = child.start_kill();
+                panic!(
+                    "zbase-station did not exit within {STOP_TIMEOUT:?}\n----- stderr -----\n{}",
+                    self.stderr_log()
+                );
+            }
+        }
+    }
+
+    /// SIGKILL: no drain, no flush, nothing the process can do about it. Waits for the exit.
+    pub async fn kill(&mut self) {
+        self.signal(Signal::SIGKILL);
+        let _ = self.wait().await;
+    }
+
+    /// Sends SIGTERM without waiting; pair with [`Station::wait_exit`].
+    pub fn sigterm(&self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    /// Waits (at most [`STOP_TIMEOUT`]) for the process to exit and returns its status.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        self.wait().await
+    }
+
+    /// SIGTERM, then waits for the drain to finish and returns the exit status.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.sigterm();
+        self.wait().await
+    }
+
+    /// Starts the binary again on the same data directory with the same flags. The port is
+    /// picked afresh, so read [`Station::addr`] again afterwards.
+    pub async fn restart(&mut self) {
+        self.spawn().await;
+    }
+}
+
+impl Drop for Station {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- zbase-station stderr ({}) -----\n{}\n----- end of zbase-station stderr -----",
+                self.log.display(),
+                self.stderr_log()
+            );
+        }
+    }
+}
