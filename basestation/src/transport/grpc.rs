@@ -3,11 +3,9 @@
 use super::close::{grpc_code, public_text};
 use crate::relay::{Incoming, Outgoing, Relay, run_connection};
 use crate::session::CloseReason;
+use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt, future};
 use std::pin::Pin;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::{PollSendError, PollSender};
 use tonic::{Request, Response, Status, Streaming};
 use zbase_proto::pb::station_server::{Station, StationServer};
 use zbase_proto::pb::{self, RESOURCE_ID_METADATA};
@@ -16,6 +14,10 @@ use zbase_proto::wire::{Frame, FrameError, HEADER_LEN, ResourceId, VERSION};
 /// Protobuf framing around a `Frame`'s fields: three tags, two small varints and a length.
 const MESSAGE_OVERHEAD: usize = 16;
 /// Frames buffered between the driver and tonic; the driver's own queue is the real buffer.
+///
+/// The channel is `futures`' rather than tokio's: tokio's allocates its slots in blocks of 32
+/// (about 1.3 KiB of `pb::Frame` per stream, whatever the bound), while `futures`' allocates a
+/// node per queued message, so an idle stream holds only the channel's header.
 const STREAM_BUFFER: usize = 4;
 
 /// The Station service, ready to be routed.
@@ -60,8 +62,8 @@ impl Station for StationService {
             .into_inner()
             .map(move |message| incoming(message, limit));
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let outbound = PollSender::new(tx)
-            .with(|outgoing: Outgoing| future::ready(Ok::<_, PollSendError<_>>(message(outgoing))));
+        let outbound = tx
+            .with(|outgoing: Outgoing| future::ready(Ok::<_, mpsc::SendError>(message(outgoing))));
         let relay = self.relay.clone();
         let tracker = relay.connections().clone();
         tracker.spawn(run_connection(
@@ -72,7 +74,7 @@ impl Station for StationService {
             inbound,
             Box::pin(outbound),
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 }
 
