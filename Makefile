@@ -5,7 +5,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
 
-.PHONY: run build test unit e2e lint fmt bench clean
+.PHONY: run demo build test lint fmt bench clean
 
 ## Start a station on the embedded SQLite store, plain HTTP on $(LISTEN).
 run:
