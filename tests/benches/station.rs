@@ -4,8 +4,8 @@
 //! Every figure starts fresh server processes: the real release `zbase-station`
 //! (`$ZBASE_STATION_BIN` overrides the path) with default settings, on port 0 in a temporary
 //! directory, and a bare tokio-tungstenite broadcast server (this binary re-executed, see
-//! `bare.rs`). The load generator is this process; it drives both servers with the same client
-//! code, over 127.0.0.0/8 only. Every load is bounded in count and time. The bench reports; it
+//! `bare.rs`). The load generator is this process (for figure 2, child processes of it, see
+//! `pairs.rs`); it drives both servers with the same client code, over 127.0.0.0/8 only. Every load is bounded in count and time. The bench reports; it
 //! never fails a run over a slow figure.
 //!
 //! `cargo bench -p zbase-tests --bench station -- [fanout] [latency] [pairs] [snapshots]
@@ -54,6 +54,9 @@ const ROUNDS: usize = 3;
 fn main() -> anyhow::Result<()> {
     if std::env::var_os(bare::ROLE_ENV).is_some() {
         return bare::main();
+    }
+    if std::env::var_os(pairs::ROLE_ENV).is_some() {
+        return pairs::client_main();
     }
     // Raised before any runtime thread or child exists, so every child inherits it.
     let nofile = procs::raise_nofile()?;
@@ -228,11 +231,13 @@ async fn fanout_latency(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
 async fn pairs(dir: &Path, nofile: u64) -> anyhow::Result<Vec<report::Row>> {
     let count = pairs::pairs_for(nofile);
     let target = start_station(dir, "pairs").await?;
-    let station = pairs::run(&target, count).await?;
+    let station = pairs::run(&target, count, nofile).await;
     target.server.stop().await;
+    let station = station?;
     let target = start_bare().await?;
-    let baseline = pairs::run(&target, count).await?;
+    let baseline = pairs::run(&target, count, nofile).await;
     target.server.stop().await;
+    let baseline = baseline?;
     let mut row = report::Row::higher(
         format!("2. {count} rooms x 2 peers ping-pong, delivered frames/s"),
         station.frames_per_s,
@@ -240,9 +245,9 @@ async fn pairs(dir: &Path, nofile: u64) -> anyhow::Result<Vec<report::Row>> {
         None,
     )
     .note(format!(
-        "server CPU (cores busy): station {:.2}, bare {:.2}, so the shared load generator bounds \
-         both; frames per server CPU-second: station {:.0}, bare {:.0}; stalled pairs: station {}, \
-         bare {}; setup {:.0} s / {:.0} s",
+        "server CPU (cores busy): station {:.2}, bare {:.2}, so the load generator sharing the \
+         machine's cores bounds both; frames per server CPU-second: station {:.0}, bare {:.0}; stalled \
+         pairs: station {}, bare {}; setup {:.0} s / {:.0} s",
         station.server_cpu,
         baseline.server_cpu,
         station.frames_per_s / station.server_cpu,
@@ -251,12 +256,34 @@ async fn pairs(dir: &Path, nofile: u64) -> anyhow::Result<Vec<report::Row>> {
         baseline.stalled,
         station.setup_s,
         baseline.setup_s
+    ))
+    .note(format!(
+        "{} client connections from {} client processes ({} pairs each); descriptors held by \
+         the server with no client -> mid-window: station {} -> {}, bare {} -> {}, of {nofile}",
+        count * 2,
+        station.shares.len(),
+        station
+            .shares
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(" + "),
+        station.server_fds.0,
+        station.server_fds.1,
+        baseline.server_fds.0,
+        baseline.server_fds.1,
     ));
     if count < pairs::WANTED_PAIRS {
         row = row.note(format!(
-            "{count} pairs, not {}: the hard open-file limit here is {nofile} per process and \
-             each pair is 2 sockets in the station and 2 in the client",
-            pairs::WANTED_PAIRS
+            "{count} pairs, not {wanted}: the hard open-file limit here is {nofile} per process \
+             and cannot be raised; the load generator spreads its sockets over processes, but \
+             the station (like the bare server) is one process holding one descriptor per \
+             client connection, so {} connections plus its listener, store and runtime \
+             descriptors cannot fit; {count} is the largest multiple of 50 that leaves {} \
+             descriptors for those",
+            pairs::WANTED_PAIRS * 2,
+            pairs::SERVER_FD_RESERVE,
+            wanted = pairs::WANTED_PAIRS,
         ));
     }
     Ok(vec![row])

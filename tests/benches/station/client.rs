@@ -70,6 +70,17 @@ pub fn new_key() -> Arc<SigningKey> {
 
 static NEXT_SOURCE: AtomicU32 = AtomicU32::new(0);
 
+/// Reserves `count` source addresses for another process (a pairs client, `pairs.rs`) and
+/// returns the first: this process will not use them, so no two processes share addresses.
+pub fn reserve_sources(count: u32) -> u32 {
+    NEXT_SOURCE.fetch_add(count, Ordering::Relaxed)
+}
+
+/// Makes this process's source addresses start at `first` (one its parent reserved).
+pub fn use_sources_from(first: u32) {
+    NEXT_SOURCE.store(first, Ordering::Relaxed);
+}
+
 /// The next client source address: 127.A.B.C, a different one for each of millions of calls.
 pub fn next_source() -> IpAddr {
     let n = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % (200 * 250 * 250);

@@ -50,22 +50,46 @@ impl Target {
     /// `count` rooms: resources created on the station (one key for all, which the station
     /// neither knows nor cares about), or fresh room names on the bare server.
     pub async fn rooms(&self, count: usize) -> anyhow::Result<Vec<Room>> {
-        if !self.station {
-            return Ok((0..count).map(|_| Room::bare()).collect());
-        }
-        let addr = self.addr();
-        futures::stream::iter(0..count)
-            .map(|_| client::create(addr, &self.key))
-            .buffer_unordered(SETUP_CONCURRENCY)
-            .try_collect()
-            .await
+        let key = self.station.then(|| self.key.clone());
+        rooms(self.addr(), key, count, SETUP_CONCURRENCY).await
     }
 
     /// Opens `per_room` verified connections to each room, `SETUP_CONCURRENCY` at a time;
     /// returned grouped by room, in the rooms' order.
     pub async fn join_all(&self, rooms: &[Room], per_room: usize) -> anyhow::Result<Vec<Vec<Ws>>> {
-        let addr = self.addr();
-        let mut joined: Vec<(usize, Ws)> = futures::stream::iter(
+        join_all(self.addr(), rooms, per_room, SETUP_CONCURRENCY).await
+    }
+}
+
+/// `count` rooms on the server at `addr`: station resources created with `key`, `concurrency`
+/// handshakes at a time, or (without a key) fresh bare-server room names. [`Target::rooms`]
+/// for a process that has no [`Target`] (a pairs client, `pairs.rs`).
+pub async fn rooms(
+    addr: SocketAddr,
+    key: Option<Arc<SigningKey>>,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Room>> {
+    let Some(key) = key else {
+        return Ok((0..count).map(|_| Room::bare()).collect());
+    };
+    futures::stream::iter(0..count)
+        .map(|_| client::create(addr, &key))
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await
+}
+
+/// Opens `per_room` connections to each room, `concurrency` at a time; returned grouped by
+/// room, in the rooms' order. [`Target::join_all`] for a process that has no [`Target`].
+pub async fn join_all(
+    addr: SocketAddr,
+    rooms: &[Room],
+    per_room: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Vec<Ws>>> {
+    let mut joined: Vec<(usize, Ws)> =
+        futures::stream::iter(
             rooms
                 .iter()
                 .enumerate()
@@ -74,16 +98,15 @@ impl Target {
         .map(|(index, room)| async move {
             Ok::<_, anyhow::Error>((index, client::join(addr, room).await?))
         })
-        .buffer_unordered(SETUP_CONCURRENCY)
+        .buffer_unordered(concurrency.max(1))
         .try_collect()
         .await?;
-        let mut grouped: Vec<Vec<Ws>> = (0..rooms.len())
-            .map(|_| Vec::with_capacity(per_room))
-            .collect();
-        joined.sort_by_key(|(index, _)| *index);
-        for (index, ws) in joined {
-            grouped[index].push(ws);
-        }
-        Ok(grouped)
+    let mut grouped: Vec<Vec<Ws>> = (0..rooms.len())
+        .map(|_| Vec::with_capacity(per_room))
+        .collect();
+    joined.sort_by_key(|(index, _)| *index);
+    for (index, ws) in joined {
+        grouped[index].push(ws);
     }
+    Ok(grouped)
 }

@@ -100,6 +100,11 @@ impl Server {
             .context("no VmRSS line in /proc/PID/status")
     }
 
+    /// Descriptors the process holds now (entries of /proc/PID/fd).
+    pub fn open_fds(&self) -> anyhow::Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.pid))?.count())
+    }
+
     /// CPU time (user + system) the process has used so far, from /proc/PID/stat.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))?;
