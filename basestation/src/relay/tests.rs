@@ -4,6 +4,7 @@
 use super::*;
 use crate::limits::Limits;
 use crate::session::CloseReason;
+use crate::session::tests::config_payload;
 use crate::store::memory::MemoryStore;
 use crate::store::{Change, Claim, Seq, Store, StoreError, StoredResource};
 use crate::telemetry::Metrics;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, PollSender};
-use zbase_proto::wire::{Code, Frame, ResourceId, config_message, encode_b64url, verify_message};
+use zbase_proto::wire::{Code, Frame, ResourceId, verify_message};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -113,20 +114,25 @@ async fn create(relay: &Relay, key: &SigningKey) -> ResourceId {
     let proposed = ResourceId::from_bytes(rand::random());
     let mut client = Client::connect(relay, proposed);
     let c = challenge(&client.frame(Code::RequireConfig).await);
-    let proof = key.sign(&config_message(&c, &proposed)).to_bytes();
-    let config = format!(
-        r#"{{"jwk":{{"kty":"OKP","crv":"Ed25519","x":"{}"}},"proof":"{}"}}"#,
-        encode_b64url(key.verifying_key().as_bytes()),
-        encode_b64url(&proof)
-    );
-    client.send(Code::SubmitConfig, config.into_bytes()).await;
+    client
+        .send(Code::SubmitConfig, config_payload(key, &c, &proposed))
+        .await;
     let offered = client.frame(Code::OfferConfig).await;
     assert_eq!(client.closed().await, CloseReason::Normal);
     ResourceId::parse(std::str::from_utf8(&offered).unwrap()).unwrap()
 }
 
 async fn verified(relay: &Relay, id: ResourceId, key: &SigningKey) -> Client {
-    let mut client = Client::connect(relay, id);
+    verified_with_buffer(relay, id, key, 64).await
+}
+
+async fn verified_with_buffer(
+    relay: &Relay,
+    id: ResourceId,
+    key: &SigningKey,
+    buffer: usize,
+) -> Client {
+    let mut client = Client::connect_with_buffer(relay, id, buffer);
     let c = challenge(&client.frame(Code::RequireVerification).await);
     client
         .send(
@@ -245,17 +251,7 @@ async fn s6_overflowing_peer_is_disconnected_and_others_keep_going() {
     let id = create(&relay, &key).await;
     let sender = verified(&relay, id, &key).await;
     // A peer that never reads: its transport buffer holds one frame, its queue four.
-    let mut slow = {
-        let mut client = Client::connect_with_buffer(&relay, id, 1);
-        let c = challenge(&client.frame(Code::RequireVerification).await);
-        client
-            .send(
-                Code::SubmitVerification,
-                key.sign(&verify_message(&c, &id)).to_bytes().to_vec(),
-            )
-            .await;
-        client
-    };
+    let mut slow = verified_with_buffer(&relay, id, &key, 1).await;
     let mut fast = verified(&relay, id, &key).await;
     for n in 0..32u8 {
         sender.send(Code::SubmitDelta, vec![n]).await;
@@ -319,16 +315,6 @@ async fn shutdown_closes_peers_going_away_and_drains() {
         .expect("relay did not drain");
 }
 
-fn config(key: &SigningKey, challenge: &[u8; 32], proposed: &ResourceId) -> Vec<u8> {
-    let proof = key.sign(&config_message(challenge, proposed)).to_bytes();
-    format!(
-        r#"{{"jwk":{{"kty":"OKP","crv":"Ed25519","x":"{}"}},"proof":"{}"}}"#,
-        encode_b64url(key.verifying_key().as_bytes()),
-        encode_b64url(&proof)
-    )
-    .into_bytes()
-}
-
 #[tokio::test]
 async fn s5_two_creators_racing_for_one_identifier_get_two_that_each_verify() {
     let relay = relay();
@@ -341,9 +327,9 @@ async fn s5_two_creators_racing_for_one_identifier_get_two_that_each_verify() {
     let mut b = Client::connect(&relay, proposed);
     let ca = challenge(&a.frame(Code::RequireConfig).await);
     let cb = challenge(&b.frame(Code::RequireConfig).await);
-    a.send(Code::SubmitConfig, config(&keys[0], &ca, &proposed))
+    a.send(Code::SubmitConfig, config_payload(&keys[0], &ca, &proposed))
         .await;
-    b.send(Code::SubmitConfig, config(&keys[1], &cb, &proposed))
+    b.send(Code::SubmitConfig, config_payload(&keys[1], &cb, &proposed))
         .await;
     let ids: Vec<ResourceId> =
         futures::future::join_all([&mut a, &mut b].map(|client| async move {

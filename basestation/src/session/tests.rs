@@ -22,7 +22,8 @@ fn frame(code: Code, payload: &[u8]) -> Result<Frame, FrameError> {
     Frame::new(code, payload.to_vec())
 }
 
-fn config_payload(
+/// A valid `submit-config` payload for `sk`'s Ed25519 key (shared with the relay tests).
+pub(crate) fn config_payload(
     sk: &ed25519_dalek::SigningKey,
     challenge: &Challenge,
     id: &ResourceId,
