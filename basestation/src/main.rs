@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use zbase_basestation::config::{RawSettings, Settings};
+use zbase_basestation::config::{RawSettings, Settings, StoreBackend};
 use zbase_basestation::relay::{Relay, RelayParts};
-use zbase_basestation::store::{SqliteStore, Store};
+use zbase_basestation::store::{PostgresOptions, PostgresStore, SqliteStore, Store};
 use zbase_basestation::telemetry::{Metrics, init_telemetry};
 use zbase_basestation::{shutdown, transport};
 
@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve WebSocket and gRPC clients on one port, with the store in --data-dir.
+    /// Serve WebSocket and gRPC clients on one port, with the store in --data-dir or --store.
     Serve(RawSettings),
 }
 
@@ -85,17 +85,7 @@ fn settings(raw: RawSettings) -> anyhow::Result<Settings> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
-    let db = settings.data_dir.join("station.sqlite3");
-    let store = SqliteStore::open(&db)
-        .await
-        .with_context(|| format!("cannot open the store {}", db.display()))?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = open_store(&settings).await?;
     let token = CancellationToken::new();
     let relay = Relay::new(RelayParts {
         store: store.clone(),
@@ -124,4 +114,39 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// The backend `--store` names. Only the redacted URL ever reaches a message.
+async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let StoreBackend::Postgres { url, password_file } = &settings.store else {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                settings.data_dir.display()
+            )
+        })?;
+        let db = settings.data_dir.join("station.sqlite3");
+        let store = SqliteStore::open(&db)
+            .await
+            .with_context(|| format!("cannot open the store {}", db.display()))?;
+        return Ok(Arc::new(store));
+    };
+    let password = match password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the store password file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let options = PostgresOptions {
+        password,
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect(url.expose(), options)
+        .await
+        .with_context(|| format!("cannot open the store {url}"))?;
+    tracing::info!(store = %url, "using the PostgreSQL store");
+    Ok(Arc::new(store))
 }

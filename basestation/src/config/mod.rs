@@ -34,6 +34,16 @@ pub struct RawSettings {
     #[arg(long, env = "ZBASE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Where resources are stored: `sqlite` (a file under --data-dir) or a PostgreSQL URL,
+    /// `postgres://user@host:5432/db`, for several pods on one database. [default: sqlite]
+    #[arg(long, env = "ZBASE_STORE", value_name = "sqlite|URL")]
+    pub store: Option<String>,
+
+    /// File whose content (trimmed) is the PostgreSQL password, e.g. a mounted Kubernetes
+    /// Secret; it replaces any password in --store.
+    #[arg(long, env = "ZBASE_STORE_PASSWORD_FILE", value_name = "FILE")]
+    pub store_password_file: Option<PathBuf>,
+
     /// Log line format. [default: text]
     #[arg(long, env = "ZBASE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -125,6 +135,82 @@ pub enum ConfigError {
     },
 }
 
+/// Which [`Store`](crate::store::Store) backend the station runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// The embedded SQLite file under the data directory.
+    Sqlite,
+    /// A PostgreSQL database, possibly shared with other pods.
+    Postgres {
+        /// Where to connect; prints without its password.
+        url: StoreUrl,
+        /// A file holding the password, read when connecting.
+        password_file: Option<PathBuf>,
+    },
+}
+
+/// A database URL that may hold a password: `Debug` and `Display` show it with the password
+/// replaced, so it can go into logs and error messages; [`StoreUrl::expose`] gives it whole.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    /// The URL as given, password included: only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({:?})", self.redacted())
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// `scheme://user:password@host/...` with the password (up to the last `@` of the authority)
+/// replaced; a URL without one comes back unchanged. Also hides `password=` query parameters.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 /// The settings the station runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -132,6 +218,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Directory of the embedded store.
     pub data_dir: PathBuf,
+    /// Which backend holds resources.
+    pub store: StoreBackend,
     /// Log line format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -171,6 +259,8 @@ impl RawSettings {
             config: self.config.or(fallback.config),
             listen: self.listen.or(fallback.listen),
             data_dir: self.data_dir.or(fallback.data_dir),
+            store: self.store.or(fallback.store),
+            store_password_file: self.store_password_file.or(fallback.store_password_file),
             log_format: self.log_format.or(fallback.log_format),
             log: self.log.or(fallback.log),
             otlp_endpoint: self.otlp_endpoint.or(fallback.otlp_endpoint),
@@ -244,7 +334,33 @@ impl RawSettings {
             resource_idle: self.resource_idle.unwrap_or(d.resource_idle),
             shutdown_grace: self.shutdown_grace.unwrap_or(d.shutdown_grace),
         };
+        let store = match self.store.as_deref().map(str::trim) {
+            None | Some("sqlite") => {
+                if self.store_password_file.is_some() {
+                    return Err(ConfigError::Range {
+                        name: "store-password-file",
+                        value: "set".into(),
+                        expected: "only with --store postgres://...; SQLite has no password",
+                    });
+                }
+                StoreBackend::Sqlite
+            }
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                StoreBackend::Postgres {
+                    url: StoreUrl(url.to_owned()),
+                    password_file: self.store_password_file,
+                }
+            }
+            Some(other) => {
+                return Err(ConfigError::Range {
+                    name: "store",
+                    value: redact(other),
+                    expected: "'sqlite' or a PostgreSQL URL such as postgres://user@host:5432/db",
+                });
+            }
+        };
         Ok(Settings {
+            store,
             listen: self
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -357,6 +473,54 @@ mod tests {
             .resolve()
             .is_err()
         );
+    }
+
+    #[test]
+    fn store_is_sqlite_by_default_and_postgres_by_url() {
+        let settings = RawSettings::default().resolve().unwrap();
+        assert_eq!(settings.store, StoreBackend::Sqlite);
+        let file = RawSettings::from_yaml("store: postgres://zbase@db:5432/zbase\n").unwrap();
+        let flags = RawSettings {
+            store_password_file: Some(PathBuf::from("/secrets/pw")),
+            ..Default::default()
+        };
+        let StoreBackend::Postgres { url, password_file } = flags.or(file).resolve().unwrap().store
+        else {
+            panic!("expected PostgreSQL");
+        };
+        assert_eq!(url.expose(), "postgres://zbase@db:5432/zbase");
+        assert_eq!(password_file, Some(PathBuf::from("/secrets/pw")));
+        let error = RawSettings {
+            store: Some("mysql://root:hunter2@db/x".into()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("store") && !error.contains("hunter2"),
+            "{error}"
+        );
+        assert!(
+            RawSettings {
+                store_password_file: Some(PathBuf::from("pw")),
+                ..Default::default()
+            }
+            .resolve()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn store_urls_print_without_their_password() {
+        let url =
+            StoreUrl("postgres://zbase:s3cr@t@db:5432/zbase?sslmode=require&password=p2".into());
+        for shown in [url.to_string(), format!("{url:?}")] {
+            assert!(!shown.contains("s3cr") && !shown.contains("p2"), "{shown}");
+            assert!(shown.contains("zbase:***@db:5432/zbase"), "{shown}");
+        }
+        let plain = StoreUrl("postgres://zbase@db/zbase".into());
+        assert_eq!(plain.to_string(), "postgres://zbase@db/zbase");
     }
 
     #[test]

@@ -390,3 +390,73 @@ pub(crate) async fn calls_after_close_are_refused(store: Arc<dyn Store>) {
     // Closing twice is harmless.
     store.close().await;
 }
+
+/// Rule, for backends that several processes share: while writers on every store in `writers`
+/// claim new resources (each changed once, so any skipped change stays missing) and rewrite
+/// old ones, a reader on `reader` that resumes from the last sequence it saw ends with every
+/// resource at its latest state, and never sees the sequence go backwards.
+pub(crate) async fn a_resuming_reader_never_misses_a_change_from_several_writers(
+    writers: &[Arc<dyn Store>],
+    reader: Arc<dyn Store>,
+) {
+    const TASKS_PER_WRITER: u32 = 32;
+    const CLAIMS: u32 = 20;
+    let done = Arc::new(AtomicBool::new(false));
+
+    let reading = {
+        let (store, done) = (Arc::clone(&reader), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut position = 0;
+            let mut seen = HashMap::new();
+            let mut end = None;
+            loop {
+                let page = store.changes_since(position, 7).await.unwrap();
+                for change in &page {
+                    assert!(change.seq > position, "{} after {position}", change.seq);
+                    position = change.seq;
+                    seen.insert(change.id, (change.seq, change.snapshot.clone()));
+                }
+                if page.is_empty() {
+                    // Only once the writers are done is "caught up" final.
+                    if end.is_none() && done.load(Ordering::Acquire) {
+                        end = Some(store.last_seq().await.unwrap());
+                    }
+                    if end.is_some_and(|end| position >= end) {
+                        return seen;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+
+    let mut tasks = Vec::new();
+    for (w, store) in (0..).zip(writers) {
+        for t in 0..TASKS_PER_WRITER {
+            let store = Arc::clone(store);
+            let task = w * TASKS_PER_WRITER + t;
+            tasks.push(tokio::spawn(async move {
+                for i in 0..CLAIMS {
+                    let n = task * CLAIMS + i;
+                    claimed(&*store, n).await;
+                    // Rewrite an earlier resource of this task, moving it up the sequence.
+                    let earlier = task * CLAIMS + i / 2;
+                    let snapshot = Bytes::from(format!("task {task} step {i}"));
+                    store.put_snapshot(&id(earlier), snapshot).await.unwrap();
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    done.store(true, Ordering::Release);
+    let seen = reading.await.unwrap();
+
+    let total = writers.len() as u32 * TASKS_PER_WRITER * CLAIMS;
+    assert_eq!(seen.len(), total as usize, "the reader missed resources");
+    for n in 0..total {
+        let loaded = reader.load(&id(n)).await.unwrap().unwrap();
+        assert_eq!(seen[&id(n)], (loaded.seq, loaded.snapshot), "resource {n}");
+    }
+}

@@ -11,8 +11,10 @@
 pub(crate) mod conformance;
 #[cfg(test)]
 pub(crate) mod memory;
+mod postgres;
 mod sqlite;
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteStore, WriteStats};
 
 use bytes::Bytes;
@@ -77,7 +79,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// A backend for resources. SQLite is the embedded default; PostgreSQL comes for several pods.
+/// A backend for resources. SQLite is the embedded default; PostgreSQL serves several pods.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The resource's key and snapshot, or `None` if it was never configured.

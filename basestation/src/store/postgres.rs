@@ -1,0 +1,808 @@
+//! The shared backend: PostgreSQL, for several station processes (pods) on one database.
+//!
+//! Promise, as for SQLite: `claim` and `put_snapshot` return only once their transaction is
+//! committed (with `synchronous_commit=on`, forced per connection). Every write of this process
+//! goes through one writer task; when it wakes it takes every request already queued (up to a
+//! bounded batch), applies them in one transaction and commits once (group commit). Claims are
+//! `INSERT ... ON CONFLICT DO NOTHING`, which PostgreSQL makes atomic across processes: a second
+//! inserter of the same key waits for the first to commit and then does nothing.
+//!
+//! # The change sequence with several writers
+//!
+//! With one writer (SQLite) numbering in commit order is free. With several pods, two
+//! transactions can take numbers 10 and 11 and commit in the order 11, 10; a reader that saw 11
+//! and resumes after it would never see 10. Of the two known remedies, this backend
+//! **serialises sequence assignment at commit**: each write transaction first does its real
+//! work (inserts and snapshot updates, the expensive part, under placeholder numbers), then, as
+//! its last statement before `COMMIT`, takes its numbers with
+//! `UPDATE zbase_sequence SET last = last + n RETURNING last` on a single row, and in that same
+//! statement gives its rows their final numbers. The row lock on the counter is held until the
+//! transaction commits, so the next transaction to number its changes waits for this one's
+//! commit: commits become visible in sequence order across all pods, and every reader's
+//! snapshot holds a prefix of the sequence. `changes_since` stays a plain indexed range scan.
+//!
+//! The other remedy, letting readers stop below the oldest open writer, needs every reader to
+//! know every pod's in-flight transactions (`pg_snapshot_xmin` bookkeeping plus a per-change
+//! transaction id) and makes replication lag behind the slowest writer anyway. Serialising only
+//! the numbering costs one row lock held for one statement and the commit round trip per
+//! *batch*, which group commit already amortises over up to [`MAX_BATCH_WRITES`] requests.
+//!
+//! Until the final statement, a claimed row carries a negative placeholder derived from the
+//! transaction id, unique across concurrent transactions (so the `UNIQUE` index on `seq` never
+//! makes two pods wait on each other) and never visible to readers (it is replaced before
+//! commit, and readers only ask for positive numbers). A request that changes nothing (taken,
+//! not found) takes no number, because numbers are only counted for rows actually written.
+
+use super::{Change, Claim, Seq, Store, StoreError, StoredResource};
+use bytes::Bytes;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _};
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr as _;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use zbase_proto::wire::ResourceId;
+
+/// Requests committed together at most, so one batch cannot hold its first caller for long.
+/// Also bounds the placeholder numbering (see [`PLACEHOLDERS_PER_TRANSACTION`]).
+const MAX_BATCH_WRITES: usize = 512;
+
+/// Snapshot bytes taken into one batch at most (exceeded by at most the last snapshot taken),
+/// bounding the memory and WAL a single commit needs.
+const MAX_BATCH_BYTES: usize = 32 << 20;
+
+/// Requests waiting for the writer before callers wait to enqueue: backpressure, not growth.
+const QUEUE_CAPACITY: usize = 2 * MAX_BATCH_WRITES;
+
+/// Placeholder numbers reserved per transaction id (the `1024` in [`CLAIM`]); a batch must fit.
+const PLACEHOLDERS_PER_TRANSACTION: usize = 1024;
+const _: () = assert!(MAX_BATCH_WRITES <= PLACEHOLDERS_PER_TRANSACTION);
+
+/// Creates a resource if its identifier is free, under a placeholder number unique to this
+/// transaction and request; zero rows affected means taken (possibly by another pod).
+const CLAIM: &str = "INSERT INTO resources (id, jwk, snapshot, seq) \
+                     VALUES ($1, $2, NULL, -(txid_current() * 1024 + $3)) \
+                     ON CONFLICT (id) DO NOTHING";
+
+/// Replaces a resource's snapshot; its number is set by [`NUMBER`]. Zero rows means unknown.
+const PUT: &str = "UPDATE resources SET snapshot = $1 WHERE id = $2";
+
+/// The last statement of every transaction that changed something: takes `$1` numbers from the
+/// counter (locking its row until commit) and gives each written resource its final number,
+/// `last - $1 + rank`, where rank is the 1-based position of its latest change in the batch.
+const NUMBER: &str = "WITH taken AS (\
+                          UPDATE zbase_sequence SET last = last + $1 RETURNING last\
+                      ) \
+                      UPDATE resources AS r SET seq = taken.last - $1 + v.rank \
+                      FROM taken, unnest($2::text[], $3::bigint[]) AS v (id, rank) \
+                      WHERE r.id = v.id \
+                      RETURNING taken.last";
+
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// How [`PostgresStore::connect`] connects, beyond what the URL says.
+#[derive(Clone)]
+pub struct PostgresOptions {
+    /// Replaces the URL's password, e.g. read from a Kubernetes Secret mounted as a file.
+    pub password: Option<String>,
+    /// Connections in the pool: the writer uses one at a time, readers the rest.
+    pub max_connections: u32,
+    /// How long a call waits for a free (or new) connection before it fails, so an unreachable
+    /// database turns into an error instead of a hang.
+    pub acquire_timeout: Duration,
+    /// Longest any statement may run, lock waits included, so a stuck peer cannot stall us.
+    pub statement_timeout: Duration,
+    /// How long the server keeps a transaction whose client went silent, so a hung pod cannot
+    /// hold the sequence lock (and so every other pod's writes) forever.
+    pub idle_in_transaction_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> PostgresOptions {
+        PostgresOptions {
+            password: None,
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl fmt::Debug for PostgresOptions {
+    // Written by hand so the password never reaches a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresOptions")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field(
+                "idle_in_transaction_timeout",
+                &self.idle_in_transaction_timeout,
+            )
+            .finish()
+    }
+}
+
+/// A [`Store`] in a PostgreSQL database, shared by any number of station processes.
+pub struct PostgresStore {
+    /// The writer's queue; `None` once closed, which is how later writes learn of it.
+    writes: std::sync::Mutex<Option<mpsc::Sender<Write>>>,
+    /// The writer task; `close` awaits it so queued writes finish before the pool closes.
+    writer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Connections for reads and for the writer's transactions; reconnects on its own when the
+    /// server comes back, so no failure is permanent.
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user[:password]@host[:port]/db`) and
+    /// migrates it. Several processes may do so at once: migrations take an advisory lock.
+    pub async fn connect(url: &str, options: PostgresOptions) -> Result<PostgresStore, StoreError> {
+        let mut connect = PgConnectOptions::from_str(url)?
+            .application_name("zbase-station")
+            .options([
+                (
+                    "statement_timeout",
+                    options.statement_timeout.as_millis().to_string(),
+                ),
+                (
+                    "idle_in_transaction_session_timeout",
+                    options.idle_in_transaction_timeout.as_millis().to_string(),
+                ),
+                // "Committed" must mean durable whatever the server's default says.
+                ("synchronous_commit", "on".to_owned()),
+            ]);
+        if let Some(password) = &options.password {
+            connect = connect.password(password);
+        }
+        // Migrating on a connection of our own shows why the server is unreachable
+        // ("connection refused", "password authentication failed"); the pool would only say
+        // that it timed out.
+        let mut first = tokio::time::timeout(options.acquire_timeout, connect.connect())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        MIGRATOR.run(&mut first).await?;
+        if let Err(error) = first.close().await {
+            tracing::debug!(%error, "closing the migration connection failed");
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        let (sender, requests) = mpsc::channel(QUEUE_CAPACITY);
+        let writer = Writer {
+            pool: pool.clone(),
+            requests,
+        };
+        Ok(PostgresStore {
+            writes: std::sync::Mutex::new(Some(sender)),
+            writer: tokio::sync::Mutex::new(Some(tokio::spawn(writer.run()))),
+            pool,
+        })
+    }
+
+    /// Hands `op` to the writer and waits for its commit: the change's sequence, or `None` if
+    /// it changed nothing.
+    async fn write(&self, op: Op) -> Result<Option<Seq>, StoreError> {
+        let queue = self
+            .writes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Write { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        // A dropped reply means the writer stopped before committing this request.
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn load(&self, id: &ResourceId) -> Result<Option<StoredResource>, StoreError> {
+        let row: Option<(String, Option<Vec<u8>>, i64)> =
+            sqlx::query_as("SELECT jwk, snapshot, seq FROM resources WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(read_error)?;
+        row.map(|(jwk, snapshot, seq)| {
+            Ok(StoredResource {
+                jwk,
+                snapshot: snapshot.map(Bytes::from),
+                seq: seq_from_sql(seq)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn claim(&self, id: &ResourceId, jwk: &str) -> Result<Claim, StoreError> {
+        let op = Op::Claim {
+            id: *id,
+            jwk: jwk.to_owned(),
+        };
+        Ok(match self.write(op).await? {
+            Some(seq) => Claim::Claimed { seq },
+            None => Claim::Taken,
+        })
+    }
+
+    async fn put_snapshot(&self, id: &ResourceId, snapshot: Bytes) -> Result<Seq, StoreError> {
+        let op = Op::Put { id: *id, snapshot };
+        self.write(op).await?.ok_or(StoreError::NotFound)
+    }
+
+    async fn changes_since(&self, after: Seq, limit: usize) -> Result<Vec<Change>, StoreError> {
+        // Past the largest stored value both simply mean "everything" or "nothing".
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<(i64, String, String, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT seq, id, jwk, snapshot FROM resources WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(read_error)?;
+        rows.into_iter()
+            .map(|(seq, id, jwk, snapshot)| {
+                Ok(Change {
+                    seq: seq_from_sql(seq)?,
+                    id: ResourceId::parse(&id).map_err(|e| {
+                        StoreError::Corrupt(format!("a stored identifier is invalid: {e}"))
+                    })?,
+                    jwk,
+                    snapshot: snapshot.map(Bytes::from),
+                })
+            })
+            .collect()
+    }
+
+    async fn last_seq(&self) -> Result<Seq, StoreError> {
+        // The counter moves only in committed transactions, and only by what they wrote.
+        let last: i64 = sqlx::query_scalar("SELECT last FROM zbase_sequence")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(read_error)?;
+        seq_from_sql(last)
+    }
+
+    async fn close(&self) {
+        // Without our sender the queue ends once callers already sending are in; the writer
+        // commits everything queued, then stops.
+        drop(
+            self.writes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        // Held across the wait so a second `close` also returns only after the drain.
+        let mut writer = self.writer.lock().await;
+        if let Some(task) = writer.take()
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "the store's writer task failed");
+        }
+        self.pool.close().await;
+    }
+}
+
+/// A change asked of the writer.
+enum Op {
+    /// Create the resource if the identifier is free.
+    Claim { id: ResourceId, jwk: String },
+    /// Replace an existing resource's snapshot.
+    Put { id: ResourceId, snapshot: Bytes },
+}
+
+impl Op {
+    fn id(&self) -> &ResourceId {
+        match self {
+            Op::Claim { id, .. } | Op::Put { id, .. } => id,
+        }
+    }
+}
+
+/// A request in the writer's queue, answered with the change's sequence or `None` if nothing
+/// changed (identifier taken, resource unknown).
+struct Write {
+    op: Op,
+    reply: oneshot::Sender<Result<Option<Seq>, StoreError>>,
+}
+
+impl Write {
+    /// Bytes this request adds to a batch (its snapshot, or its key).
+    fn weight(&self) -> usize {
+        match &self.op {
+            Op::Claim { jwk, .. } => jwk.len(),
+            Op::Put { snapshot, .. } => snapshot.len(),
+        }
+    }
+
+    fn answer(self, result: Result<Option<Seq>, StoreError>) {
+        // A caller that stopped waiting (its connection dropped) needs no answer; its write stands.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Why a batch's transaction did not commit.
+enum Failure {
+    /// One request's statement failed: possibly that request's fault (or a deadlock with
+    /// another pod over two rows), so the others are retried without it.
+    Request(sqlx::Error),
+    /// Beginning, numbering or committing failed: the batch as a whole, no request's fault.
+    Batch(sqlx::Error),
+}
+
+/// This process's only writer: batches requests into transactions on the pool.
+struct Writer {
+    pool: PgPool,
+    requests: mpsc::Receiver<Write>,
+}
+
+impl Writer {
+    /// Commits batches until every sender is gone (close or drop). A failed batch fails only
+    /// its own requests: the next one starts on a fresh transaction (and, if the server went
+    /// away, a fresh connection), so the store recovers by itself when the database returns.
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(MAX_BATCH_WRITES);
+        while let Some(first) = self.requests.recv().await {
+            let mut bytes = first.weight();
+            batch.push(first);
+            while batch.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
+                let Ok(next) = self.requests.try_recv() else {
+                    break;
+                };
+                bytes += next.weight();
+                batch.push(next);
+            }
+            self.process(&mut batch).await;
+        }
+    }
+
+    /// Commits `batch` and answers each request.
+    async fn process(&mut self, batch: &mut Vec<Write>) {
+        let failure = match self.transact(batch).await {
+            Ok(outcomes) => {
+                for (write, outcome) in batch.drain(..).zip(outcomes) {
+                    write.answer(Ok(outcome));
+                }
+                return;
+            }
+            Err(failure) => failure,
+        };
+        match failure {
+            Failure::Request(_) if batch.len() > 1 => {
+                // Isolate the request at fault: each alone in its own transaction.
+                for write in batch.drain(..) {
+                    match self.transact(std::slice::from_ref(&write)).await {
+                        Ok(outcomes) => write.answer(Ok(outcomes.into_iter().next().flatten())),
+                        Err(Failure::Request(error) | Failure::Batch(error)) => {
+                            write.answer(Err(error.into()));
+                        }
+                    }
+                }
+            }
+            Failure::Request(error) | Failure::Batch(error) => {
+                tracing::warn!(%error, writes = batch.len(), "a store transaction failed");
+                // Nothing of the batch committed, so every request hears so; none is
+                // acknowledged for a transaction that did not happen.
+                let error = Arc::new(error);
+                for write in batch.drain(..) {
+                    write.answer(Err(StoreError::Database(sqlx::Error::Io(
+                        std::io::Error::other(BatchFailed(Arc::clone(&error))),
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// Applies `batch` in one transaction, numbers what it wrote as its last statement, and
+    /// commits: each request's sequence, or `None` where it changed nothing.
+    async fn transact(&mut self, batch: &[Write]) -> Result<Vec<Option<Seq>>, Failure> {
+        let mut tx = self.pool.begin().await.map_err(Failure::Batch)?;
+        // Rank (1-based, in the order applied) of each request that wrote, and per resource the
+        // rank of its latest change, which is the number its row ends with.
+        let mut ranks = vec![None; batch.len()];
+        let mut latest: HashMap<ResourceId, i64> = HashMap::new();
+        let mut written: i64 = 0;
+        // Rows are locked in identifier order, the same order on every pod, so two pods'
+        // batches touching the same resources queue behind each other instead of deadlocking.
+        // The sort is stable: requests for one resource keep their order, and the later one
+        // keeps the higher number.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&slot| batch[slot].op.id().as_str());
+        for slot in order {
+            let placeholder = i64::try_from(slot).unwrap_or(i64::MAX);
+            let result = match &batch[slot].op {
+                Op::Claim { id, jwk } => {
+                    let claim = sqlx::query(CLAIM).bind(id.as_str()).bind(jwk.as_str());
+                    claim.bind(placeholder).execute(&mut *tx).await
+                }
+                Op::Put { id, snapshot } => {
+                    let put = sqlx::query(PUT).bind(&snapshot[..]).bind(id.as_str());
+                    put.execute(&mut *tx).await
+                }
+            };
+            // Zero rows is the answer "taken" or "not found", and takes no sequence number.
+            if result.map_err(Failure::Request)?.rows_affected() == 1 {
+                written += 1;
+                ranks[slot] = Some(written);
+                latest.insert(*batch[slot].op.id(), written);
+            }
+        }
+        let mut base = 0;
+        if written > 0 {
+            let (ids, ranks_of): (Vec<String>, Vec<i64>) = latest
+                .iter()
+                .map(|(id, rank)| (id.as_str().to_owned(), *rank))
+                .unzip();
+            let numbered: Vec<i64> = sqlx::query_scalar(NUMBER)
+                .bind(written)
+                .bind(&ids)
+                .bind(&ranks_of)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(Failure::Batch)?;
+            let Some(&last) = numbered.first().filter(|_| numbered.len() == ids.len()) else {
+                let message = format!(
+                    "numbering {} written resources updated {} rows",
+                    ids.len(),
+                    numbered.len()
+                );
+                return Err(Failure::Batch(sqlx::Error::Protocol(message)));
+            };
+            base = last - written;
+        }
+        tx.commit().await.map_err(Failure::Batch)?;
+        ranks
+            .into_iter()
+            .map(|rank| rank.map(|rank| seq_from_sql(base + rank)).transpose())
+            .collect::<Result<_, _>>()
+            .map_err(|error| Failure::Batch(sqlx::Error::Protocol(error.to_string())))
+    }
+}
+
+/// The failure of a whole batch, told to each request in it (a `sqlx::Error` cannot be cloned).
+#[derive(Debug)]
+struct BatchFailed(Arc<sqlx::Error>);
+
+impl fmt::Display for BatchFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the transaction carrying this write failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for BatchFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// A read failed; after `close` that is the pool refusing, which callers see as `Closed`.
+fn read_error(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::PoolClosed => StoreError::Closed,
+        error => StoreError::Database(error),
+    }
+}
+
+fn seq_from_sql(seq: i64) -> Result<Seq, StoreError> {
+    Seq::try_from(seq)
+        .map_err(|_| StoreError::Corrupt(format!("a stored change sequence is negative ({seq})")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! Runs against a real PostgreSQL server: one throwaway cluster per test process, started
+    //! on first use in a temporary folder on a loopback port, one fresh database per test.
+
+    use super::*;
+    use crate::store::conformance::{self, Fixture, id, jwk};
+    use sqlx::PgConnection;
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, ChildStdin, Command, Stdio};
+    use std::sync::OnceLock;
+
+    /// Started by the test process, stopped and deleted by a guardian shell when the process
+    /// exits however it exits: the guardian waits for end-of-file on a pipe only this process
+    /// holds open, and the kernel closes it on exit, panic and SIGKILL alike. Rust never drops
+    /// statics, so a `Drop` guard alone would leave the server running after `cargo test`.
+    const GUARDIAN: &str = r#"
+        trap '' INT TERM HUP
+        T="$1"; PORT="$2"; BIN="$3"; AS="$4"
+        run() { if [ -n "$AS" ]; then runuser -u "$AS" -- "$@"; else "$@"; fi; }
+        if run "$BIN/initdb" -D "$T/data" -U postgres -A trust --no-sync -E UTF8 \
+                --locale=C.UTF-8 >"$T/setup.log" 2>&1 \
+           && run "$BIN/pg_ctl" -D "$T/data" -l "$T/server.log" -w -t 60 start \
+                -o "-c listen_addresses=127.0.0.1 -p $PORT -k $T -c fsync=off -c max_connections=400" \
+                >>"$T/setup.log" 2>&1; then
+            echo ready
+        else
+            echo failed
+            tail -n 20 "$T/setup.log" "$T/server.log" 2>/dev/null
+        fi
+        exec >/dev/null 2>&1
+        cat >/dev/null
+        run "$BIN/pg_ctl" -D "$T/data" -m immediate -w stop
+        rm -rf "$T"
+    "#;
+
+    const INSTALL: &str = "the PostgreSQL store tests need a PostgreSQL server: install it with \
+                           `apt-get install postgresql` (Debian puts initdb and pg_ctl under \
+                           /usr/lib/postgresql/<version>/bin), or set ZBASE_PG_BIN to the \
+                           directory holding them";
+
+    struct Cluster {
+        port: u16,
+        /// Never written: held open so the guardian sees end-of-file only when we exit.
+        _lifeline: ChildStdin,
+        _guardian: Child,
+    }
+
+    impl Cluster {
+        fn url(&self, database: &str) -> String {
+            format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        }
+    }
+
+    /// The directory of `initdb` and `pg_ctl`.
+    fn server_binaries() -> Result<PathBuf, String> {
+        let has = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+        if let Some(dir) = std::env::var_os("ZBASE_PG_BIN") {
+            let dir = PathBuf::from(dir);
+            return if has(&dir) {
+                Ok(dir)
+            } else {
+                Err(format!("ZBASE_PG_BIN={} has no initdb", dir.display()))
+            };
+        }
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|dirs| dirs.flatten().map(|d| d.path().join("bin")).collect())
+            .unwrap_or_default();
+        versions.sort();
+        if let Some(dir) = versions.into_iter().rev().find(|dir| has(dir)) {
+            return Ok(dir);
+        }
+        let on_path = std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).find(|dir| has(dir)))
+            .unwrap_or_default();
+        on_path.ok_or_else(|| "no initdb found".to_owned())
+    }
+
+    fn start() -> Result<Cluster, String> {
+        let bin = server_binaries()?;
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|out| out.stdout.trim_ascii() == b"0")
+            .unwrap_or(false);
+        let mut last_error = String::new();
+        // A port picked free can be taken before the server binds it; a retry picks another.
+        for _ in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("zbase-pg-")
+                .tempdir()
+                .map_err(|e| e.to_string())?
+                .keep();
+            // initdb refuses to run as root, so as root the cluster belongs to `postgres`.
+            if root {
+                let chown = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&dir)
+                    .status();
+                if !chown.is_ok_and(|status| status.success()) {
+                    return Err("cannot give the cluster folder to the postgres user".into());
+                }
+            }
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .map_err(|e| e.to_string())?
+                .port();
+            let mut guardian = Command::new("sh")
+                .arg("-c")
+                .arg(GUARDIAN)
+                .arg("guardian")
+                .arg(&dir)
+                .arg(port.to_string())
+                .arg(&bin)
+                .arg(if root { "postgres" } else { "" })
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot run sh: {e}"))?;
+            let lifeline = guardian.stdin.take().ok_or("no pipe to the guardian")?;
+            let mut out = BufReader::new(guardian.stdout.take().ok_or("no guardian output")?);
+            let mut line = String::new();
+            out.read_line(&mut line).map_err(|e| e.to_string())?;
+            if line.trim() == "ready" {
+                return Ok(Cluster {
+                    port,
+                    _lifeline: lifeline,
+                    _guardian: guardian,
+                });
+            }
+            let mut log = String::new();
+            drop(lifeline);
+            // Ignored: the log is only for the message, and the guardian has exited anyway.
+            let _ = out.read_to_string(&mut log);
+            let _ = guardian.wait();
+            last_error = format!("initdb/pg_ctl from {} failed:\n{log}", bin.display());
+        }
+        Err(last_error)
+    }
+
+    fn cluster() -> &'static Cluster {
+        static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+        match CLUSTER.get_or_init(start) {
+            Ok(cluster) => cluster,
+            Err(error) => panic!("{INSTALL}\n{error}"),
+        }
+    }
+
+    /// The URL of a new, empty database on the test cluster.
+    async fn fresh_database() -> String {
+        let cluster = tokio::task::spawn_blocking(cluster).await.unwrap();
+        let name = format!("test_{:016x}", rand::random::<u64>());
+        let mut admin = PgConnection::connect(&cluster.url("postgres"))
+            .await
+            .unwrap();
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        cluster.url(&name)
+    }
+
+    async fn open(url: &str) -> PostgresStore {
+        PostgresStore::connect(url, PostgresOptions::default())
+            .await
+            .unwrap()
+    }
+
+    async fn fresh() -> Fixture {
+        Fixture::new(open(&fresh_database().await).await, ())
+    }
+
+    conformance::conformance_tests!(fresh);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_pods_claiming_the_same_ids_have_exactly_one_winner_each() {
+        let url = fresh_database().await;
+        let pods = [Arc::new(open(&url).await), Arc::new(open(&url).await)];
+        let tasks: Vec<_> = (0..64u32)
+            .map(|n| {
+                let pod = Arc::clone(&pods[n as usize % 2]);
+                // Eight identifiers, each claimed four times from each pod at once.
+                tokio::spawn(async move { (n % 8, pod.claim(&id(n % 8), &jwk(n)).await.unwrap()) })
+            })
+            .collect();
+        let mut winners: HashMap<u32, Vec<Seq>> = HashMap::new();
+        for task in tasks {
+            if let (n, Claim::Claimed { seq }) = task.await.unwrap() {
+                winners.entry(n).or_default().push(seq);
+            }
+        }
+        for n in 0..8 {
+            let won = winners.get(&n).map_or(0, Vec::len);
+            assert_eq!(won, 1, "identifier {n} had {won} winners");
+        }
+        assert_eq!(
+            pods[0].last_seq().await.unwrap(),
+            8,
+            "refused claims took numbers"
+        );
+        for pod in pods {
+            pod.close().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resuming_reader_never_misses_a_change_with_two_pods_writing() {
+        let url = fresh_database().await;
+        let writers: Vec<Arc<dyn Store>> =
+            vec![Arc::new(open(&url).await), Arc::new(open(&url).await)];
+        let reader: Arc<dyn Store> = Arc::new(open(&url).await);
+        conformance::a_resuming_reader_never_misses_a_change_from_several_writers(
+            &writers,
+            Arc::clone(&reader),
+        )
+        .await;
+        // Both pods wrote, and every number was used exactly once.
+        let last = reader.last_seq().await.unwrap();
+        let listed = reader.changes_since(0, usize::MAX).await.unwrap();
+        assert_eq!(listed.last().map(|change| change.seq), Some(last));
+        for store in writers.iter().chain([&reader]) {
+            store.close().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn data_and_sequence_survive_reconnect() {
+        let url = fresh_database().await;
+        let store = open(&url).await;
+        store.claim(&id(1), &jwk(1)).await.unwrap();
+        store.claim(&id(2), &jwk(2)).await.unwrap();
+        let last = store
+            .put_snapshot(&id(1), Bytes::from_static(b"\0kept\xff"))
+            .await
+            .unwrap();
+        let before = store.load(&id(1)).await.unwrap();
+        store.close().await;
+
+        let store = open(&url).await;
+        assert_eq!(store.load(&id(1)).await.unwrap(), before);
+        assert_eq!(store.last_seq().await.unwrap(), last);
+        let next = store
+            .put_snapshot(&id(2), Bytes::from_static(b"later"))
+            .await
+            .unwrap();
+        assert_eq!(next, last + 1);
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_schema_holds_only_key_snapshot_and_sequence() {
+        let url = fresh_database().await;
+        open(&url).await.close().await;
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        let columns: Vec<String> = sqlx::query_scalar(
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_name = 'resources' ORDER BY ordinal_position",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(columns, ["id", "jwk", "snapshot", "seq"]);
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(tables, ["_sqlx_migrations", "resources", "zbase_sequence"]);
+        conn.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_server_is_an_error_not_a_hang() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = PostgresOptions {
+            acquire_timeout: Duration::from_millis(500),
+            ..PostgresOptions::default()
+        };
+        let url = format!("postgres://postgres:secret@127.0.0.1:{port}/none");
+        let error = PostgresStore::connect(&url, options)
+            .await
+            .err()
+            .expect("nothing listens there");
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn options_never_print_the_password() {
+        let options = PostgresOptions {
+            password: Some("hunter2".into()),
+            ..PostgresOptions::default()
+        };
+        assert!(!format!("{options:?}").contains("hunter2"));
+    }
+}
