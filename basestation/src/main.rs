@@ -101,7 +101,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .context("listener has no local address")?;
     // The one line on stdout: scripts and the test harness read the port from it.
     println!("zbase-station listening on {addr}");
-    tracing::info!(%addr, data_dir = %settings.data_dir.display(), "serving WebSocket on ws://{addr}/v1/resources/{{id}} and gRPC zbase.v1.Station/Connect");
+    tracing::info!(%addr, "serving WebSocket on ws://{addr}/v1/resources/{{id}} and gRPC zbase.v1.Station/Connect");
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: put a TLS-terminating proxy in front");
     }
@@ -129,6 +129,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         let store = SqliteStore::open(&db)
             .await
             .with_context(|| format!("cannot open the store {}", db.display()))?;
+        tracing::info!(store = %db.display(), "using the embedded SQLite store");
         return Ok(Arc::new(store));
     };
     let password = match password_file {
