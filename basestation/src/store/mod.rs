@@ -7,6 +7,7 @@
 //! that resumes from a position with [`Store::changes_since`] never misses a committed change.
 //! The store knows nothing of sessions or relays; it holds JWKs as opaque text.
 
+mod batch;
 #[cfg(test)]
 pub(crate) mod conformance;
 #[cfg(test)]

@@ -33,6 +33,7 @@
 //! commit, and readers only ask for positive numbers). A request that changes nothing (taken,
 //! not found) takes no number, because numbers are only counted for rows actually written.
 
+use super::batch::{Backend, Failure, MAX_BATCH_WRITES, Op, Write, WriteQueue};
 use super::{Change, Claim, Seq, Store, StoreError, StoredResource};
 use bytes::Bytes;
 use sqlx::migrate::Migrator;
@@ -41,24 +42,11 @@ use sqlx::{ConnectOptions as _, Connection as _};
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr as _;
-use std::sync::{Arc, PoisonError};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use zbase_proto::wire::ResourceId;
 
-/// Requests committed together at most, so one batch cannot hold its first caller for long.
-/// Also bounds the placeholder numbering (see [`PLACEHOLDERS_PER_TRANSACTION`]).
-const MAX_BATCH_WRITES: usize = 512;
-
-/// Snapshot bytes taken into one batch at most (exceeded by at most the last snapshot taken),
-/// bounding the memory and WAL a single commit needs.
-const MAX_BATCH_BYTES: usize = 32 << 20;
-
-/// Requests waiting for the writer before callers wait to enqueue: backpressure, not growth.
-const QUEUE_CAPACITY: usize = 2 * MAX_BATCH_WRITES;
-
-/// Placeholder numbers reserved per transaction id (the `1024` in [`CLAIM`]); a batch must fit.
+/// Placeholder numbers reserved per transaction id (the `1024` in [`CLAIM`]); a batch, at most
+/// [`MAX_BATCH_WRITES`] requests, must fit.
 const PLACEHOLDERS_PER_TRANSACTION: usize = 1024;
 const _: () = assert!(MAX_BATCH_WRITES <= PLACEHOLDERS_PER_TRANSACTION);
 
@@ -131,10 +119,8 @@ impl fmt::Debug for PostgresOptions {
 
 /// A [`Store`] in a PostgreSQL database, shared by any number of station processes.
 pub struct PostgresStore {
-    /// The writer's queue; `None` once closed, which is how later writes learn of it.
-    writes: std::sync::Mutex<Option<mpsc::Sender<Write>>>,
-    /// The writer task; `close` awaits it so queued writes finish before the pool closes.
-    writer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The writer's queue and task; closed before the pool closes.
+    writes: WriteQueue,
     /// Connections for reads and for the writer's transactions; reconnects on its own when the
     /// server comes back, so no failure is permanent.
     pool: PgPool,
@@ -176,34 +162,11 @@ impl PostgresStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await?;
-        let (sender, requests) = mpsc::channel(QUEUE_CAPACITY);
-        let writer = Writer {
-            pool: pool.clone(),
-            requests,
-        };
+        let writer = Writer { pool: pool.clone() };
         Ok(PostgresStore {
-            writes: std::sync::Mutex::new(Some(sender)),
-            writer: tokio::sync::Mutex::new(Some(tokio::spawn(writer.run()))),
+            writes: WriteQueue::start(writer),
             pool,
         })
-    }
-
-    /// Hands `op` to the writer and waits for its commit: the change's sequence, or `None` if
-    /// it changed nothing.
-    async fn write(&self, op: Op) -> Result<Option<Seq>, StoreError> {
-        let queue = self
-            .writes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or(StoreError::Closed)?;
-        let (reply, answer) = oneshot::channel();
-        queue
-            .send(Write { op, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        // A dropped reply means the writer stopped before committing this request.
-        answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -227,19 +190,11 @@ impl Store for PostgresStore {
     }
 
     async fn claim(&self, id: &ResourceId, jwk: &str) -> Result<Claim, StoreError> {
-        let op = Op::Claim {
-            id: *id,
-            jwk: jwk.to_owned(),
-        };
-        Ok(match self.write(op).await? {
-            Some(seq) => Claim::Claimed { seq },
-            None => Claim::Taken,
-        })
+        self.writes.claim(id, jwk).await
     }
 
     async fn put_snapshot(&self, id: &ResourceId, snapshot: Bytes) -> Result<Seq, StoreError> {
-        let op = Op::Put { id: *id, snapshot };
-        self.write(op).await?.ok_or(StoreError::NotFound)
+        self.writes.put_snapshot(id, snapshot).await
     }
 
     async fn changes_since(&self, after: Seq, limit: usize) -> Result<Vec<Change>, StoreError> {
@@ -278,135 +233,21 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
-        // Without our sender the queue ends once callers already sending are in; the writer
-        // commits everything queued, then stops.
-        drop(
-            self.writes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        // Held across the wait so a second `close` also returns only after the drain.
-        let mut writer = self.writer.lock().await;
-        if let Some(task) = writer.take()
-            && let Err(error) = task.await
-        {
-            tracing::error!(%error, "the store's writer task failed");
-        }
+        // The writer commits everything queued, then stops.
+        self.writes.close().await;
         self.pool.close().await;
     }
-}
-
-/// A change asked of the writer.
-enum Op {
-    /// Create the resource if the identifier is free.
-    Claim { id: ResourceId, jwk: String },
-    /// Replace an existing resource's snapshot.
-    Put { id: ResourceId, snapshot: Bytes },
-}
-
-impl Op {
-    fn id(&self) -> &ResourceId {
-        match self {
-            Op::Claim { id, .. } | Op::Put { id, .. } => id,
-        }
-    }
-}
-
-/// A request in the writer's queue, answered with the change's sequence or `None` if nothing
-/// changed (identifier taken, resource unknown).
-struct Write {
-    op: Op,
-    reply: oneshot::Sender<Result<Option<Seq>, StoreError>>,
-}
-
-impl Write {
-    /// Bytes this request adds to a batch (its snapshot, or its key).
-    fn weight(&self) -> usize {
-        match &self.op {
-            Op::Claim { jwk, .. } => jwk.len(),
-            Op::Put { snapshot, .. } => snapshot.len(),
-        }
-    }
-
-    fn answer(self, result: Result<Option<Seq>, StoreError>) {
-        // A caller that stopped waiting (its connection dropped) needs no answer; its write stands.
-        let _ = self.reply.send(result);
-    }
-}
-
-/// Why a batch's transaction did not commit.
-enum Failure {
-    /// One request's statement failed: possibly that request's fault (or a deadlock with
-    /// another pod over two rows), so the others are retried without it.
-    Request(sqlx::Error),
-    /// Beginning, numbering or committing failed: the batch as a whole, no request's fault.
-    Batch(sqlx::Error),
 }
 
 /// This process's only writer: batches requests into transactions on the pool.
 struct Writer {
     pool: PgPool,
-    requests: mpsc::Receiver<Write>,
 }
 
-impl Writer {
-    /// Commits batches until every sender is gone (close or drop). A failed batch fails only
-    /// its own requests: the next one starts on a fresh transaction (and, if the server went
-    /// away, a fresh connection), so the store recovers by itself when the database returns.
-    async fn run(mut self) {
-        let mut batch = Vec::with_capacity(MAX_BATCH_WRITES);
-        while let Some(first) = self.requests.recv().await {
-            let mut bytes = first.weight();
-            batch.push(first);
-            while batch.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
-                let Ok(next) = self.requests.try_recv() else {
-                    break;
-                };
-                bytes += next.weight();
-                batch.push(next);
-            }
-            self.process(&mut batch).await;
-        }
-    }
-
-    /// Commits `batch` and answers each request.
-    async fn process(&mut self, batch: &mut Vec<Write>) {
-        let failure = match self.transact(batch).await {
-            Ok(outcomes) => {
-                for (write, outcome) in batch.drain(..).zip(outcomes) {
-                    write.answer(Ok(outcome));
-                }
-                return;
-            }
-            Err(failure) => failure,
-        };
-        match failure {
-            Failure::Request(_) if batch.len() > 1 => {
-                // Isolate the request at fault: each alone in its own transaction.
-                for write in batch.drain(..) {
-                    match self.transact(std::slice::from_ref(&write)).await {
-                        Ok(outcomes) => write.answer(Ok(outcomes.into_iter().next().flatten())),
-                        Err(Failure::Request(error) | Failure::Batch(error)) => {
-                            write.answer(Err(error.into()));
-                        }
-                    }
-                }
-            }
-            Failure::Request(error) | Failure::Batch(error) => {
-                tracing::warn!(%error, writes = batch.len(), "a store transaction failed");
-                // Nothing of the batch committed, so every request hears so; none is
-                // acknowledged for a transaction that did not happen.
-                let error = Arc::new(error);
-                for write in batch.drain(..) {
-                    write.answer(Err(StoreError::Database(sqlx::Error::Io(
-                        std::io::Error::other(BatchFailed(Arc::clone(&error))),
-                    ))));
-                }
-            }
-        }
-    }
-
+/// A failed batch fails only its own requests: the next one starts on a fresh transaction (and,
+/// if the server went away, a fresh connection), so the store recovers by itself when the
+/// database returns.
+impl Backend for Writer {
     /// Applies `batch` in one transaction, numbers what it wrote as its last statement, and
     /// commits: each request's sequence, or `None` where it changed nothing.
     async fn transact(&mut self, batch: &[Write]) -> Result<Vec<Option<Seq>>, Failure> {
@@ -471,22 +312,19 @@ impl Writer {
             .collect::<Result<_, _>>()
             .map_err(|error| Failure::Batch(sqlx::Error::Protocol(error.to_string())))
     }
-}
 
-/// The failure of a whole batch, told to each request in it (a `sqlx::Error` cannot be cloned).
-#[derive(Debug)]
-struct BatchFailed(Arc<sqlx::Error>);
-
-impl fmt::Display for BatchFailed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the transaction carrying this write failed: {}", self.0)
+    /// Nothing to do: a failed transaction was rolled back when it was dropped, and the pool
+    /// replaces a connection that went away.
+    async fn recover(&mut self) -> Result<(), StoreError> {
+        Ok(())
     }
-}
 
-impl std::error::Error for BatchFailed {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
+    fn batch_failed(&self, error: &sqlx::Error, writes: usize) {
+        tracing::warn!(%error, writes, "a store transaction failed");
     }
+
+    /// Nothing to close: the pool is the store's, closed after the writer stops.
+    async fn finish(self) {}
 }
 
 /// A read failed; after `close` that is the pool refusing, which callers see as `Closed`.
@@ -514,7 +352,7 @@ mod tests {
     use std::io::{BufRead as _, BufReader, Read as _};
     use std::path::{Path, PathBuf};
     use std::process::{Child, ChildStdin, Command, Stdio};
-    use std::sync::OnceLock;
+    use std::sync::{Arc, OnceLock};
 
     /// Started by the test process, stopped and deleted by a guardian shell when the process
     /// exits however it exits: the guardian waits for end-of-file on a pipe only this process

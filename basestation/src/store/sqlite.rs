@@ -9,6 +9,7 @@
 //! the writer, always see a prefix of the sequence: resuming from the last position seen never
 //! misses a committed change.
 
+use super::batch::{Backend, Failure, Op, Write, WriteQueue};
 use super::{Change, Claim, Seq, Store, StoreError, StoredResource};
 use bytes::Bytes;
 use sqlx::migrate::Migrator;
@@ -17,24 +18,11 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{ConnectOptions as _, Connection as _};
-use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use zbase_proto::wire::ResourceId;
-
-/// Requests committed together at most, so one batch cannot hold its first caller for long.
-const MAX_BATCH_WRITES: usize = 512;
-
-/// Snapshot bytes taken into one batch at most (exceeded by at most the last snapshot taken),
-/// bounding the memory and write-ahead log a single commit needs.
-const MAX_BATCH_BYTES: usize = 32 << 20;
-
-/// Requests waiting for the writer before callers wait to enqueue: backpressure, not growth.
-const QUEUE_CAPACITY: usize = 2 * MAX_BATCH_WRITES;
 
 /// Read connections: loads and change feeds run beside the writer, never behind it.
 const READERS: u32 = 4;
@@ -66,10 +54,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// A [`Store`] in one SQLite file, written through one group-committing writer task.
 pub struct SqliteStore {
-    /// The writer's queue; `None` once closed, which is how later writes learn of it.
-    writes: std::sync::Mutex<Option<mpsc::Sender<Write>>>,
-    /// The writer task; `close` awaits it so queued writes finish before the files close.
-    writer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The writer's queue and task; closed before the files close.
+    writes: WriteQueue,
     /// Connections for reads; they only ever see committed transactions.
     reader: SqlitePool,
     /// Counters the writer keeps, shared so they can be read while it runs.
@@ -126,18 +112,15 @@ impl SqliteStore {
             .connect_with(base.pragma("query_only", "ON"))
             .await?;
 
-        let (sender, requests) = mpsc::channel(QUEUE_CAPACITY);
         let stats = Arc::new(Counters::default());
         let writer = Writer {
             conn,
             options: writer_options,
-            requests,
             last,
             stats: Arc::clone(&stats),
         };
         Ok(SqliteStore {
-            writes: std::sync::Mutex::new(Some(sender)),
-            writer: tokio::sync::Mutex::new(Some(tokio::spawn(writer.run()))),
+            writes: WriteQueue::start(writer),
             reader,
             stats,
         })
@@ -149,24 +132,6 @@ impl SqliteStore {
             transactions: self.stats.transactions.load(Ordering::Relaxed),
             writes: self.stats.writes.load(Ordering::Relaxed),
         }
-    }
-
-    /// Hands `op` to the writer and waits for its commit: the change's sequence, or `None` if
-    /// it changed nothing.
-    async fn write(&self, op: Op) -> Result<Option<Seq>, StoreError> {
-        let queue = self
-            .writes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or(StoreError::Closed)?;
-        let (reply, answer) = oneshot::channel();
-        queue
-            .send(Write { op, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        // A dropped reply means the writer stopped before committing this request.
-        answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -190,19 +155,11 @@ impl Store for SqliteStore {
     }
 
     async fn claim(&self, id: &ResourceId, jwk: &str) -> Result<Claim, StoreError> {
-        let op = Op::Claim {
-            id: *id,
-            jwk: jwk.to_owned(),
-        };
-        Ok(match self.write(op).await? {
-            Some(seq) => Claim::Claimed { seq },
-            None => Claim::Taken,
-        })
+        self.writes.claim(id, jwk).await
     }
 
     async fn put_snapshot(&self, id: &ResourceId, snapshot: Bytes) -> Result<Seq, StoreError> {
-        let op = Op::Put { id: *id, snapshot };
-        self.write(op).await?.ok_or(StoreError::NotFound)
+        self.writes.put_snapshot(id, snapshot).await
     }
 
     async fn changes_since(&self, after: Seq, limit: usize) -> Result<Vec<Change>, StoreError> {
@@ -237,62 +194,10 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        // Without our sender the queue ends once callers already sending are in; the writer
-        // commits everything queued, then closes its connection.
-        drop(
-            self.writes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
-        // Held across the wait so a second `close` also returns only after the drain.
-        let mut writer = self.writer.lock().await;
-        if let Some(task) = writer.take()
-            && let Err(error) = task.await
-        {
-            tracing::error!(%error, "the store's writer task failed");
-        }
+        // The writer commits everything queued, then closes its connection.
+        self.writes.close().await;
         self.reader.close().await;
     }
-}
-
-/// A change asked of the writer.
-enum Op {
-    /// Create the resource if the identifier is free.
-    Claim { id: ResourceId, jwk: String },
-    /// Replace an existing resource's snapshot.
-    Put { id: ResourceId, snapshot: Bytes },
-}
-
-/// A request in the writer's queue, answered with the change's sequence or `None` if nothing
-/// changed (identifier taken, resource unknown); each caller reads `None` for its operation.
-struct Write {
-    op: Op,
-    reply: oneshot::Sender<Result<Option<Seq>, StoreError>>,
-}
-
-impl Write {
-    /// Bytes this request adds to a batch (its snapshot, or its key).
-    fn weight(&self) -> usize {
-        match &self.op {
-            Op::Claim { jwk, .. } => jwk.len(),
-            Op::Put { snapshot, .. } => snapshot.len(),
-        }
-    }
-
-    fn answer(self, result: Result<Option<Seq>, StoreError>) {
-        // A caller that stopped waiting (its connection dropped) needs no answer; its write stands.
-        let _ = self.reply.send(result);
-    }
-}
-
-/// Why a batch's transaction did not commit.
-enum Failure {
-    /// One request's statement failed: possibly that request's fault, so the others are retried
-    /// without it.
-    Request(sqlx::Error),
-    /// Beginning or committing failed: the batch as a whole, no request's fault.
-    Batch(sqlx::Error),
 }
 
 /// The only writer: owns the writing connection and numbers changes in commit order.
@@ -300,80 +205,12 @@ struct Writer {
     conn: SqliteConnection,
     /// To reconnect when the connection's state is in doubt after a failure.
     options: SqliteConnectOptions,
-    requests: mpsc::Receiver<Write>,
     /// The highest committed sequence; the next change gets `last + 1`.
     last: Seq,
     stats: Arc<Counters>,
 }
 
-impl Writer {
-    /// Commits batches until every sender is gone (close or drop), or until the connection
-    /// cannot be brought back to a known state, after which writes are refused with `Closed`.
-    async fn run(mut self) {
-        let mut batch = Vec::with_capacity(MAX_BATCH_WRITES);
-        while let Some(first) = self.requests.recv().await {
-            let mut bytes = first.weight();
-            batch.push(first);
-            while batch.len() < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
-                let Ok(next) = self.requests.try_recv() else {
-                    break;
-                };
-                bytes += next.weight();
-                batch.push(next);
-            }
-            if let Err(error) = self.process(&mut batch).await {
-                tracing::error!(
-                    %error,
-                    "the store's writer stopped after a failed write; restart the station"
-                );
-                // Dropping the batch and, below, the queue answers every waiting caller `Closed`.
-                return;
-            }
-        }
-        if let Err(error) = self.conn.close().await {
-            tracing::warn!(%error, "closing the store's write connection failed");
-        }
-    }
-
-    /// Commits `batch` and answers each request. An error means the writer cannot go on.
-    async fn process(&mut self, batch: &mut Vec<Write>) -> Result<(), StoreError> {
-        let failure = match self.transact(batch).await {
-            Ok(outcomes) => {
-                for (write, outcome) in batch.drain(..).zip(outcomes) {
-                    write.answer(Ok(outcome));
-                }
-                return Ok(());
-            }
-            Err(failure) => failure,
-        };
-        self.recover().await?;
-        match failure {
-            Failure::Request(_) if batch.len() > 1 => {
-                // Isolate the request at fault: each alone in its own transaction.
-                for write in batch.drain(..) {
-                    match self.transact(std::slice::from_ref(&write)).await {
-                        Ok(outcomes) => write.answer(Ok(outcomes.into_iter().next().flatten())),
-                        Err(Failure::Request(error) | Failure::Batch(error)) => {
-                            self.recover().await?;
-                            write.answer(Err(error.into()));
-                        }
-                    }
-                }
-            }
-            Failure::Request(error) | Failure::Batch(error) => {
-                // Nothing of the batch committed, so every request hears so; none is
-                // acknowledged for a transaction that did not happen.
-                let error = Arc::new(error);
-                for write in batch.drain(..) {
-                    write.answer(Err(StoreError::Database(sqlx::Error::Io(
-                        std::io::Error::other(BatchFailed(Arc::clone(&error))),
-                    ))));
-                }
-            }
-        }
-        Ok(())
-    }
-
+impl Backend for Writer {
     /// Applies `batch` in one transaction and commits it: each request's sequence, or `None`
     /// where it changed nothing.
     async fn transact(&mut self, batch: &[Write]) -> Result<Vec<Option<Seq>>, Failure> {
@@ -440,21 +277,11 @@ impl Writer {
         self.last = max_seq(&mut self.conn).await?;
         Ok(())
     }
-}
 
-/// The failure of a whole batch, told to each request in it (a `sqlx::Error` cannot be cloned).
-#[derive(Debug)]
-struct BatchFailed(Arc<sqlx::Error>);
-
-impl fmt::Display for BatchFailed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the transaction carrying this write failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for BatchFailed {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
+    async fn finish(self) {
+        if let Err(error) = self.conn.close().await {
+            tracing::warn!(%error, "closing the store's write connection failed");
+        }
     }
 }
 
