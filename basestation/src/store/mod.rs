@@ -13,6 +13,7 @@ pub(crate) mod conformance;
 #[cfg(test)]
 pub(crate) mod memory;
 mod postgres;
+mod rows;
 mod sqlite;
 
 pub use postgres::{PostgresOptions, PostgresStore};

@@ -34,6 +34,7 @@
 //! not found) takes no number, because numbers are only counted for rows actually written.
 
 use super::batch::{Backend, Failure, MAX_BATCH_WRITES, Op, Write, WriteQueue};
+use super::rows::{self, ChangeRow, ResourceRow, read_error, seq_from_sql};
 use super::{Change, Claim, Seq, Store, StoreError, StoredResource};
 use bytes::Bytes;
 use sqlx::migrate::Migrator;
@@ -173,20 +174,13 @@ impl PostgresStore {
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn load(&self, id: &ResourceId) -> Result<Option<StoredResource>, StoreError> {
-        let row: Option<(String, Option<Vec<u8>>, i64)> =
+        let row: Option<ResourceRow> =
             sqlx::query_as("SELECT jwk, snapshot, seq FROM resources WHERE id = $1")
                 .bind(id.as_str())
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(read_error)?;
-        row.map(|(jwk, snapshot, seq)| {
-            Ok(StoredResource {
-                jwk,
-                snapshot: snapshot.map(Bytes::from),
-                seq: seq_from_sql(seq)?,
-            })
-        })
-        .transpose()
+        row.map(rows::stored).transpose()
     }
 
     async fn claim(&self, id: &ResourceId, jwk: &str) -> Result<Claim, StoreError> {
@@ -198,10 +192,8 @@ impl Store for PostgresStore {
     }
 
     async fn changes_since(&self, after: Seq, limit: usize) -> Result<Vec<Change>, StoreError> {
-        // Past the largest stored value both simply mean "everything" or "nothing".
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<(i64, String, String, Option<Vec<u8>>)> = sqlx::query_as(
+        let (after, limit) = rows::change_bounds(after, limit);
+        let found: Vec<ChangeRow> = sqlx::query_as(
             "SELECT seq, id, jwk, snapshot FROM resources WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(after)
@@ -209,18 +201,7 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(read_error)?;
-        rows.into_iter()
-            .map(|(seq, id, jwk, snapshot)| {
-                Ok(Change {
-                    seq: seq_from_sql(seq)?,
-                    id: ResourceId::parse(&id).map_err(|e| {
-                        StoreError::Corrupt(format!("a stored identifier is invalid: {e}"))
-                    })?,
-                    jwk,
-                    snapshot: snapshot.map(Bytes::from),
-                })
-            })
-            .collect()
+        found.into_iter().map(rows::change).collect()
     }
 
     async fn last_seq(&self) -> Result<Seq, StoreError> {
@@ -325,19 +306,6 @@ impl Backend for Writer {
 
     /// Nothing to close: the pool is the store's, closed after the writer stops.
     async fn finish(self) {}
-}
-
-/// A read failed; after `close` that is the pool refusing, which callers see as `Closed`.
-fn read_error(error: sqlx::Error) -> StoreError {
-    match error {
-        sqlx::Error::PoolClosed => StoreError::Closed,
-        error => StoreError::Database(error),
-    }
-}
-
-fn seq_from_sql(seq: i64) -> Result<Seq, StoreError> {
-    Seq::try_from(seq)
-        .map_err(|_| StoreError::Corrupt(format!("a stored change sequence is negative ({seq})")))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! misses a committed change.
 
 use super::batch::{Backend, Failure, Op, Write, WriteQueue};
+use super::rows::{self, ChangeRow, ResourceRow, read_error, seq_from_sql};
 use super::{Change, Claim, Seq, Store, StoreError, StoredResource};
 use bytes::Bytes;
 use sqlx::migrate::Migrator;
@@ -138,20 +139,13 @@ impl SqliteStore {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn load(&self, id: &ResourceId) -> Result<Option<StoredResource>, StoreError> {
-        let row: Option<(String, Option<Vec<u8>>, i64)> =
+        let row: Option<ResourceRow> =
             sqlx::query_as("SELECT jwk, snapshot, seq FROM resources WHERE id = ?1")
                 .bind(id.as_str())
                 .fetch_optional(&self.reader)
                 .await
                 .map_err(read_error)?;
-        row.map(|(jwk, snapshot, seq)| {
-            Ok(StoredResource {
-                jwk,
-                snapshot: snapshot.map(Bytes::from),
-                seq: seq_from_sql(seq)?,
-            })
-        })
-        .transpose()
+        row.map(rows::stored).transpose()
     }
 
     async fn claim(&self, id: &ResourceId, jwk: &str) -> Result<Claim, StoreError> {
@@ -163,10 +157,8 @@ impl Store for SqliteStore {
     }
 
     async fn changes_since(&self, after: Seq, limit: usize) -> Result<Vec<Change>, StoreError> {
-        // Past the largest stored value both simply mean "everything" or "nothing".
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<(i64, String, String, Option<Vec<u8>>)> = sqlx::query_as(
+        let (after, limit) = rows::change_bounds(after, limit);
+        let found: Vec<ChangeRow> = sqlx::query_as(
             "SELECT seq, id, jwk, snapshot FROM resources WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )
         .bind(after)
@@ -174,18 +166,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(read_error)?;
-        rows.into_iter()
-            .map(|(seq, id, jwk, snapshot)| {
-                Ok(Change {
-                    seq: seq_from_sql(seq)?,
-                    id: ResourceId::parse(&id).map_err(|e| {
-                        StoreError::Corrupt(format!("a stored identifier is invalid: {e}"))
-                    })?,
-                    jwk,
-                    snapshot: snapshot.map(Bytes::from),
-                })
-            })
-            .collect()
+        found.into_iter().map(rows::change).collect()
     }
 
     async fn last_seq(&self) -> Result<Seq, StoreError> {
@@ -337,14 +318,6 @@ fn on_disk(path: &Path, error: impl Into<StoreError>) -> StoreError {
     }
 }
 
-/// A read failed; after `close` that is the pool refusing, which callers see as `Closed`.
-fn read_error(error: sqlx::Error) -> StoreError {
-    match error {
-        sqlx::Error::PoolClosed => StoreError::Closed,
-        error => StoreError::Database(error),
-    }
-}
-
 /// The highest committed sequence, 0 for an empty store.
 async fn max_seq(conn: &mut SqliteConnection) -> Result<Seq, StoreError> {
     let max: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM resources")
@@ -352,11 +325,6 @@ async fn max_seq(conn: &mut SqliteConnection) -> Result<Seq, StoreError> {
         .await
         .map_err(read_error)?;
     seq_from_sql(max.unwrap_or(0))
-}
-
-fn seq_from_sql(seq: i64) -> Result<Seq, StoreError> {
-    Seq::try_from(seq)
-        .map_err(|_| StoreError::Corrupt(format!("a stored change sequence is negative ({seq})")))
 }
 
 #[cfg(test)]

@@ -1,0 +1,54 @@
+//! Rows as both database backends read them, turned into the store's types in one place.
+
+use super::{Change, Seq, StoreError, StoredResource};
+use bytes::Bytes;
+use zbase_proto::wire::ResourceId;
+
+/// `SELECT jwk, snapshot, seq` of one resource.
+pub(super) type ResourceRow = (String, Option<Vec<u8>>, i64);
+
+/// `SELECT seq, id, jwk, snapshot` of one change.
+pub(super) type ChangeRow = (i64, String, String, Option<Vec<u8>>);
+
+/// A resource row as the store hands it out.
+pub(super) fn stored((jwk, snapshot, seq): ResourceRow) -> Result<StoredResource, StoreError> {
+    Ok(StoredResource {
+        jwk,
+        snapshot: snapshot.map(Bytes::from),
+        seq: seq_from_sql(seq)?,
+    })
+}
+
+/// A change row as the store hands it out.
+pub(super) fn change((seq, id, jwk, snapshot): ChangeRow) -> Result<Change, StoreError> {
+    Ok(Change {
+        seq: seq_from_sql(seq)?,
+        id: ResourceId::parse(&id)
+            .map_err(|e| StoreError::Corrupt(format!("a stored identifier is invalid: {e}")))?,
+        jwk,
+        snapshot: snapshot.map(Bytes::from),
+    })
+}
+
+/// `changes_since`'s arguments as SQL integers. Past the largest stored value both simply
+/// mean "everything" or "nothing".
+pub(super) fn change_bounds(after: Seq, limit: usize) -> (i64, i64) {
+    (
+        i64::try_from(after).unwrap_or(i64::MAX),
+        i64::try_from(limit).unwrap_or(i64::MAX),
+    )
+}
+
+/// A stored sequence, which the writers never make negative.
+pub(super) fn seq_from_sql(seq: i64) -> Result<Seq, StoreError> {
+    Seq::try_from(seq)
+        .map_err(|_| StoreError::Corrupt(format!("a stored change sequence is negative ({seq})")))
+}
+
+/// A read's error: a closed pool is the store being closed, anything else the database's.
+pub(super) fn read_error(error: sqlx::Error) -> StoreError {
+    match error {
+        sqlx::Error::PoolClosed => StoreError::Closed,
+        error => StoreError::Database(error),
+    }
+}
