@@ -312,6 +312,38 @@ pub(crate) async fn changes_since_pages_with_a_small_limit(store: Arc<dyn Store>
     assert_eq!(position, store.last_seq().await.unwrap());
 }
 
+/// A reader that pages through `changes_since` from 0, resuming from the last sequence it saw,
+/// until the writers are `done` and it has caught up with `last_seq`: what it saw last of each
+/// resource. It asserts the sequence only ever grows.
+fn resuming_reader(
+    store: Arc<dyn Store>,
+    done: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<HashMap<ResourceId, (Seq, Option<Bytes>)>> {
+    tokio::spawn(async move {
+        let mut position = 0;
+        let mut seen = HashMap::new();
+        let mut end = None;
+        loop {
+            let page = store.changes_since(position, 7).await.unwrap();
+            for change in &page {
+                assert!(change.seq > position, "{} after {position}", change.seq);
+                position = change.seq;
+                seen.insert(change.id, (change.seq, change.snapshot.clone()));
+            }
+            if page.is_empty() {
+                // Only once the writers are done is "caught up" final.
+                if end.is_none() && done.load(Ordering::Acquire) {
+                    end = Some(store.last_seq().await.unwrap());
+                }
+                if end.is_some_and(|end| position >= end) {
+                    return seen;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    })
+}
+
 /// Rule: a reader that resumes from the last sequence it saw, while 64 writers write, ends with
 /// every resource's latest state, and never sees the sequence go backwards.
 pub(crate) async fn a_resuming_reader_never_misses_a_change(store: Arc<dyn Store>) {
@@ -323,32 +355,7 @@ pub(crate) async fn a_resuming_reader_never_misses_a_change(store: Arc<dyn Store
     }
     let done = Arc::new(AtomicBool::new(false));
 
-    let reader = {
-        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
-        tokio::spawn(async move {
-            let mut position = 0;
-            let mut seen = HashMap::new();
-            let mut end = None;
-            loop {
-                let page = store.changes_since(position, 7).await.unwrap();
-                for change in &page {
-                    assert!(change.seq > position, "{} after {position}", change.seq);
-                    position = change.seq;
-                    seen.insert(change.id, (change.seq, change.snapshot.clone()));
-                }
-                if page.is_empty() {
-                    // Only once the writers are done is "caught up" final.
-                    if end.is_none() && done.load(Ordering::Acquire) {
-                        end = Some(store.last_seq().await.unwrap());
-                    }
-                    if end.is_some_and(|end| position >= end) {
-                        return seen;
-                    }
-                    tokio::task::yield_now().await;
-                }
-            }
-        })
-    };
+    let reader = resuming_reader(Arc::clone(&store), Arc::clone(&done));
 
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
@@ -403,32 +410,7 @@ pub(crate) async fn a_resuming_reader_never_misses_a_change_from_several_writers
     const CLAIMS: u32 = 20;
     let done = Arc::new(AtomicBool::new(false));
 
-    let reading = {
-        let (store, done) = (Arc::clone(&reader), Arc::clone(&done));
-        tokio::spawn(async move {
-            let mut position = 0;
-            let mut seen = HashMap::new();
-            let mut end = None;
-            loop {
-                let page = store.changes_since(position, 7).await.unwrap();
-                for change in &page {
-                    assert!(change.seq > position, "{} after {position}", change.seq);
-                    position = change.seq;
-                    seen.insert(change.id, (change.seq, change.snapshot.clone()));
-                }
-                if page.is_empty() {
-                    // Only once the writers are done is "caught up" final.
-                    if end.is_none() && done.load(Ordering::Acquire) {
-                        end = Some(store.last_seq().await.unwrap());
-                    }
-                    if end.is_some_and(|end| position >= end) {
-                        return seen;
-                    }
-                    tokio::task::yield_now().await;
-                }
-            }
-        })
-    };
+    let reading = resuming_reader(Arc::clone(&reader), Arc::clone(&done));
 
     let mut tasks = Vec::new();
     for (w, store) in (0..).zip(writers) {
