@@ -48,7 +48,7 @@ struct Joined {
 }
 
 /// Runs one connection for `id` from `ip` until it ends.
-#[tracing::instrument(name = "connection", skip_all, fields(resource = %relay.tag(&id), transport))]
+#[tracing::instrument(name = "connection", skip_all, fields(resource = %relay.tag(&id), transport = transport))]
 pub async fn run<I, O>(
     relay: Relay,
     id: zbase_proto::wire::ResourceId,
@@ -66,7 +66,6 @@ pub async fn run<I, O>(
         .get_or_create(&TransportLabel { transport })
         .clone();
     connections.inc();
-    let tag = relay.tag(&id);
     let mut session = Session::new(id);
     let reason = match relay.admission().admit(ip, Instant::now()) {
         Err(refusal) => {
@@ -107,7 +106,8 @@ pub async fn run<I, O>(
             reason: reason.label(),
         })
         .inc();
-    tracing::debug!(resource = %tag, transport, reason = reason.label(), "connection ended");
+    // The span carries the resource tag and transport.
+    tracing::debug!(reason = reason.label(), "connection ended");
     connections.dec();
     // Read what the client still sends for a moment, so closing does not reset the socket.
     if reason != CloseReason::ClientClosed {
