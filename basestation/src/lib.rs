@@ -2,11 +2,13 @@
 //! encrypted deltas between the devices that prove they hold the resource's key, understanding
 //! none of it.
 //!
-//! Layers, lowest first (a module never imports a higher one): `limits`, `store`, `session`
-//! (the pure protocol), `relay` (one task per resource, and the connection driver),
+//! Layers, lowest first (a module never imports a higher one): `limits`, `store`, `cluster`
+//! (membership and home pods), `session` (the pure protocol), `relay` (one task per resource,
+//! the connection driver, and relaying to a home pod),
 //! `transport` (WebSocket and gRPC on one port). `config` turns flags, environment and a YAML
 //! file into [`config::Settings`]; `main.rs` wires it together.
 
+pub mod cluster;
 pub mod config;
 pub mod limits;
 pub mod relay;

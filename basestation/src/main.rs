@@ -10,7 +10,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use zbase_basestation::config::{RawSettings, Settings, StoreBackend};
 use zbase_basestation::relay::{Relay, RelayParts};
-use zbase_basestation::store::{PostgresOptions, PostgresStore, SqliteStore, Store};
+use std::time::Duration;
+use zbase_basestation::cluster::{Directory, Identity, Membership};
+use zbase_basestation::store::{Fence, PostgresOptions, PostgresStore, SqliteStore, Store};
 use zbase_basestation::telemetry::{Metrics, init_telemetry};
 use zbase_basestation::{shutdown, transport};
 
@@ -85,13 +87,15 @@ fn settings(raw: RawSettings) -> anyhow::Result<Settings> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let store = open_store(&settings).await?;
+    let metrics = Arc::new(Metrics::new());
+    let (store, mut cluster) = open_store(&settings).await?;
     let token = CancellationToken::new();
     let relay = Relay::new(RelayParts {
         store: store.clone(),
         limits: settings.limits.clone(),
-        metrics: Arc::new(Metrics::new()),
+        metrics: metrics.clone(),
         shutdown: token.clone(),
+        directory: cluster.as_ref().map(|cluster| cluster.directory.clone()),
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -105,19 +109,75 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: put a TLS-terminating proxy in front");
     }
-    tokio::spawn(shutdown::on_signal(token.clone()));
     let grace = settings.limits.shutdown_grace;
+    let signal = CancellationToken::new();
+    tokio::spawn(shutdown::on_signal(signal.clone()));
+    let membership_stopped = CancellationToken::new();
+    let mut membership_task = None;
+    if let Some(cluster) = &mut cluster
+        && let Some(internal) = cluster.internal.take()
+    {
+        tokio::spawn(transport::serve_internal(internal, relay.clone(), grace));
+        membership_task = Some(tokio::spawn(zbase_basestation::cluster::maintain(
+            cluster.membership.clone(),
+            cluster.directory.clone(),
+            Arc::new(relay.clone()),
+            metrics.clone(),
+            membership_stopped.clone(),
+        )));
+    }
+    // On the signal, a pod first stops being anyone's home (so the others prepare to take its
+    // resources), then closes its connections and drains.
+    let leaving = cluster
+        .as_ref()
+        .map(|cluster| (cluster.membership.clone(), cluster.directory.clone()));
+    let drain = token.clone();
+    tokio::spawn(async move {
+        signal.cancelled().await;
+        if let Some((membership, directory)) = leaving {
+            match tokio::time::timeout(Duration::from_secs(5), membership.start_leaving()).await {
+                Ok(Ok(view)) => {
+                    let until = membership.local_deadline(tokio::time::Instant::now());
+                    directory.publish(view, until);
+                    tracing::info!("left the home rotation; handing resources over");
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "could not announce leaving"),
+                Err(_) => tracing::warn!("announcing leaving timed out"),
+            }
+        }
+        drain.cancel();
+    });
     transport::serve(listener, relay.clone(), grace).await;
     if tokio::time::timeout(grace, relay.drained()).await.is_err() {
         tracing::warn!("connections or writes still running after the shutdown grace period");
     }
     store.close().await;
+    if let Some(cluster) = cluster {
+        // The lease held through the drain, so the last writes committed under it; now the
+        // other pods may serve what was homed here.
+        membership_stopped.cancel();
+        if let Some(task) = membership_task {
+            let _ = task.await;
+        }
+        if let Err(error) = cluster.membership.leave().await {
+            tracing::warn!(%error, "could not leave the membership; other pods take over when the lease lapses");
+        }
+    }
     tracing::info!("drained; exiting");
     Ok(())
 }
 
-/// The backend `--store` names. Only the redacted URL ever reaches a message.
-async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+/// What a pod on a shared PostgreSQL store runs beside the relay.
+struct Cluster {
+    membership: Arc<Membership>,
+    directory: Directory,
+    /// Taken by the internal port's server once the relay exists.
+    internal: Option<tokio::net::TcpListener>,
+}
+
+/// The backend `--store` names, and for PostgreSQL this pod's membership. Only the redacted
+/// URL ever reaches a message.
+async fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Option<Cluster>)> {
     let StoreBackend::Postgres { url, password_file } = &settings.store else {
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
@@ -130,7 +190,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
             .await
             .with_context(|| format!("cannot open the store {}", db.display()))?;
         tracing::info!(store = %db.display(), "using the embedded SQLite store");
-        return Ok(Arc::new(store));
+        return Ok((Arc::new(store), None));
     };
     let password = match password_file {
         Some(path) => Some(
@@ -141,13 +201,67 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         ),
         None => None,
     };
+    let wanted = &settings.cluster;
+    let internal = tokio::net::TcpListener::bind(wanted.internal_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on the internal port {}",
+                wanted.internal_listen
+            )
+        })?;
+    let bound = internal
+        .local_addr()
+        .context("internal listener has no local address")?;
+    let address = match &wanted.internal_advertise {
+        Some(address) => address.clone(),
+        None if bound.ip().is_unspecified() => anyhow::bail!(
+            "the internal port listens on {bound}, which other pods cannot dial: set --internal-advertise to this pod's address (e.g. $POD_IP:{})",
+            bound.port()
+        ),
+        None => bound.to_string(),
+    };
+    let identity = Identity {
+        pod: wanted.pod_id.clone(),
+        incarnation: format!("{:016x}", rand::random::<u64>()),
+        address,
+        lease: wanted.lease,
+    };
     let options = PostgresOptions {
         password,
+        fence: Some(Fence {
+            pod: identity.pod.clone(),
+            incarnation: identity.incarnation.clone(),
+        }),
         ..PostgresOptions::default()
     };
-    let store = PostgresStore::connect(url.expose(), options)
+    let store = PostgresStore::connect(url.expose(), options.clone())
         .await
         .with_context(|| format!("cannot open the store {url}"))?;
     tracing::info!(store = %url, "using the PostgreSQL store");
-    Ok(Arc::new(store))
+    let membership = Membership::connect(url.expose(), &options, identity.clone())
+        .await
+        .with_context(|| format!("cannot reach the membership table in {url}"))?;
+    let sent = tokio::time::Instant::now();
+    let view = membership
+        .join()
+        .await
+        .with_context(|| format!("cannot join the pods of {url}"))?;
+    let directory = Directory::new(&identity.pod, identity.lease);
+    directory.publish(view.clone(), membership.local_deadline(sent));
+    tracing::info!(
+        pod = %identity.pod,
+        internal = %identity.address,
+        members = view.members.len(),
+        generation = view.generation,
+        "joined the pods sharing this store"
+    );
+    Ok((
+        Arc::new(store),
+        Some(Cluster {
+            membership: Arc::new(membership),
+            directory,
+            internal: Some(internal),
+        }),
+    ))
 }

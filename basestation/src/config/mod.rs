@@ -100,6 +100,27 @@ pub struct RawSettings {
     #[arg(long, env = "ZBASE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
     pub shutdown_grace: Option<Duration>,
+
+    /// This pod's name among the pods sharing a PostgreSQL store; unique per pod (a
+    /// StatefulSet pod name). [default: $HOSTNAME]
+    #[arg(long, env = "ZBASE_POD_ID", value_name = "NAME")]
+    pub pod_id: Option<String>,
+
+    /// Address of the internal port, where other pods relay sessions of resources homed here
+    /// (PostgreSQL store only; never expose it publicly). [default: 127.0.0.1:0]
+    #[arg(long, env = "ZBASE_INTERNAL_LISTEN", value_name = "HOST:PORT")]
+    pub internal_listen: Option<SocketAddr>,
+
+    /// Address other pods reach the internal port at, e.g. the pod IP and port.
+    /// [default: the bound internal address, when it is not 0.0.0.0]
+    #[arg(long, env = "ZBASE_INTERNAL_ADVERTISE", value_name = "HOST:PORT")]
+    pub internal_advertise: Option<String>,
+
+    /// How long a pod's membership lasts without renewal: a killed pod's resources move to
+    /// other pods after about this long. [default: 5s]
+    #[arg(long, env = "ZBASE_LEASE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub lease: Option<Duration>,
 }
 
 /// Why settings are refused. Each message names the setting and what to do.
@@ -211,6 +232,19 @@ fn redact(url: &str) -> String {
     format!("{scheme}://{authority}{tail}")
 }
 
+/// How this pod takes part in a cluster of pods sharing a PostgreSQL store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// This pod's unique name.
+    pub pod_id: String,
+    /// Where the internal port listens.
+    pub internal_listen: SocketAddr,
+    /// Where other pods reach it; `None` means the bound address.
+    pub internal_advertise: Option<String>,
+    /// The membership lease.
+    pub lease: Duration,
+}
+
 /// The settings the station runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -228,6 +262,8 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// Every bound.
     pub limits: Limits,
+    /// Membership, used with a PostgreSQL store.
+    pub cluster: ClusterSettings,
 }
 
 impl RawSettings {
@@ -278,6 +314,10 @@ impl RawSettings {
                 .or(fallback.pending_request_window),
             resource_idle: self.resource_idle.or(fallback.resource_idle),
             shutdown_grace: self.shutdown_grace.or(fallback.shutdown_grace),
+            pod_id: self.pod_id.or(fallback.pod_id),
+            internal_listen: self.internal_listen.or(fallback.internal_listen),
+            internal_advertise: self.internal_advertise.or(fallback.internal_advertise),
+            lease: self.lease.or(fallback.lease),
         }
     }
 
@@ -359,7 +399,37 @@ impl RawSettings {
                 });
             }
         };
+        let lease = self.lease.unwrap_or(Duration::from_secs(5));
+        if lease < Duration::from_millis(500) {
+            return Err(ConfigError::Range {
+                name: "lease",
+                value: humantime::format_duration(lease).to_string(),
+                expected: "at least 500ms (pods renew five times per lease)",
+            });
+        }
+        let pod_id = self
+            .pod_id
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|pod| pod.trim().to_owned())
+            .filter(|pod| !pod.is_empty())
+            .unwrap_or_else(|| "station".to_owned());
+        if pod_id.len() > 253 || pod_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(ConfigError::Range {
+                name: "pod-id",
+                value: pod_id,
+                expected: "up to 253 characters, no spaces (a pod name)",
+            });
+        }
+        let cluster = ClusterSettings {
+            pod_id,
+            internal_listen: self
+                .internal_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            internal_advertise: self.internal_advertise.filter(|address| !address.is_empty()),
+            lease,
+        };
         Ok(Settings {
+            cluster,
             store,
             listen: self
                 .listen

@@ -6,6 +6,7 @@
 
 use super::registry::Relay;
 use super::resource::{Command, PeerLink};
+use crate::cluster::Route;
 use crate::session::{Action, CloseReason, Session};
 use crate::telemetry::{ReasonLabel, TransportLabel};
 use bytes::Bytes;
@@ -40,6 +41,16 @@ pub enum Outgoing {
     Close(CloseReason),
 }
 
+/// Where a connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client on the public port: admitted per IP here, relayed if another pod is home.
+    Client,
+    /// Relayed by another pod over the internal port, which already admitted the client:
+    /// served only if this pod is the resource's home.
+    Pod,
+}
+
 /// A verified peer's link and the mailbox of its resource.
 struct Joined {
     peer: u64,
@@ -54,6 +65,7 @@ pub async fn run<I, O>(
     id: zbase_proto::wire::ResourceId,
     ip: IpAddr,
     transport: &'static str,
+    origin: Origin,
     mut inbound: I,
     mut outbound: O,
 ) where
@@ -66,39 +78,30 @@ pub async fn run<I, O>(
         .get_or_create(&TransportLabel { transport })
         .clone();
     connections.inc();
-    let mut session = Session::new(id);
-    let reason = match relay.admission().admit(ip, Instant::now()) {
-        Err(refusal) => {
-            let reason = match refusal {
-                crate::limits::Refusal::Throttled => {
-                    metrics.throttled_handshakes.inc();
-                    CloseReason::Throttled
+    let reason = match origin {
+        Origin::Client => match relay.admission().admit(ip, Instant::now()) {
+            Err(refusal) => {
+                let reason = match refusal {
+                    crate::limits::Refusal::Throttled => {
+                        metrics.throttled_handshakes.inc();
+                        CloseReason::Throttled
+                    }
+                    crate::limits::Refusal::TooManyConnections => CloseReason::TooManyConnections,
+                };
+                let _ = outbound.send(Outgoing::Close(reason)).await;
+                reason
+            }
+            Ok(_permit) => {
+                let reason = route(&relay, id, ip, origin, &mut inbound, &mut outbound).await;
+                if reason.is_failed_handshake()
+                    && relay.admission().record_failure(ip, Instant::now())
+                {
+                    tracing::info!(%ip, "client IP refused after repeated failed handshakes");
                 }
-                crate::limits::Refusal::TooManyConnections => CloseReason::TooManyConnections,
-            };
-            let _ = outbound.send(Outgoing::Close(reason)).await;
-            reason
-        }
-        Ok(_permit) => {
-            let mut driver = Driver {
-                relay: &relay,
-                session: &mut session,
-                joined: None,
-                outbound: &mut outbound,
-            };
-            let reason = driver.run(&mut inbound).await;
-            if let Some(joined) = driver.joined.take() {
-                let _ = joined
-                    .resource
-                    .send(Command::Leave { peer: joined.peer })
-                    .await;
+                reason
             }
-            if reason.is_failed_handshake() && relay.admission().record_failure(ip, Instant::now())
-            {
-                tracing::info!(%ip, "client IP refused after repeated failed handshakes");
-            }
-            reason
-        }
+        },
+        Origin::Pod => route(&relay, id, ip, origin, &mut inbound, &mut outbound).await,
     };
     metrics
         .terminations
@@ -120,6 +123,53 @@ pub async fn run<I, O>(
         })
         .await;
     }
+}
+
+/// Serves the connection here if this pod is home to `id`, relays it to the home pod if not
+/// (only for clients: a relayed connection is never relayed again), and refuses it with 1013
+/// if no pod can be home just now.
+async fn route<I, O>(
+    relay: &Relay,
+    id: zbase_proto::wire::ResourceId,
+    ip: IpAddr,
+    origin: Origin,
+    inbound: &mut I,
+    outbound: &mut O,
+) -> CloseReason
+where
+    I: Stream<Item = Incoming> + Unpin + Send,
+    O: Sink<Outgoing> + Unpin + Send,
+{
+    // Boxed: it can wait for a settling view, and an idle connection should not carry that.
+    let reason = match Box::pin(relay.route(&id)).await {
+        Route::Local => None,
+        Route::Remote { address, .. } if origin == Origin::Client => {
+            return Box::pin(super::forward::forward(
+                relay, id, ip, &address, inbound, outbound,
+            ))
+            .await;
+        }
+        Route::Remote { .. } | Route::Settling | Route::Unavailable => Some(CloseReason::Moved),
+    };
+    if let Some(reason) = reason {
+        let _ = outbound.send(Outgoing::Close(reason)).await;
+        return reason;
+    }
+    let mut session = Session::new(id);
+    let mut driver = Driver {
+        relay,
+        session: &mut session,
+        joined: None,
+        outbound,
+    };
+    let reason = driver.run(inbound).await;
+    if let Some(joined) = driver.joined.take() {
+        let _ = joined
+            .resource
+            .send(Command::Leave { peer: joined.peer })
+            .await;
+    }
+    reason
 }
 
 struct Driver<'a, O> {

@@ -7,10 +7,12 @@
 //! are moved as reference-counted bytes and never inspected, transformed or logged.
 
 mod connection;
+mod forward;
 mod registry;
 mod resource;
 
-pub use connection::{Incoming, Outgoing, run as run_connection};
+pub use connection::{Incoming, Origin, Outgoing, run as run_connection};
+pub use forward::{CLIENT_IP_METADATA, CLOSE_REASON_METADATA};
 pub use registry::{Relay, RelayParts};
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! From identifier to resource task: find it, wake it, or start it.
 
 use super::resource::{self, Command, PeerLink, Refused, Reply};
+use crate::cluster::{Directory, Homes, Route};
 use crate::limits::{Admission, Limits};
 use crate::session::CloseReason;
 use crate::store::Store;
@@ -36,6 +37,8 @@ pub struct RelayParts {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the station starts to shut down.
     pub shutdown: CancellationToken,
+    /// The cluster's view when pods share a PostgreSQL store; `None` serves everything here.
+    pub directory: Option<Directory>,
 }
 
 pub(super) struct Inner {
@@ -48,6 +51,9 @@ pub(super) struct Inner {
     pub(super) shutdown: CancellationToken,
     pub(super) tasks: TaskTracker,
     connections: TaskTracker,
+    pub(super) directory: Option<Directory>,
+    /// One HTTP/2 channel per other pod's internal address, shared by every relayed session.
+    pub(super) pods: DashMap<String, tonic::transport::Channel>,
     next_peer: AtomicU64,
     next_generation: AtomicU64,
 }
@@ -85,6 +91,8 @@ impl Relay {
                 shutdown: parts.shutdown,
                 tasks: TaskTracker::new(),
                 connections: TaskTracker::new(),
+                directory: parts.directory,
+                pods: DashMap::new(),
                 next_peer: AtomicU64::new(1),
                 next_generation: AtomicU64::new(1),
             }),
@@ -133,6 +141,27 @@ impl Relay {
         self.inner.connections.wait().await;
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+    }
+
+    /// Where a new connection for `id` is served: here when there is no cluster.
+    pub async fn route(&self, id: &ResourceId) -> Route {
+        match &self.inner.directory {
+            Some(directory) => directory.route(id).await,
+            None => Route::Local,
+        }
+    }
+
+    /// True if this pod may act as `id`'s home now (always, without a cluster).
+    pub(super) fn is_home(&self, id: &ResourceId) -> bool {
+        self.inner
+            .directory
+            .as_ref()
+            .is_none_or(|directory| directory.is_home(id))
+    }
+
+    /// True when pods share the store and each resource has one home pod.
+    pub(super) fn clustered(&self) -> bool {
+        self.inner.directory.is_some()
     }
 
     pub(super) fn next_peer_id(&self) -> u64 {
@@ -234,5 +263,32 @@ impl Relay {
         tokio::spawn(async move {
             let _ = tx.send(Command::Reload).await;
         });
+    }
+}
+
+impl Homes for Relay {
+    fn release(&self, directory: &Directory) -> futures::future::BoxFuture<'_, usize> {
+        let moved: Vec<(ResourceId, mpsc::Sender<Command>)> = self
+            .inner
+            .resources
+            .iter()
+            .filter(|entry| !directory.is_home(entry.key()))
+            .map(|entry| (*entry.key(), entry.value().tx.clone()))
+            .collect();
+        Box::pin(async move {
+            let evictions = moved.into_iter().map(|(_, tx)| async move {
+                let (done, evicted) = oneshot::channel();
+                // A closed mailbox is a task already gone: nothing to let go of.
+                if tx.send(Command::Evict { done }).await.is_ok() {
+                    let _ = evicted.await;
+                    1
+                } else {
+                    0
+                }
+            });
+            let released: usize = futures::future::join_all(evictions).await.into_iter().sum();
+            self.inner.metrics.rehomes.inc_by(released as u64);
+            released
+        })
     }
 }

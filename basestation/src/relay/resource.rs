@@ -70,6 +70,9 @@ pub(super) enum Command {
     Request { peer: u64, payload: Bytes },
     /// The stored key changed under this task (claimed elsewhere); load it again.
     Reload,
+    /// This pod is no longer the resource's home: close every peer with 1013, finish every
+    /// write, exit, then say so on `done`.
+    Evict { done: oneshot::Sender<()> },
 }
 
 struct Peer {
@@ -125,10 +128,15 @@ impl Resource {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let metrics = self.relay.metrics().clone();
         metrics.resources_active.inc();
+        let homed = self.relay.clustered();
+        if homed {
+            metrics.homed_resources.inc();
+        }
         self.load().await;
         let shutdown = self.relay.shutdown().clone();
         let idle_after = self.relay.limits().resource_idle;
         let mut idle_since = tokio::time::Instant::now();
+        let mut evicted = Vec::new();
         loop {
             let idle = self.peers.is_empty() && self.writes.is_empty();
             tokio::select! {
@@ -137,6 +145,10 @@ impl Resource {
                     self.written(written);
                 }
                 command = rx.recv() => match command {
+                    Some(Command::Evict { done }) => {
+                        evicted.push(done);
+                        break;
+                    }
                     Some(command) => {
                         self.handle(command).await;
                         idle_since = tokio::time::Instant::now();
@@ -147,13 +159,19 @@ impl Resource {
                 _ = shutdown.cancelled() => break,
             }
         }
-        self.retire(rx).await;
+        self.retire(rx, &mut evicted).await;
         metrics.resources_active.dec();
+        if homed {
+            metrics.homed_resources.dec();
+        }
+        for done in evicted {
+            let _ = done.send(());
+        }
     }
 
     /// Leaves the registry, answers what is still queued, finishes every write, and lets go of
     /// every peer: the task's last act, whether hibernating or shutting down.
-    async fn retire(mut self, mut rx: mpsc::Receiver<Command>) {
+    async fn retire(mut self, mut rx: mpsc::Receiver<Command>, evicted: &mut Vec<oneshot::Sender<()>>) {
         self.relay.retire(&self.id, self.generation);
         rx.close();
         while let Some(command) = rx.recv().await {
@@ -164,6 +182,7 @@ impl Resource {
                 // A snapshot that reached the task before shutdown is still written: the
                 // peer may have seen its socket accept it.
                 Command::Snapshot { peer, payload } => self.persist(peer, payload),
+                Command::Evict { done } => evicted.push(done),
                 Command::Leave { .. }
                 | Command::Delta { .. }
                 | Command::Request { .. }
@@ -175,6 +194,8 @@ impl Resource {
         }
         let reason = if self.relay.shutdown().is_cancelled() {
             CloseReason::ShuttingDown
+        } else if !evicted.is_empty() {
+            CloseReason::Moved
         } else {
             CloseReason::Internal("resource retired with peers")
         };
@@ -209,6 +230,25 @@ impl Resource {
     }
 
     async fn handle(&mut self, command: Command) {
+        // The view may have moved this resource since the connection was routed here; the
+        // eviction that follows closes existing peers, and no new one may join meanwhile.
+        if !self.relay.is_home(&self.id) {
+            match command {
+                Command::Open { reply } => {
+                    let _ = reply.send(Err(Refused::Close(CloseReason::Moved)));
+                    return;
+                }
+                Command::Configure { reply, .. } => {
+                    let _ = reply.send(Err(Refused::Close(CloseReason::Moved)));
+                    return;
+                }
+                Command::Join { reply, .. } => {
+                    let _ = reply.send(Err(Refused::Close(CloseReason::Moved)));
+                    return;
+                }
+                _ => {}
+            }
+        }
         match command {
             Command::Open { reply } => {
                 let answer = if self.loaded {
@@ -232,6 +272,8 @@ impl Resource {
             }
             Command::Request { peer, payload } => self.request(peer, payload),
             Command::Reload => self.load().await,
+            // Taken by the run loop before it reaches here.
+            Command::Evict { done } => drop(done.send(())),
         }
     }
 

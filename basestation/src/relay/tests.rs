@@ -40,6 +40,7 @@ impl Client {
             id,
             ip,
             "test",
+            Origin::Client,
             ReceiverStream::new(inbound),
             sink,
         ));
@@ -99,6 +100,7 @@ fn relay_with(store: Arc<dyn Store>, limits: Limits) -> Relay {
         limits,
         metrics: Arc::new(Metrics::new()),
         shutdown: CancellationToken::new(),
+        directory: None,
     })
 }
 

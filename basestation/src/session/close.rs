@@ -30,6 +30,9 @@ pub enum CloseReason {
     Throttled,
     /// Storage could not complete a write or read (1013 / UNAVAILABLE: try again later).
     StoreUnavailable,
+    /// The resource's home moved to another pod, or no pod can be its home just now
+    /// (1013 / UNAVAILABLE: reconnect, and the new home serves it).
+    Moved,
     /// A bug in the station (1011 / INTERNAL); never carries detail to the client.
     Internal(&'static str),
 }
@@ -51,8 +54,32 @@ impl CloseReason {
             CloseReason::TooManyConnections => "too_many_connections",
             CloseReason::Throttled => "throttled",
             CloseReason::StoreUnavailable => "store_unavailable",
+            CloseReason::Moved => "rehomed",
             CloseReason::Internal(_) => "internal",
         }
+    }
+
+    /// The reason whose [`CloseReason::label`] is `label`, for a termination relayed from a
+    /// resource's home pod. Detail texts do not cross pods, so they read "relayed".
+    pub fn from_label(label: &str) -> Option<CloseReason> {
+        Some(match label {
+            "normal" => CloseReason::Normal,
+            "client_closed" => CloseReason::ClientClosed,
+            "shutting_down" => CloseReason::ShuttingDown,
+            "protocol_violation" => CloseReason::Protocol("relayed"),
+            "verification_failed" => CloseReason::VerificationFailed,
+            "configuration_failed" => CloseReason::ConfigurationFailed,
+            "handshake_timeout" => CloseReason::HandshakeTimeout,
+            "frame_too_large" => CloseReason::FrameTooLarge,
+            "queue_overflow" => CloseReason::QueueOverflow,
+            "peers_full" => CloseReason::PeersFull,
+            "too_many_connections" => CloseReason::TooManyConnections,
+            "throttled" => CloseReason::Throttled,
+            "store_unavailable" => CloseReason::StoreUnavailable,
+            "rehomed" => CloseReason::Moved,
+            "internal" => CloseReason::Internal("relayed"),
+            _ => return None,
+        })
     }
 
     /// True for the reasons that count as a failed handshake against the client's IP.
@@ -63,5 +90,36 @@ impl CloseReason {
                 | CloseReason::ConfigurationFailed
                 | CloseReason::HandshakeTimeout
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CloseReason;
+
+    #[test]
+    fn every_label_reads_back_as_its_reason() {
+        let all = [
+            CloseReason::Normal,
+            CloseReason::ClientClosed,
+            CloseReason::ShuttingDown,
+            CloseReason::Protocol("x"),
+            CloseReason::VerificationFailed,
+            CloseReason::ConfigurationFailed,
+            CloseReason::HandshakeTimeout,
+            CloseReason::FrameTooLarge,
+            CloseReason::QueueOverflow,
+            CloseReason::PeersFull,
+            CloseReason::TooManyConnections,
+            CloseReason::Throttled,
+            CloseReason::StoreUnavailable,
+            CloseReason::Moved,
+            CloseReason::Internal("x"),
+        ];
+        for reason in all {
+            let back = CloseReason::from_label(reason.label());
+            assert_eq!(back.map(CloseReason::label), Some(reason.label()));
+        }
+        assert_eq!(CloseReason::from_label("nonsense"), None);
     }
 }

@@ -149,23 +149,14 @@ impl Session {
 
     /// The transport delivered a message that is not a frame (a WebSocket text message).
     pub fn not_a_frame(&mut self) -> Action {
-        self.close(CloseReason::Protocol("text message"))
+        self.close(NOT_A_FRAME)
     }
 
     /// The transport delivered a frame, or bytes that failed to parse as one.
     pub fn frame(&mut self, frame: Result<Frame, FrameError>) -> Action {
         let frame = match frame {
             Ok(frame) => frame,
-            Err(FrameError::Oversize { .. }) => return self.close(CloseReason::FrameTooLarge),
-            Err(FrameError::Short { .. }) => {
-                return self.close(CloseReason::Protocol("short frame"));
-            }
-            Err(FrameError::Version { .. }) => {
-                return self.close(CloseReason::Protocol("wrong version"));
-            }
-            Err(FrameError::Unassigned { .. }) => {
-                return self.close(CloseReason::Protocol("unassigned code"));
-            }
+            Err(error) => return self.close(rejection(&error)),
         };
         if !frame.code().is_client() {
             return self.close(CloseReason::Protocol("station code from client"));
@@ -234,6 +225,19 @@ impl Session {
     pub fn close(&mut self, reason: CloseReason) -> Action {
         self.state = State::Closed;
         Action::Close(reason)
+    }
+}
+
+/// Why a WebSocket text message ends a session, in any state.
+pub const NOT_A_FRAME: CloseReason = CloseReason::Protocol("text message");
+
+/// Why bytes that failed to parse as a frame end a session, in any state (WIRE.md section 3).
+pub fn rejection(error: &FrameError) -> CloseReason {
+    match error {
+        FrameError::Oversize { .. } => CloseReason::FrameTooLarge,
+        FrameError::Short { .. } => CloseReason::Protocol("short frame"),
+        FrameError::Version { .. } => CloseReason::Protocol("wrong version"),
+        FrameError::Unassigned { .. } => CloseReason::Protocol("unassigned code"),
     }
 }
 

@@ -16,7 +16,7 @@ mod postgres;
 mod rows;
 mod sqlite;
 
-pub use postgres::{PostgresOptions, PostgresStore};
+pub use postgres::{Fence, PostgresOptions, PostgresStore, connect_options};
 pub use sqlite::{SqliteStore, WriteStats};
 
 use bytes::Bytes;

@@ -88,7 +88,26 @@ pub struct PostgresOptions {
     /// How long the server keeps a transaction whose client went silent, so a hung pod cannot
     /// hold the sequence lock (and so every other pod's writes) forever.
     pub idle_in_transaction_timeout: Duration,
+    /// The membership lease every write transaction must hold, when pods share the database.
+    pub fence: Option<Fence>,
 }
+
+/// A pod's membership row, which its writes are fenced by: a transaction commits only while
+/// the row exists with this incarnation and an unexpired lease, and holds it locked (`FOR KEY
+/// SHARE`) until it commits, so a pod removing an expired member waits for its last write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The pod's name in `zbase_members`.
+    pub pod: String,
+    /// The process's incarnation in that row.
+    pub incarnation: String,
+}
+
+/// The first statement of every write transaction of a fenced pod: one row while its lease
+/// holds, none once it lapsed or the pod was removed.
+const FENCE: &str = "SELECT 1 FROM zbase_members \
+                     WHERE pod = $1 AND incarnation = $2 AND expires_at > now() \
+                     FOR KEY SHARE";
 
 impl Default for PostgresOptions {
     fn default() -> PostgresOptions {
@@ -98,6 +117,7 @@ impl Default for PostgresOptions {
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
             idle_in_transaction_timeout: Duration::from_secs(60),
+            fence: None,
         }
     }
 }
@@ -114,6 +134,7 @@ impl fmt::Debug for PostgresOptions {
                 "idle_in_transaction_timeout",
                 &self.idle_in_transaction_timeout,
             )
+            .field("fence", &self.fence)
             .finish()
     }
 }
@@ -131,23 +152,7 @@ impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user[:password]@host[:port]/db`) and
     /// migrates it. Several processes may do so at once: migrations take an advisory lock.
     pub async fn connect(url: &str, options: PostgresOptions) -> Result<PostgresStore, StoreError> {
-        let mut connect = PgConnectOptions::from_str(url)?
-            .application_name("zbase-station")
-            .options([
-                (
-                    "statement_timeout",
-                    options.statement_timeout.as_millis().to_string(),
-                ),
-                (
-                    "idle_in_transaction_session_timeout",
-                    options.idle_in_transaction_timeout.as_millis().to_string(),
-                ),
-                // "Committed" must mean durable whatever the server's default says.
-                ("synchronous_commit", "on".to_owned()),
-            ]);
-        if let Some(password) = &options.password {
-            connect = connect.password(password);
-        }
+        let connect = connect_options(url, &options)?;
         // Migrating on a connection of our own shows why the server is unreachable
         // ("connection refused", "password authentication failed"); the pool would only say
         // that it timed out.
@@ -163,12 +168,41 @@ impl PostgresStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await?;
-        let writer = Writer { pool: pool.clone() };
+        let writer = Writer {
+            pool: pool.clone(),
+            fence: options.fence,
+        };
         Ok(PostgresStore {
             writes: WriteQueue::start(writer),
             pool,
         })
     }
+}
+
+/// How every connection to the database is made, for the store and for the membership: the
+/// URL, the password override, timeouts, and durable commits.
+pub fn connect_options(
+    url: &str,
+    options: &PostgresOptions,
+) -> Result<PgConnectOptions, StoreError> {
+    let mut connect = PgConnectOptions::from_str(url)?
+        .application_name("zbase-station")
+        .options([
+            (
+                "statement_timeout",
+                options.statement_timeout.as_millis().to_string(),
+            ),
+            (
+                "idle_in_transaction_session_timeout",
+                options.idle_in_transaction_timeout.as_millis().to_string(),
+            ),
+            // "Committed" must mean durable whatever the server's default says.
+            ("synchronous_commit", "on".to_owned()),
+        ]);
+    if let Some(password) = &options.password {
+        connect = connect.password(password);
+    }
+    Ok(connect)
 }
 
 #[async_trait::async_trait]
@@ -223,6 +257,7 @@ impl Store for PostgresStore {
 /// This process's only writer: batches requests into transactions on the pool.
 struct Writer {
     pool: PgPool,
+    fence: Option<Fence>,
 }
 
 /// A failed batch fails only its own requests: the next one starts on a fresh transaction (and,
@@ -233,6 +268,21 @@ impl Backend for Writer {
     /// commits: each request's sequence, or `None` where it changed nothing.
     async fn transact(&mut self, batch: &[Write]) -> Result<Vec<Option<Seq>>, Failure> {
         let mut tx = self.pool.begin().await.map_err(Failure::Batch)?;
+        if let Some(fence) = &self.fence {
+            let held: Option<i32> = sqlx::query_scalar(FENCE)
+                .bind(&fence.pod)
+                .bind(&fence.incarnation)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Failure::Batch)?;
+            if held.is_none() {
+                let message = format!(
+                    "pod {} no longer holds its membership lease; its writes are fenced until it joins again",
+                    fence.pod
+                );
+                return Err(Failure::Batch(sqlx::Error::Protocol(message)));
+            }
+        }
         // Rank (1-based, in the order applied) of each request that wrote, and per resource the
         // rank of its latest change, which is the number its row ends with.
         let mut ranks = vec![None; batch.len()];
@@ -580,7 +630,17 @@ mod tests {
         .fetch_all(&mut conn)
         .await
         .unwrap();
-        assert_eq!(tables, ["_sqlx_migrations", "resources", "zbase_sequence"]);
+        // Beside resources, only the counter and the pods' membership (nothing per resource).
+        assert_eq!(
+            tables,
+            [
+                "_sqlx_migrations",
+                "resources",
+                "zbase_members",
+                "zbase_membership",
+                "zbase_sequence"
+            ]
+        );
         conn.close().await.unwrap();
     }
 

@@ -30,6 +30,13 @@ pub struct TransportLabel {
     pub transport: &'static str,
 }
 
+/// Which way a frame crossed the internal port.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `out`: sent by this pod to a resource's home; `in`: received from another pod.
+    pub direction: &'static str,
+}
+
 /// Every metric the station exports.
 pub struct Metrics {
     registry: Registry,
@@ -53,6 +60,14 @@ pub struct Metrics {
     pub store_write_seconds: Histogram,
     /// Connections refused because their IP failed too many handshakes.
     pub throttled_handshakes: Counter,
+    /// Live members of the cluster, as this pod last saw them (0 without PostgreSQL).
+    pub cluster_members: Gauge,
+    /// Resources homed on this pod (held in memory here because this pod is their home).
+    pub homed_resources: Gauge,
+    /// Resources this pod let go of because their home moved.
+    pub rehomes: Counter,
+    /// Frames crossing the internal port, by direction.
+    pub relayed_frames: Family<DirectionLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -84,6 +99,10 @@ impl Metrics {
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0,
             ]),
             throttled_handshakes: Counter::default(),
+            cluster_members: Gauge::default(),
+            homed_resources: Gauge::default(),
+            rehomes: Counter::default(),
+            relayed_frames: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,6 +154,26 @@ impl Metrics {
             "throttled_handshakes",
             "Connections refused after too many failed handshakes from their IP",
             metrics.throttled_handshakes.clone(),
+        );
+        registry.register(
+            "cluster_members",
+            "Live station pods sharing this pod's database",
+            metrics.cluster_members.clone(),
+        );
+        registry.register(
+            "cluster_homed_resources",
+            "Resources homed on this pod",
+            metrics.homed_resources.clone(),
+        );
+        registry.register(
+            "cluster_rehomes",
+            "Resources this pod let go of because their home moved",
+            metrics.rehomes.clone(),
+        );
+        registry.register(
+            "relayed_frames",
+            "Frames relayed over the internal port, by direction",
+            metrics.relayed_frames.clone(),
         );
         Metrics {
             registry,

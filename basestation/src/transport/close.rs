@@ -17,7 +17,8 @@ pub fn websocket_code(reason: CloseReason) -> u16 {
         | CloseReason::PeersFull
         | CloseReason::TooManyConnections
         | CloseReason::Throttled
-        | CloseReason::StoreUnavailable => 1013,
+        | CloseReason::StoreUnavailable
+        | CloseReason::Moved => 1013,
         CloseReason::Internal(_) => 1011,
     }
 }
@@ -26,7 +27,9 @@ pub fn websocket_code(reason: CloseReason) -> u16 {
 pub fn grpc_code(reason: CloseReason) -> tonic::Code {
     match reason {
         CloseReason::Normal | CloseReason::ClientClosed => tonic::Code::Ok,
-        CloseReason::ShuttingDown | CloseReason::StoreUnavailable => tonic::Code::Unavailable,
+        CloseReason::ShuttingDown | CloseReason::StoreUnavailable | CloseReason::Moved => {
+            tonic::Code::Unavailable
+        }
         CloseReason::Protocol(_) => tonic::Code::InvalidArgument,
         CloseReason::VerificationFailed
         | CloseReason::ConfigurationFailed
@@ -94,6 +97,7 @@ mod tests {
                 1013,
                 tonic::Code::Unavailable,
             ),
+            (CloseReason::Moved, 1013, tonic::Code::Unavailable),
         ];
         for (reason, ws, grpc) in pairs {
             assert_eq!(websocket_code(reason), ws, "{reason:?}");

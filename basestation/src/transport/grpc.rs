@@ -1,7 +1,9 @@
 //! gRPC: `zbase.v1.Station/Connect`, frames as messages, the identifier in metadata.
 
 use super::close::{grpc_code, public_text};
-use crate::relay::{Incoming, Outgoing, Relay, run_connection};
+use crate::relay::{
+    CLIENT_IP_METADATA, CLOSE_REASON_METADATA, Incoming, Origin, Outgoing, Relay, run_connection,
+};
 use crate::session::CloseReason;
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt, future};
@@ -20,10 +22,11 @@ const MESSAGE_OVERHEAD: usize = 16;
 /// node per queued message, so an idle stream holds only the channel's header.
 const STREAM_BUFFER: usize = 4;
 
-/// The Station service, ready to be routed.
-pub fn service(relay: Relay) -> StationServer<StationService> {
+/// The Station service, ready to be routed: clients on the public port, other pods on the
+/// internal one.
+pub fn service(relay: Relay, origin: Origin) -> StationServer<StationService> {
     let limit = relay.limits().frame_max_bytes;
-    StationServer::new(StationService { relay })
+    StationServer::new(StationService { relay, origin })
         // One message over the limit still decodes, so our own check answers it; anything
         // larger is refused by tonic with OUT_OF_RANGE, the same code.
         .max_decoding_message_size(limit + MESSAGE_OVERHEAD)
@@ -34,6 +37,7 @@ pub fn service(relay: Relay) -> StationServer<StationService> {
 #[derive(Debug)]
 pub struct StationService {
     relay: Relay,
+    origin: Origin,
 }
 
 type FrameStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Frame, Status>> + Send>>;
@@ -56,7 +60,20 @@ impl Station for StationService {
                     "metadata 'zbase-resource-id' must be a 43-character canonical base64url identifier",
                 )
             })?;
-        let ip = super::client_addr(request.extensions()).ip();
+        let ip = match self.origin {
+            Origin::Client => super::client_addr(request.extensions()).ip(),
+            // The pod the client reached says who it is; the internal port trusts its pods.
+            Origin::Pod => request
+                .metadata()
+                .get(CLIENT_IP_METADATA)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+        };
+        let transport = match self.origin {
+            Origin::Client => "grpc",
+            Origin::Pod => "internal",
+        };
         let limit = self.relay.limits().frame_max_bytes;
         let inbound = request
             .into_inner()
@@ -70,7 +87,8 @@ impl Station for StationService {
             relay,
             id,
             ip,
-            "grpc",
+            transport,
+            self.origin,
             inbound,
             Box::pin(outbound),
         ));
@@ -103,10 +121,23 @@ fn message(outgoing: Outgoing) -> Result<pb::Frame, Status> {
             code: bytes.get(1).copied().unwrap_or_default().into(),
             payload: bytes.slice(HEADER_LEN.min(bytes.len())..),
         }),
-        // Ending with an OK status closes the stream normally.
-        Outgoing::Close(reason @ (CloseReason::Normal | CloseReason::ClientClosed)) => {
-            Err(Status::new(grpc_code(reason), ""))
-        }
-        Outgoing::Close(reason) => Err(Status::new(grpc_code(reason), public_text(reason))),
+        Outgoing::Close(reason) => Err(termination(reason)),
     }
+}
+
+/// The status that ends a stream for `reason`: the contract's code and text, and the exact
+/// reason in a trailer for a pod relaying the stream (WebSocket clients need it to tell 1001
+/// from 1013, which share UNAVAILABLE).
+fn termination(reason: CloseReason) -> Status {
+    // Ending with an OK status closes the stream normally.
+    let text = match reason {
+        CloseReason::Normal | CloseReason::ClientClosed => "",
+        reason => public_text(reason),
+    };
+    let mut status = Status::new(grpc_code(reason), text);
+    status.metadata_mut().insert(
+        CLOSE_REASON_METADATA,
+        tonic::metadata::MetadataValue::from_static(reason.label()),
+    );
+    status
 }

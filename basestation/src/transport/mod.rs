@@ -10,7 +10,7 @@ mod grpc;
 mod http;
 mod ws;
 
-use crate::relay::Relay;
+use crate::relay::{Origin, Relay};
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -22,16 +22,30 @@ use tower::ServiceExt;
 
 /// The router of everything the public port serves.
 pub fn router(relay: Relay) -> axum::Router {
-    let grpc = tonic::service::Routes::new(grpc::service(relay.clone())).into_axum_router();
+    let grpc = tonic::service::Routes::new(grpc::service(relay.clone(), Origin::Client))
+        .into_axum_router();
     http::router(relay.clone())
         .merge(ws::router(relay))
         .merge(grpc)
 }
 
-/// Accepts connections on `listener` until shutdown, then waits (at most `grace`) for the
-/// HTTP connections still open to finish. Upgraded WebSockets are drained by the relay.
+/// The router of the internal port: sessions other pods relay to this one as their home.
+pub fn internal_router(relay: Relay) -> axum::Router {
+    tonic::service::Routes::new(grpc::service(relay, Origin::Pod)).into_axum_router()
+}
+
+/// Accepts connections on the public `listener` until shutdown, then waits (at most `grace`)
+/// for the HTTP connections still open to finish. Upgraded WebSockets are drained by the relay.
 pub async fn serve(listener: TcpListener, relay: Relay, grace: Duration) {
-    let app = router(relay.clone());
+    accept(listener, router(relay.clone()), relay, grace).await;
+}
+
+/// Serves the internal port on `listener` (HTTP/2 only in practice) until shutdown.
+pub async fn serve_internal(listener: TcpListener, relay: Relay, grace: Duration) {
+    accept(listener, internal_router(relay.clone()), relay, grace).await;
+}
+
+async fn accept(listener: TcpListener, app: axum::Router, relay: Relay, grace: Duration) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Small per-connection windows keep idle HTTP/2 connections cheap; large frames still
     // flow because the window grows with use.

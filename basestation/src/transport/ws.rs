@@ -1,7 +1,7 @@
 //! WebSocket: `GET /v1/resources/{identifier}`; one binary message carries one frame.
 
 use super::close::{public_text, websocket_code};
-use crate::relay::{Incoming, Outgoing, Relay, run_connection};
+use crate::relay::{Incoming, Origin, Outgoing, Relay, run_connection};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::http::{Extensions, StatusCode};
@@ -77,6 +77,7 @@ async fn connection(relay: Relay, id: ResourceId, ip: std::net::IpAddr, socket: 
             id,
             ip,
             "websocket",
+            Origin::Client,
             Box::pin(inbound),
             Box::pin(outbound),
         ))
