@@ -3,5 +3,6 @@
 
 mod browser;
 mod durability;
+mod pods;
 mod telemetry;
 mod wire;

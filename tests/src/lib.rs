@@ -2,4 +2,6 @@
 //! talk to it over WebSocket and gRPC as an independent client would, kill it for real.
 
 pub mod client;
+pub mod pods;
+pub mod postgres;
 pub mod station;

@@ -107,6 +107,11 @@ impl StationBuilder {
 
     /// Starts the station in a fresh temporary directory and waits until it listens.
     pub async fn start(self) -> Station {
+        self.start_process().await
+    }
+
+    /// Starts one station process, whatever the test topology.
+    pub async fn start_process(self) -> Station {
         let dir = tempfile::Builder::new()
             .prefix("zbase-station-test-")
             .tempdir()
@@ -190,10 +195,12 @@ impl Station {
             .expect("open the station's stderr log");
         writeln!(log, "===== zbase-station start #{} =====", self.starts).expect("write log");
         let mut command = Command::new(station_bin());
+        command.arg("serve");
+        // A pod of a deployment keeps the address it was given, across restarts.
+        if !self.builder.args.iter().any(|arg| arg == "--listen") {
+            command.arg("--listen").arg("127.0.0.1:0");
+        }
         command
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.builder.args)
