@@ -22,9 +22,12 @@ demo:
 build:
 	$(CARGO) build --workspace --bins --examples
 
-## Every test: unit, property, store conformance, and end-to-end through the real binary.
+## Every test: unit, property, store conformance, and end-to-end through the real binary;
+## then the wire contract again, judged through HAProxy in front of three pods on PostgreSQL.
+## (Per-IP limits and one process's drain, in wire::limits, are per pod by design.)
 test: build
 	$(CARGO) test --workspace --no-fail-fast
+	ZBASE_TEST_TOPOLOGY=pods $(CARGO) test -p zbase-tests --test it -- wire::frames wire::handshake wire::relay
 
 ## Formatting and lints, as CI would want them.
 lint:

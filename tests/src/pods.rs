@@ -161,6 +161,25 @@ impl Pods {
         statuses
     }
 
+    /// SIGKILL to every running pod; HAProxy stays, so the virtual IP keeps its address.
+    pub async fn kill_all(&mut self) {
+        for pod in &mut self.pods {
+            if pod.pid().is_some() {
+                pod.kill().await;
+            }
+        }
+    }
+
+    /// Starts every stopped pod again with its flags and address, and waits until they settle.
+    pub async fn restart_stopped(&mut self) {
+        for pod in &mut self.pods {
+            if pod.pid().is_none() {
+                pod.restart().await;
+            }
+        }
+        self.settle().await;
+    }
+
     /// Waits until every running pod counts `running` members and HAProxy sees each up.
     pub async fn settle(&self) {
         let running: Vec<&Station> = self.pods.iter().filter(|p| p.pid().is_some()).collect();

@@ -106,7 +106,29 @@ impl StationBuilder {
     }
 
     /// Starts the station in a fresh temporary directory and waits until it listens.
+    ///
+    /// With `ZBASE_TEST_TOPOLOGY=pods` in the environment, "the station" is instead three
+    /// pods on a fresh PostgreSQL database behind HAProxy, each started with these flags, and
+    /// [`Station::addr`] is the virtual IP: the same tests then judge the deployment from
+    /// outside, as a client sees it.
     pub async fn start(self) -> Station {
+        if topology_is_pods() {
+            let pods = crate::pods::Pods::start_with(PODS, self.clone()).await;
+            let dir = tempfile::Builder::new()
+                .prefix("zbase-station-test-")
+                .tempdir()
+                .expect("create a temporary directory for the station");
+            return Station {
+                child: None,
+                addr: pods.vip(),
+                data_dir: dir.path().join("data"),
+                log: dir.path().join("station.stderr.log"),
+                dir,
+                builder: self,
+                starts: 1,
+                deployment: Some(Box::new(pods)),
+            };
+        }
         self.start_process().await
     }
 
@@ -124,6 +146,7 @@ impl StationBuilder {
             dir,
             builder: self,
             starts: 0,
+            deployment: None,
         };
         std::fs::create_dir_all(&station.data_dir).expect("create the data directory");
         station.spawn().await;
@@ -142,6 +165,16 @@ pub struct Station {
     dir: tempfile::TempDir,
     builder: StationBuilder,
     starts: usize,
+    /// The pods behind the virtual IP, when the tests run against a deployment.
+    deployment: Option<Box<crate::pods::Pods>>,
+}
+
+/// Pods in a deployment started by [`StationBuilder::start`] under `ZBASE_TEST_TOPOLOGY=pods`.
+const PODS: usize = 3;
+
+/// True when `ZBASE_TEST_TOPOLOGY=pods`: tests run against pods behind a virtual IP.
+pub fn topology_is_pods() -> bool {
+    std::env::var("ZBASE_TEST_TOPOLOGY").is_ok_and(|topology| topology == "pods")
 }
 
 impl Station {
@@ -175,8 +208,12 @@ impl Station {
         self.dir.path()
     }
 
-    /// Everything the station has written to stderr so far, across restarts.
+    /// Everything the station has written to stderr so far, across restarts (every pod's, for
+    /// a deployment).
     pub fn stderr_log(&self) -> String {
+        if let Some(pods) = &self.deployment {
+            return pods.stderr_logs();
+        }
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -254,6 +291,10 @@ impl Station {
     }
 
     fn signal(&self, signal: Signal) {
+        assert!(
+            self.deployment.is_none(),
+            "signals address one process: in a pods deployment, use Pods::pod(i)"
+        );
         let pid = self.pid().expect("the station is not running");
         let pid = Pid::from_raw(i32::try_from(pid).expect("pid fits in i32"));
         kill(pid, signal).expect("signal the station");
@@ -273,8 +314,12 @@ impl Station {
         }
     }
 
-    /// SIGKILL: no drain, no flush, nothing the process can do about it. Waits for the exit.
+    /// SIGKILL: no drain, no flush, nothing the process can do about it. Waits for the exit
+    /// (of every pod, for a deployment).
     pub async fn kill(&mut self) {
+        if let Some(pods) = &mut self.deployment {
+            return Box::pin(pods.kill_all()).await;
+        }
         self.signal(Signal::SIGKILL);
         let _ = self.wait().await;
     }
@@ -289,15 +334,29 @@ impl Station {
         self.wait().await
     }
 
-    /// SIGTERM, then waits for the drain to finish and returns the exit status.
+    /// SIGTERM, then waits for the drain to finish and returns the exit status (for a
+    /// deployment, of every pod in turn: the first failure, else success).
     pub async fn terminate(&mut self) -> ExitStatus {
+        if let Some(pods) = &mut self.deployment {
+            let statuses = Box::pin(pods.terminate()).await;
+            return statuses
+                .iter()
+                .find(|status| !status.success())
+                .or(statuses.first())
+                .copied()
+                .expect("a deployment has pods");
+        }
         self.sigterm();
         self.wait().await
     }
 
     /// Starts the binary again on the same data directory with the same flags. The port is
-    /// picked afresh, so read [`Station::addr`] again afterwards.
+    /// picked afresh, so read [`Station::addr`] again afterwards (a deployment restarts every
+    /// stopped pod and keeps its virtual IP).
     pub async fn restart(&mut self) {
+        if let Some(pods) = &mut self.deployment {
+            return Box::pin(pods.restart_stopped()).await;
+        }
         self.spawn().await;
     }
 }
