@@ -100,6 +100,10 @@ pub trait Store: Send + Sync + 'static {
     /// The highest committed sequence (0 for an empty store).
     async fn last_seq(&self) -> Result<Seq, StoreError>;
 
+    /// Checks that the database answers a trivial query now, for readiness probes. Bounded
+    /// like any read: an unreachable PostgreSQL fails after the pool's acquire timeout.
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Waits for queued writes to finish and closes the database.
     async fn close(&self);
 }

@@ -213,6 +213,16 @@ impl Store for PostgresStore {
         seq_from_sql(last)
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        // Through the pool, as every read goes: a dead connection is replaced on the way, so
+        // this fails only when no connection to the server can be made.
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok(())
+    }
+
     async fn close(&self) {
         // The writer commits everything queued, then stops.
         self.writes.close().await;
@@ -404,6 +414,38 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(next, last + 1);
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_store_fails_while_the_server_is_down_and_recovers_by_itself() {
+        // A server of its own: stopping the shared one would fail every other test.
+        let server = zbase_tests::postgres::dedicated().await;
+        let options = PostgresOptions {
+            acquire_timeout: Duration::from_secs(1),
+            ..PostgresOptions::default()
+        };
+        let store = PostgresStore::connect(&server.create_database().await, options)
+            .await
+            .unwrap();
+        store.claim(&id(1), &jwk(1)).await.unwrap();
+        store.ping().await.unwrap();
+
+        server.stop().await;
+        let down = store.ping().await;
+        assert!(matches!(down, Err(StoreError::Database(_))), "{down:?}");
+        let lost = store.put_snapshot(&id(1), Bytes::from_static(b"lost")).await;
+        assert!(matches!(lost, Err(StoreError::Database(_))), "{lost:?}");
+
+        server.start().await;
+        store.ping().await.unwrap();
+        let seq = store
+            .put_snapshot(&id(1), Bytes::from_static(b"kept"))
+            .await
+            .unwrap();
+        assert_eq!(seq, 2, "the failed write took a sequence number");
+        let loaded = store.load(&id(1)).await.unwrap().unwrap();
+        assert_eq!(loaded.snapshot, Some(Bytes::from_static(b"kept")));
         store.close().await;
     }
 

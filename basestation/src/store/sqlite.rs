@@ -174,6 +174,16 @@ impl Store for SqliteStore {
         max_seq(&mut conn).await
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        // Reads a page of the file, not just the connection: a file that went away or became
+        // unreadable fails here.
+        sqlx::query("SELECT count(*) FROM sqlite_schema")
+            .execute(&self.reader)
+            .await
+            .map_err(read_error)?;
+        Ok(())
+    }
+
     async fn close(&self) {
         // The writer commits everything queued, then closes its connection.
         self.writes.close().await;
