@@ -7,6 +7,7 @@
 //! are moved as reference-counted bytes and never inspected, transformed or logged.
 
 mod connection;
+mod readiness;
 mod registry;
 mod resource;
 

@@ -1,5 +1,6 @@
 //! From identifier to resource task: find it, wake it, or start it.
 
+use super::readiness::Readiness;
 use super::resource::{self, Command, PeerLink, Refused, Reply};
 use crate::limits::{Admission, Limits};
 use crate::session::CloseReason;
@@ -50,6 +51,7 @@ pub(super) struct Inner {
     connections: TaskTracker,
     next_peer: AtomicU64,
     next_generation: AtomicU64,
+    pub(super) readiness: Readiness,
 }
 
 /// The registry of active resources and everything a connection needs to reach them.
@@ -87,6 +89,7 @@ impl Relay {
                 connections: TaskTracker::new(),
                 next_peer: AtomicU64::new(1),
                 next_generation: AtomicU64::new(1),
+                readiness: Readiness::default(),
             }),
         }
     }
