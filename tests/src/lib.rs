@@ -1,5 +1,7 @@
 //! Test harness for the real zbase binaries: start a station in a fresh directory on port 0,
-//! talk to it over WebSocket and gRPC as an independent client would, kill it for real.
+//! talk to it over WebSocket and gRPC as an independent client would, kill it for real; and
+//! throwaway PostgreSQL servers for the store tests of both crates, and several pods on one
+//! of them behind HAProxy.
 
 pub mod client;
 pub mod pods;

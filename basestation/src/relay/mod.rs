@@ -8,6 +8,7 @@
 
 mod connection;
 mod forward;
+mod readiness;
 mod registry;
 mod resource;
 

@@ -1,5 +1,6 @@
 //! From identifier to resource task: find it, wake it, or start it.
 
+use super::readiness::Readiness;
 use super::resource::{self, Command, PeerLink, Refused, Reply};
 use crate::cluster::{Directory, Homes, Route};
 use crate::limits::{Admission, Limits};
@@ -56,6 +57,7 @@ pub(super) struct Inner {
     pub(super) pods: DashMap<String, tonic::transport::Channel>,
     next_peer: AtomicU64,
     next_generation: AtomicU64,
+    pub(super) readiness: Readiness,
 }
 
 /// The registry of active resources and everything a connection needs to reach them.
@@ -95,6 +97,7 @@ impl Relay {
                 pods: DashMap::new(),
                 next_peer: AtomicU64::new(1),
                 next_generation: AtomicU64::new(1),
+                readiness: Readiness::default(),
             }),
         }
     }
@@ -157,6 +160,16 @@ impl Relay {
             .directory
             .as_ref()
             .is_none_or(|directory| directory.is_home(id))
+    }
+
+    /// Whether this pod holds its membership lease (always, without a cluster), or why not.
+    pub fn membership_ready(&self) -> Result<(), &'static str> {
+        match &self.inner.directory {
+            Some(directory) if !directory.lease_valid() => Err(
+                "no membership lease: this pod cannot renew it in the database (or is leaving); it retries on its own",
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// True when pods share the store and each resource has one home pod.

@@ -196,6 +196,9 @@ impl Store for GatedStore {
     async fn last_seq(&self) -> Result<Seq, StoreError> {
         self.inner.last_seq().await
     }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
     async fn close(&self) {}
 }
 

@@ -40,6 +40,7 @@ macro_rules! conformance_tests {
     ($fresh:path) => {
         $crate::store::conformance::conformance_tests!(@each $fresh;
             load_of_an_unknown_id_is_none,
+            an_open_store_answers_ping,
             an_empty_store_has_no_changes_and_last_seq_zero,
             put_snapshot_of_an_unknown_id_is_not_found_and_takes_no_seq,
             claim_of_a_free_id_succeeds_and_a_second_claim_is_taken,
@@ -105,6 +106,13 @@ fn noise(len: usize, seed: u64) -> Bytes {
 /// Rule: a resource that was never claimed does not exist.
 pub(crate) async fn load_of_an_unknown_id_is_none(store: Arc<dyn Store>) {
     assert_eq!(store.load(&id(1)).await.unwrap(), None);
+}
+
+/// Rule: an open store answers `ping`, empty or not.
+pub(crate) async fn an_open_store_answers_ping(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+    claimed(&*store, 1).await;
+    store.ping().await.unwrap();
 }
 
 /// Rule: an empty store's sequence is 0 and it lists no change.
@@ -394,6 +402,7 @@ pub(crate) async fn calls_after_close_are_refused(store: Arc<dyn Store>) {
     assert!(closed(store.load(&id(1)).await.map(drop)));
     assert!(closed(store.changes_since(0, 10).await.map(drop)));
     assert!(closed(store.last_seq().await.map(drop)));
+    assert!(closed(store.ping().await));
     // Closing twice is harmless.
     store.close().await;
 }

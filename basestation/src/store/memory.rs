@@ -92,6 +92,10 @@ impl Store for MemoryStore {
         self.with(|state| Ok(state.seq))
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|_| Ok(()))
+    }
+
     async fn close(&self) {
         if let Ok(mut state) = self.state.lock() {
             state.closed = true;

@@ -76,6 +76,13 @@ pub enum StoreError {
     /// The store's writer has stopped (shutdown, or a fatal error logged where it happened).
     #[error("the store is shut down")]
     Closed,
+    /// Another station process holds the SQLite data directory.
+    #[error(
+        "the data directory {0} is in use by another station process; SQLite serves one \
+         process only: stop the other station, or, to run several station pods, use \
+         PostgreSQL (--store postgres://...)"
+    )]
+    InUse(std::path::PathBuf),
     /// Stored data is not what this station wrote (a corrupt or foreign database).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -99,6 +106,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The highest committed sequence (0 for an empty store).
     async fn last_seq(&self) -> Result<Seq, StoreError>;
+
+    /// Checks that the database answers a trivial query now, for readiness probes. Bounded
+    /// like any read: an unreachable PostgreSQL fails after the pool's acquire timeout.
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Waits for queued writes to finish and closes the database.
     async fn close(&self);

@@ -247,6 +247,16 @@ impl Store for PostgresStore {
         seq_from_sql(last)
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        // Through the pool, as every read goes: a dead connection is replaced on the way, so
+        // this fails only when no connection to the server can be made.
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok(())
+    }
+
     async fn close(&self) {
         // The writer commits everything queued, then stops.
         self.writes.close().await;
@@ -361,168 +371,14 @@ impl Backend for Writer {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    //! Runs against a real PostgreSQL server: one throwaway cluster per test process, started
-    //! on first use in a temporary folder on a loopback port, one fresh database per test.
+    //! Runs against a real PostgreSQL server: the throwaway cluster `zbase-tests` starts once
+    //! per test process, one fresh database per test.
 
     use super::*;
     use crate::store::conformance::{self, Fixture, id, jwk};
     use sqlx::PgConnection;
-    use std::io::{BufRead as _, BufReader, Read as _};
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, ChildStdin, Command, Stdio};
-    use std::sync::{Arc, OnceLock};
-
-    /// Started by the test process, stopped and deleted by a guardian shell when the process
-    /// exits however it exits: the guardian waits for end-of-file on a pipe only this process
-    /// holds open, and the kernel closes it on exit, panic and SIGKILL alike. Rust never drops
-    /// statics, so a `Drop` guard alone would leave the server running after `cargo test`.
-    const GUARDIAN: &str = r#"
-        trap '' INT TERM HUP
-        T="$1"; PORT="$2"; BIN="$3"; AS="$4"
-        run() { if [ -n "$AS" ]; then runuser -u "$AS" -- "$@"; else "$@"; fi; }
-        if run "$BIN/initdb" -D "$T/data" -U postgres -A trust --no-sync -E UTF8 \
-                --locale=C.UTF-8 >"$T/setup.log" 2>&1 \
-           && run "$BIN/pg_ctl" -D "$T/data" -l "$T/server.log" -w -t 60 start \
-                -o "-c listen_addresses=127.0.0.1 -p $PORT -k $T -c fsync=off -c max_connections=400" \
-                >>"$T/setup.log" 2>&1; then
-            echo ready
-        else
-            echo failed
-            tail -n 20 "$T/setup.log" "$T/server.log" 2>/dev/null
-        fi
-        exec >/dev/null 2>&1
-        cat >/dev/null
-        run "$BIN/pg_ctl" -D "$T/data" -m immediate -w stop
-        rm -rf "$T"
-    "#;
-
-    const INSTALL: &str = "the PostgreSQL store tests need a PostgreSQL server: install it with \
-                           `apt-get install postgresql` (Debian puts initdb and pg_ctl under \
-                           /usr/lib/postgresql/<version>/bin), or set ZBASE_PG_BIN to the \
-                           directory holding them";
-
-    struct Cluster {
-        port: u16,
-        /// Never written: held open so the guardian sees end-of-file only when we exit.
-        _lifeline: ChildStdin,
-        _guardian: Child,
-    }
-
-    impl Cluster {
-        fn url(&self, database: &str) -> String {
-            format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
-        }
-    }
-
-    /// The directory of `initdb` and `pg_ctl`.
-    fn server_binaries() -> Result<PathBuf, String> {
-        let has = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
-        if let Some(dir) = std::env::var_os("ZBASE_PG_BIN") {
-            let dir = PathBuf::from(dir);
-            return if has(&dir) {
-                Ok(dir)
-            } else {
-                Err(format!("ZBASE_PG_BIN={} has no initdb", dir.display()))
-            };
-        }
-        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .map(|dirs| dirs.flatten().map(|d| d.path().join("bin")).collect())
-            .unwrap_or_default();
-        versions.sort();
-        if let Some(dir) = versions.into_iter().rev().find(|dir| has(dir)) {
-            return Ok(dir);
-        }
-        let on_path = std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).find(|dir| has(dir)))
-            .unwrap_or_default();
-        on_path.ok_or_else(|| "no initdb found".to_owned())
-    }
-
-    fn start() -> Result<Cluster, String> {
-        let bin = server_binaries()?;
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|out| out.stdout.trim_ascii() == b"0")
-            .unwrap_or(false);
-        let mut last_error = String::new();
-        // A port picked free can be taken before the server binds it; a retry picks another.
-        for _ in 0..3 {
-            let dir = tempfile::Builder::new()
-                .prefix("zbase-pg-")
-                .tempdir()
-                .map_err(|e| e.to_string())?
-                .keep();
-            // initdb refuses to run as root, so as root the cluster belongs to `postgres`.
-            if root {
-                let chown = Command::new("chown")
-                    .arg("postgres:postgres")
-                    .arg(&dir)
-                    .status();
-                if !chown.is_ok_and(|status| status.success()) {
-                    return Err("cannot give the cluster folder to the postgres user".into());
-                }
-            }
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|listener| listener.local_addr())
-                .map_err(|e| e.to_string())?
-                .port();
-            let mut guardian = Command::new("sh")
-                .arg("-c")
-                .arg(GUARDIAN)
-                .arg("guardian")
-                .arg(&dir)
-                .arg(port.to_string())
-                .arg(&bin)
-                .arg(if root { "postgres" } else { "" })
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot run sh: {e}"))?;
-            let lifeline = guardian.stdin.take().ok_or("no pipe to the guardian")?;
-            let mut out = BufReader::new(guardian.stdout.take().ok_or("no guardian output")?);
-            let mut line = String::new();
-            out.read_line(&mut line).map_err(|e| e.to_string())?;
-            if line.trim() == "ready" {
-                return Ok(Cluster {
-                    port,
-                    _lifeline: lifeline,
-                    _guardian: guardian,
-                });
-            }
-            let mut log = String::new();
-            drop(lifeline);
-            // Ignored: the log is only for the message, and the guardian has exited anyway.
-            let _ = out.read_to_string(&mut log);
-            let _ = guardian.wait();
-            last_error = format!("initdb/pg_ctl from {} failed:\n{log}", bin.display());
-        }
-        Err(last_error)
-    }
-
-    fn cluster() -> &'static Cluster {
-        static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
-        match CLUSTER.get_or_init(start) {
-            Ok(cluster) => cluster,
-            Err(error) => panic!("{INSTALL}\n{error}"),
-        }
-    }
-
-    /// The URL of a new, empty database on the test cluster.
-    async fn fresh_database() -> String {
-        let cluster = tokio::task::spawn_blocking(cluster).await.unwrap();
-        let name = format!("test_{:016x}", rand::random::<u64>());
-        let mut admin = PgConnection::connect(&cluster.url("postgres"))
-            .await
-            .unwrap();
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        cluster.url(&name)
-    }
+    use std::sync::Arc;
+    use zbase_tests::postgres::fresh_database;
 
     async fn open(url: &str) -> PostgresStore {
         PostgresStore::connect(url, PostgresOptions::default())
@@ -608,6 +464,38 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(next, last + 1);
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_store_fails_while_the_server_is_down_and_recovers_by_itself() {
+        // A server of its own: stopping the shared one would fail every other test.
+        let server = zbase_tests::postgres::dedicated().await;
+        let options = PostgresOptions {
+            acquire_timeout: Duration::from_secs(1),
+            ..PostgresOptions::default()
+        };
+        let store = PostgresStore::connect(&server.create_database().await, options)
+            .await
+            .unwrap();
+        store.claim(&id(1), &jwk(1)).await.unwrap();
+        store.ping().await.unwrap();
+
+        server.stop().await;
+        let down = store.ping().await;
+        assert!(matches!(down, Err(StoreError::Database(_))), "{down:?}");
+        let lost = store.put_snapshot(&id(1), Bytes::from_static(b"lost")).await;
+        assert!(matches!(lost, Err(StoreError::Database(_))), "{lost:?}");
+
+        server.start().await;
+        store.ping().await.unwrap();
+        let seq = store
+            .put_snapshot(&id(1), Bytes::from_static(b"kept"))
+            .await
+            .unwrap();
+        assert_eq!(seq, 2, "the failed write took a sequence number");
+        let loaded = store.load(&id(1)).await.unwrap().unwrap();
+        assert_eq!(loaded.snapshot, Some(Bytes::from_static(b"kept")));
         store.close().await;
     }
 

@@ -20,7 +20,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions as _, Connection as _};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use zbase_proto::wire::ResourceId;
@@ -36,6 +36,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the write-ahead log left on disk after a checkpoint; one large batch would
 /// otherwise keep its full size forever.
 const WAL_SIZE_LIMIT: &str = "67108864";
+
+/// The file, next to the database, that a station holds an exclusive lock on while it has the
+/// store open.
+pub const LOCK_FILE: &str = "station.lock";
 
 /// `PRAGMA application_id` of a zbase store (the bytes "zbas"); set by the first migration.
 const APPLICATION_ID: i64 = 0x7a62_6173;
@@ -61,6 +65,10 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Counters the writer keeps, shared so they can be read while it runs.
     stats: Arc<Counters>,
+    /// The exclusive lock on [`LOCK_FILE`], released on close (or drop). Two processes
+    /// writing one file would each number changes from their own counter, so a second
+    /// station must be refused before it opens the database.
+    lock: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 /// What the writer has committed since the store was opened; shows group commit at work.
@@ -80,12 +88,17 @@ struct Counters {
 
 impl SqliteStore {
     /// Opens the store at `path`, creating it (and its directory) if missing, and migrates it.
+    /// Refused with [`StoreError::InUse`] while another store (in any process) has the same
+    /// directory open.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(sqlx::Error::Io)?;
-        }
+        let dir = match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            Some(dir) => dir,
+            None => Path::new("."),
+        };
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(sqlx::Error::Io)?;
+        let lock = lock_directory(dir)?;
         let base = SqliteConnectOptions::new()
             .filename(path)
             .busy_timeout(BUSY_TIMEOUT);
@@ -124,6 +137,7 @@ impl SqliteStore {
             writes: WriteQueue::start(writer),
             reader,
             stats,
+            lock: std::sync::Mutex::new(Some(lock)),
         })
     }
 
@@ -174,10 +188,22 @@ impl Store for SqliteStore {
         max_seq(&mut conn).await
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        // Reads a page of the file, not just the connection: a file that went away or became
+        // unreadable fails here.
+        sqlx::query("SELECT count(*) FROM sqlite_schema")
+            .execute(&self.reader)
+            .await
+            .map_err(read_error)?;
+        Ok(())
+    }
+
     async fn close(&self) {
         // The writer commits everything queued, then closes its connection.
         self.writes.close().await;
         self.reader.close().await;
+        // Only now that nothing of ours touches the file may another station open it.
+        drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner).take());
     }
 }
 
@@ -263,6 +289,23 @@ impl Backend for Writer {
         if let Err(error) = self.conn.close().await {
             tracing::warn!(%error, "closing the store's write connection failed");
         }
+    }
+}
+
+/// Takes the exclusive lock on `dir`'s [`LOCK_FILE`], or says which directory is in use. The
+/// kernel releases it when the process exits however it exits, so a killed station never
+/// leaves a stale lock behind.
+fn lock_directory(dir: &Path) -> Result<std::fs::File, StoreError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(sqlx::Error::Io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(error)) => Err(sqlx::Error::Io(error).into()),
     }
 }
 
@@ -555,6 +598,25 @@ mod tests {
             assert_eq!(store.load(&id(n)).await.unwrap().unwrap().seq, seq);
         }
         store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_one_directory_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let first = SqliteStore::open(&path).await.unwrap();
+        // Another file in the same directory shares the directory's lock.
+        match SqliteStore::open(&dir.path().join("other.db")).await {
+            Err(error @ StoreError::InUse(_)) => {
+                let message = error.to_string();
+                assert!(message.contains(&*dir.path().to_string_lossy()), "{message}");
+                assert!(message.contains("--store postgres://"), "{message}");
+            }
+            Err(other) => panic!("expected InUse, got {other:?}"),
+            Ok(_) => panic!("a second store opened a directory in use"),
+        }
+        first.close().await;
+        SqliteStore::open(&path).await.unwrap().close().await;
     }
 
     #[tokio::test]

@@ -15,12 +15,24 @@ pub fn router(relay: Relay) -> axum::Router {
         .with_state(relay)
 }
 
-/// Ready while serving; not ready once shutdown began, so a load balancer stops sending.
+/// Ready while serving and the store answers; not ready once shutdown began, so a load
+/// balancer stops sending, nor while the store is unreachable, since every handshake and
+/// snapshot would then be refused (1013). The station itself keeps running and turns ready
+/// again when the store answers: restarting it would not bring the database back. A pod of
+/// several is also not ready while it holds no membership lease (it could serve nothing).
 async fn readyz(State(relay): State<Relay>) -> impl IntoResponse {
     if relay.shutdown().is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-    } else {
-        (StatusCode::OK, "ready\n")
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_owned());
+    }
+    if let Err(why) = relay.membership_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
+    }
+    match relay.store_ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unreachable: {error}; check the database and the network to it\n"),
+        ),
     }
 }
 
