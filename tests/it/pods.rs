@@ -70,7 +70,10 @@ async fn peers_on_different_pods_share_one_peer_set(t: Transport) {
             relaying += 1;
         }
     }
-    assert!(relaying >= 2, "only {relaying} pods relayed frames to a home pod");
+    assert!(
+        relaying >= 2,
+        "only {relaying} pods relayed frames to a home pod"
+    );
 }
 
 async fn metric_labelled(addr: std::net::SocketAddr, series: &str) -> f64 {
@@ -150,8 +153,14 @@ impl Writer {
             // Write until the connection ends.
             'session: while !stop.is_cancelled() {
                 let n = self.submitted.fetch_add(1, Ordering::SeqCst) + 1;
-                if conn.send(Code::SubmitSnapshot, payload_of(n)).await.is_err()
-                    || conn.send(Code::SubmitRequest, random_bytes(4)).await.is_err()
+                if conn
+                    .send(Code::SubmitSnapshot, payload_of(n))
+                    .await
+                    .is_err()
+                    || conn
+                        .send(Code::SubmitRequest, random_bytes(4))
+                        .await
+                        .is_err()
                 {
                     break 'session;
                 }
@@ -192,7 +201,11 @@ impl Writer {
 async fn start_writers(
     pods: &Pods,
     t: Transport,
-) -> (Vec<Arc<Writer>>, Vec<tokio::task::JoinHandle<()>>, CancellationToken) {
+) -> (
+    Vec<Arc<Writer>>,
+    Vec<tokio::task::JoinHandle<()>>,
+    CancellationToken,
+) {
     let stop = CancellationToken::new();
     let mut writers = Vec::new();
     let mut tasks = Vec::new();
@@ -263,7 +276,10 @@ async fn nothing_acknowledged_was_lost(writers: &[Arc<Writer>], pods: &Pods, t: 
         );
         let mut fresh = join(pods.vip(), t, &writer.id, &writer.identity).await;
         let offered = number_in(&fresh.expect_frame(Code::OfferSnapshot).await);
-        assert_eq!(offered, stored, "a fresh peer is offered what the database holds");
+        assert_eq!(
+            offered, stored,
+            "a fresh peer is offered what the database holds"
+        );
     }
     let _ = db.close().await;
 }
@@ -300,7 +316,12 @@ async fn one_settled_view(pods: &Pods, running: &[&str]) {
 
 /// From the peers' view: two peers of each resource, one on each of two different pods,
 /// exchange deltas both ways, so they are in one peer set.
-async fn one_peer_set_each(writers: &[Arc<Writer>], a: std::net::SocketAddr, b: std::net::SocketAddr, t: Transport) {
+async fn one_peer_set_each(
+    writers: &[Arc<Writer>],
+    a: std::net::SocketAddr,
+    b: std::net::SocketAddr,
+    t: Transport,
+) {
     for writer in writers {
         let mut first = join(a, t, &writer.id, &writer.identity).await;
         let mut second = join(b, t, &writer.id, &writer.identity).await;
@@ -330,7 +351,10 @@ async fn a_killed_pod_loses_no_acknowledged_snapshot() {
         .iter()
         .filter(|w| w.reconnects.load(Ordering::Relaxed) > 0)
         .count();
-    assert!(reconnected > 0, "no writer was on the killed pod's resources");
+    assert!(
+        reconnected > 0,
+        "no writer was on the killed pod's resources"
+    );
     one_settled_view(&pods, &["pod-1", "pod-2"]).await;
     nothing_acknowledged_was_lost(&writers, &pods, t).await;
     let (a, b) = (pods.pod(1).addr(), pods.pod(2).addr());
@@ -370,7 +394,10 @@ async fn a_rolling_restart_loses_no_acknowledged_snapshot() {
         .flat_map(|w| w.gaps_ms.lock().unwrap().clone())
         .collect();
     gaps.sort_unstable();
-    assert!(!gaps.is_empty(), "no writer was disconnected by the restarts");
+    assert!(
+        !gaps.is_empty(),
+        "no writer was disconnected by the restarts"
+    );
     let p50 = gaps[gaps.len() / 2];
     let max = gaps[gaps.len() - 1];
     eprintln!(

@@ -49,7 +49,11 @@ fn haproxy_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("ZBASE_HAPROXY") {
         return PathBuf::from(path);
     }
-    for candidate in ["/usr/sbin/haproxy", "/usr/bin/haproxy", "/usr/local/sbin/haproxy"] {
+    for candidate in [
+        "/usr/sbin/haproxy",
+        "/usr/bin/haproxy",
+        "/usr/local/sbin/haproxy",
+    ] {
         if std::path::Path::new(candidate).is_file() {
             return PathBuf::from(candidate);
         }
@@ -295,6 +299,11 @@ pub async fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
         .text()
         .await
         .ok()?;
-    body.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    body.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

@@ -25,7 +25,9 @@ pub enum MembershipError {
     Store(#[from] StoreError),
     /// This process's row is gone or belongs to a newer incarnation: its lease lapsed and
     /// another pod removed it, or the same pod name started elsewhere.
-    #[error("pod {0} lost its membership (its lease lapsed or it was replaced); it must join again")]
+    #[error(
+        "pod {0} lost its membership (its lease lapsed or it was replaced); it must join again"
+    )]
     Expelled(String),
 }
 
@@ -174,13 +176,12 @@ impl Membership {
     /// Removes this pod once it has let go of everything and its last write committed.
     pub async fn leave(&self) -> Result<(), MembershipError> {
         let mut tx = self.pool.begin().await?;
-        let removed =
-            sqlx::query("DELETE FROM zbase_members WHERE pod = $1 AND incarnation = $2")
-                .bind(&self.me.pod)
-                .bind(&self.me.incarnation)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let removed = sqlx::query("DELETE FROM zbase_members WHERE pod = $1 AND incarnation = $2")
+            .bind(&self.me.pod)
+            .bind(&self.me.incarnation)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if removed > 0 {
             sqlx::query(BUMP).execute(&mut *tx).await?;
         }
@@ -215,5 +216,157 @@ impl Membership {
                 .collect(),
             me: self.me.pod.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! Against a real PostgreSQL server (the test process's throwaway cluster).
+
+    use super::*;
+    use crate::store::{Fence, PostgresStore, Store as _};
+    use sqlx::Connection as _;
+    use zbase_proto::wire::ResourceId;
+
+    const SHORT: Duration = Duration::from_millis(500);
+
+    fn identity(pod: &str, lease: Duration) -> Identity {
+        Identity {
+            pod: pod.into(),
+            incarnation: format!("{:016x}", rand::random::<u64>()),
+            address: format!("{pod}:7201"),
+            lease,
+        }
+    }
+
+    /// A store fenced by `me`'s membership, and that membership, on database `url`.
+    async fn pod(url: &str, me: Identity) -> (PostgresStore, Membership) {
+        let options = PostgresOptions {
+            fence: Some(Fence {
+                pod: me.pod.clone(),
+                incarnation: me.incarnation.clone(),
+            }),
+            ..PostgresOptions::default()
+        };
+        let store = PostgresStore::connect(url, options.clone()).await.unwrap();
+        let membership = Membership::connect(url, &options, me).await.unwrap();
+        (store, membership)
+    }
+
+    fn id(n: u8) -> ResourceId {
+        ResourceId::from_bytes([n; 32])
+    }
+
+    const JWK: &str =
+        r#"{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn joins_renewals_and_leaves_each_move_the_generation() {
+        let url = zbase_tests::postgres::fresh_database().await;
+        let (_, a) = pod(&url, identity("pod-a", SHORT * 10)).await;
+        let (_, b) = pod(&url, identity("pod-b", SHORT * 10)).await;
+        let first = a.join().await.unwrap();
+        let second = b.join().await.unwrap();
+        assert!(second.generation > first.generation);
+        let pods: Vec<_> = second.members.iter().map(|m| m.pod.as_str()).collect();
+        assert_eq!(pods, ["pod-a", "pod-b"]);
+        assert!(!second.settled(), "nobody acknowledged the new view yet");
+
+        a.renew(second.generation).await.unwrap();
+        let view = b.renew(second.generation).await.unwrap();
+        assert_eq!(
+            view.generation, second.generation,
+            "renewals change nothing"
+        );
+        assert!(view.settled());
+
+        let leaving = a.start_leaving().await.unwrap();
+        assert!(leaving.generation > view.generation);
+        assert!(
+            leaving
+                .members
+                .iter()
+                .any(|m| m.pod == "pod-a" && m.leaving)
+        );
+        a.leave().await.unwrap();
+        let after = b.renew(leaving.generation).await.unwrap();
+        assert!(after.generation > leaving.generation);
+        let pods: Vec<_> = after.members.iter().map(|m| m.pod.as_str()).collect();
+        assert_eq!(pods, ["pod-b"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lapsed_member_is_removed_and_its_writes_are_fenced() {
+        let url = zbase_tests::postgres::fresh_database().await;
+        let (store_a, a) = pod(&url, identity("pod-a", SHORT)).await;
+        let (_, b) = pod(&url, identity("pod-b", SHORT * 10)).await;
+        a.join().await.unwrap();
+        b.join().await.unwrap();
+        store_a.claim(&id(1), JWK).await.unwrap();
+        store_a
+            .put_snapshot(&id(1), bytes::Bytes::from_static(b"under the lease"))
+            .await
+            .unwrap();
+
+        tokio::time::sleep(SHORT * 2).await;
+        let view = b.renew(0).await.unwrap();
+        assert!(view.members.iter().all(|m| m.pod != "pod-a"), "{view:?}");
+        let refused = store_a
+            .put_snapshot(&id(1), bytes::Bytes::from_static(b"after the lease"))
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("fenced"), "{refused}");
+        assert!(matches!(
+            a.renew(0).await,
+            Err(MembershipError::Expelled(pod)) if pod == "pod-a"
+        ));
+        let kept = store_a.load(&id(1)).await.unwrap().unwrap();
+        assert_eq!(kept.snapshot.as_deref(), Some(&b"under the lease"[..]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn removing_a_member_waits_for_its_write_in_flight() {
+        let url = zbase_tests::postgres::fresh_database().await;
+        let me = identity("pod-a", SHORT);
+        let (_, a) = pod(&url, me.clone()).await;
+        let (_, b) = pod(&url, identity("pod-b", SHORT * 10)).await;
+        a.join().await.unwrap();
+        b.join().await.unwrap();
+        // What a write transaction of pod-a holds from its first statement to its commit.
+        let mut writer = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut writer).await.unwrap();
+        let held: Option<i32> = sqlx::query_scalar(crate::store::FENCE_FOR_TESTS)
+            .bind(&me.pod)
+            .bind(&me.incarnation)
+            .fetch_optional(&mut writer)
+            .await
+            .unwrap();
+        assert_eq!(held, Some(1));
+
+        tokio::time::sleep(SHORT * 2).await;
+        let removal = tokio::spawn(async move { b.renew(0).await.unwrap() });
+        tokio::time::sleep(SHORT).await;
+        assert!(!removal.is_finished(), "pod-a was removed during its write");
+        sqlx::query("COMMIT").execute(&mut writer).await.unwrap();
+        let view = removal.await.unwrap();
+        assert!(view.members.iter().all(|m| m.pod != "pod-a"), "{view:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_process_under_one_name_waits_for_the_first_lease() {
+        let url = zbase_tests::postgres::fresh_database().await;
+        let (_, first) = pod(&url, identity("pod-a", SHORT)).await;
+        let (_, second) = pod(&url, identity("pod-a", SHORT)).await;
+        first.join().await.unwrap();
+        let started = tokio::time::Instant::now();
+        // The first process stops renewing (killed); the second gets the name once it lapsed.
+        let view = second.join().await.unwrap();
+        assert!(started.elapsed() >= SHORT / 2, "joined over a live lease");
+        assert_eq!(view.members.len(), 1);
+        assert!(matches!(
+            first.renew(0).await,
+            Err(MembershipError::Expelled(_))
+        ));
     }
 }

@@ -193,7 +193,9 @@ pub async fn maintain(
         }
         if deadline.is_some_and(|until| Instant::now() >= until) {
             deadline = None;
-            tracing::error!("membership lease lapsed; this pod stops serving as a home until it renews");
+            tracing::error!(
+                "membership lease lapsed; this pod stops serving as a home until it renews"
+            );
             directory.invalidate();
             let released = homes.release(&directory).await;
             tracing::info!(released, "let go of every resource");
@@ -204,5 +206,85 @@ pub async fn maintain(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn view(generation: u64, acked_by_other: u64) -> View {
+        View {
+            generation,
+            members: vec![
+                Member {
+                    pod: "a".into(),
+                    address: "a:1".into(),
+                    leaving: false,
+                    acked: generation,
+                },
+                Member {
+                    pod: "b".into(),
+                    address: "b:1".into(),
+                    leaving: false,
+                    acked: acked_by_other,
+                },
+            ],
+            me: "a".into(),
+        }
+    }
+
+    /// An identifier whose home is pod "a" among "a" and "b".
+    fn homed_here() -> ResourceId {
+        (0u8..=255)
+            .map(|n| ResourceId::from_bytes([n; 32]))
+            .find(|id| view(1, 1).home(id).is_some_and(|home| home.pod == "a"))
+            .expect("some identifier hashes to a")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_connection_waits_for_the_view_to_settle() {
+        let directory = Directory::new("a", Duration::from_secs(5));
+        let id = homed_here();
+        assert_eq!(
+            directory.route(&id).await,
+            Route::Unavailable,
+            "no lease yet"
+        );
+
+        let far = Instant::now() + Duration::from_secs(3600);
+        directory.publish(view(2, 1), far);
+        let waiting = {
+            let directory = directory.clone();
+            tokio::spawn(async move { directory.route(&id).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished(), "served before b let go");
+        directory.publish(view(2, 2), far);
+        assert_eq!(waiting.await.unwrap(), Route::Local);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_view_that_never_settles_turns_into_a_retry() {
+        let directory = Directory::new("a", Duration::from_secs(5));
+        let id = homed_here();
+        directory.publish(view(2, 1), Instant::now() + Duration::from_secs(3600));
+        let started = Instant::now();
+        assert_eq!(directory.route(&id).await, Route::Unavailable);
+        assert!(started.elapsed() >= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_home_once_the_lease_runs_out() {
+        let directory = Directory::new("a", Duration::from_secs(5));
+        let id = homed_here();
+        directory.publish(view(1, 1), Instant::now() + Duration::from_secs(2));
+        assert_eq!(directory.route(&id).await, Route::Local);
+        assert!(directory.is_home(&id));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!directory.lease_valid());
+        assert!(!directory.is_home(&id));
+        assert_eq!(directory.route(&id).await, Route::Unavailable);
     }
 }

@@ -192,7 +192,11 @@ mod tests {
                 assert_eq!(before, now, "a resource of a staying pod moved");
             }
         }
-        assert_eq!(moved_to.len(), 3, "spread over every remaining pod: {moved_to:?}");
+        assert_eq!(
+            moved_to.len(),
+            3,
+            "spread over every remaining pod: {moved_to:?}"
+        );
     }
 
     #[test]

@@ -425,7 +425,9 @@ impl RawSettings {
             internal_listen: self
                 .internal_listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
-            internal_advertise: self.internal_advertise.filter(|address| !address.is_empty()),
+            internal_advertise: self
+                .internal_advertise
+                .filter(|address| !address.is_empty()),
             lease,
         };
         Ok(Settings {

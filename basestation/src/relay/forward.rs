@@ -55,9 +55,7 @@ impl Relay {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
-        self.inner
-            .pods
-            .insert(address.to_owned(), channel.clone());
+        self.inner.pods.insert(address.to_owned(), channel.clone());
         Ok(channel)
     }
 }
@@ -185,7 +183,11 @@ where
                 else {
                     return Ended::Close(CloseReason::Internal("home pod sent a bad frame"));
                 };
-                if outbound.send(Outgoing::Frame(frame.encode())).await.is_err() {
+                if outbound
+                    .send(Outgoing::Frame(frame.encode()))
+                    .await
+                    .is_err()
+                {
                     return Ended::ClientGone;
                 }
             }

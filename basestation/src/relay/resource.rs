@@ -171,7 +171,11 @@ impl Resource {
 
     /// Leaves the registry, answers what is still queued, finishes every write, and lets go of
     /// every peer: the task's last act, whether hibernating or shutting down.
-    async fn retire(mut self, mut rx: mpsc::Receiver<Command>, evicted: &mut Vec<oneshot::Sender<()>>) {
+    async fn retire(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        evicted: &mut Vec<oneshot::Sender<()>>,
+    ) {
         self.relay.retire(&self.id, self.generation);
         rx.close();
         while let Some(command) = rx.recv().await {

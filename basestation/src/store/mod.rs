@@ -16,6 +16,8 @@ mod postgres;
 mod rows;
 mod sqlite;
 
+#[cfg(test)]
+pub(crate) use postgres::FENCE_FOR_TESTS;
 pub use postgres::{Fence, PostgresOptions, PostgresStore, connect_options};
 pub use sqlite::{SqliteStore, WriteStats};
 

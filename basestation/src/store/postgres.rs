@@ -103,6 +103,10 @@ pub struct Fence {
     pub incarnation: String,
 }
 
+/// [`FENCE`], for tests that hold a pod's fence by hand.
+#[cfg(test)]
+pub(crate) const FENCE_FOR_TESTS: &str = FENCE;
+
 /// The first statement of every write transaction of a fenced pod: one row while its lease
 /// holds, none once it lapsed or the pod was removed.
 const FENCE: &str = "SELECT 1 FROM zbase_members \
@@ -484,7 +488,9 @@ mod tests {
         server.stop().await;
         let down = store.ping().await;
         assert!(matches!(down, Err(StoreError::Database(_))), "{down:?}");
-        let lost = store.put_snapshot(&id(1), Bytes::from_static(b"lost")).await;
+        let lost = store
+            .put_snapshot(&id(1), Bytes::from_static(b"lost"))
+            .await;
         assert!(matches!(lost, Err(StoreError::Database(_))), "{lost:?}");
 
         server.start().await;

@@ -22,7 +22,10 @@ pub fn router(relay: Relay) -> axum::Router {
 /// several is also not ready while it holds no membership lease (it could serve nothing).
 async fn readyz(State(relay): State<Relay>) -> impl IntoResponse {
     if relay.shutdown().is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_owned());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n".to_owned(),
+        );
     }
     if let Err(why) = relay.membership_ready() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
