@@ -412,3 +412,70 @@ async fn a_rolling_restart_loses_no_acknowledged_snapshot() {
         );
     }
 }
+
+/// The pod that holds `id`'s resource task: the one whose homed-resources gauge counts it
+/// (call with no other resource active).
+async fn home_of(pods: &mut Pods) -> usize {
+    for i in 0..pods.len() {
+        if metric(pods.pod(i).addr(), "zbase_cluster_homed_resources").await == Some(1.0) {
+            return i;
+        }
+    }
+    panic!("no pod holds the resource");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_sessions_relay_between_two_pods() {
+    const RELAYED: usize = 300;
+    let t = Transport::Ws;
+    let builder = zbase_tests::station::Station::builder().connections_per_ip(4 * RELAYED);
+    let mut pods = Pods::start_with(3, builder).await;
+    let home_addr_any = pods.pod(0).addr();
+    let (id, me) = create_resource(home_addr_any, t).await;
+    let mut direct = join(home_addr_any, t, &id, &me).await;
+    let home = home_of(&mut pods).await;
+    let home_addr = pods.pod(home).addr();
+    let other = pods.pod((home + 1) % pods.len()).addr();
+    // More sessions between one pair of pods than HTTP/2's usual stream limit (100 to 200).
+    let mut relayed = Vec::with_capacity(RELAYED);
+    for _ in 0..RELAYED {
+        relayed.push(join(other, t, &id, &me).await);
+    }
+    // A delta is relayed after its sender's own join, so the direct peer receiving one from
+    // each relayed peer shows all of them joined.
+    let mut tokens = std::collections::HashSet::new();
+    for peer in &mut relayed {
+        let token = random_bytes(16);
+        peer.send(Code::SubmitDelta, token.clone()).await.unwrap();
+        tokens.insert(token);
+    }
+    while !tokens.is_empty() {
+        let got = direct.expect_frame(Code::ForwardDelta).await;
+        assert!(tokens.remove(&got[..]), "a delta nobody sent");
+    }
+    // Then one delta from the home side reaches every relayed peer (after the others' deltas).
+    let token = random_bytes(16);
+    direct.send(Code::SubmitDelta, token.clone()).await.unwrap();
+    let mut missing = Vec::new();
+    for (i, peer) in relayed.iter_mut().enumerate() {
+        loop {
+            match peer.recv_timeout(Duration::from_secs(10)).await {
+                Some(Event::Frame(frame)) if frame.code() == Code::ForwardDelta => {
+                    if frame.payload()[..] == token[..] {
+                        break;
+                    }
+                }
+                other => {
+                    missing.push((i, format!("{other:?}")));
+                    break;
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {RELAYED} relayed peers did not get the delta: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}

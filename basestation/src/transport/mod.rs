@@ -37,16 +37,38 @@ pub fn internal_router(relay: Relay) -> axum::Router {
 /// Accepts connections on the public `listener` until shutdown, then waits (at most `grace`)
 /// for the HTTP connections still open to finish. Upgraded WebSockets are drained by the relay.
 pub async fn serve(listener: TcpListener, relay: Relay, grace: Duration) {
-    accept(listener, router(relay.clone()), relay, grace).await;
+    accept(listener, router(relay.clone()), relay, grace, None).await;
 }
 
 /// Serves the internal port on `listener` (HTTP/2 only in practice) until shutdown.
 pub async fn serve_internal(listener: TcpListener, relay: Relay, grace: Duration) {
-    accept(listener, internal_router(relay.clone()), relay, grace).await;
+    // Every session relayed from one pod to another shares that pair's one HTTP/2
+    // connection, so the usual cap of a few hundred streams would stall the rest.
+    let streams = Some(INTERNAL_STREAMS);
+    accept(
+        listener,
+        internal_router(relay.clone()),
+        relay,
+        grace,
+        streams,
+    )
+    .await;
 }
 
-async fn accept(listener: TcpListener, app: axum::Router, relay: Relay, grace: Duration) {
+/// Concurrent relayed sessions one pod may send another over its one connection.
+const INTERNAL_STREAMS: u32 = 1 << 20;
+
+async fn accept(
+    listener: TcpListener,
+    app: axum::Router,
+    relay: Relay,
+    grace: Duration,
+    max_streams: Option<u32>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    if let Some(streams) = max_streams {
+        builder.http2().max_concurrent_streams(streams);
+    }
     // Small per-connection windows keep idle HTTP/2 connections cheap; large frames still
     // flow because the window grows with use.
     builder
