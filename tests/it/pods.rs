@@ -430,11 +430,12 @@ async fn hundreds_of_sessions_relay_between_two_pods() {
     let t = Transport::Ws;
     let builder = zbase_tests::station::Station::builder().connections_per_ip(4 * RELAYED);
     let mut pods = Pods::start_with(3, builder).await;
-    let home_addr_any = pods.pod(0).addr();
-    let (id, me) = create_resource(home_addr_any, t).await;
-    let mut direct = join(home_addr_any, t, &id, &me).await;
+    let (id, me) = create_resource(pods.pod(0).addr(), t).await;
+    // A first peer wakes the resource on its home; then a peer directly on the home.
+    let probe = join(pods.pod(0).addr(), t, &id, &me).await;
     let home = home_of(&mut pods).await;
-    let home_addr = pods.pod(home).addr();
+    let mut direct = join(pods.pod(home).addr(), t, &id, &me).await;
+    drop(probe);
     let other = pods.pod((home + 1) % pods.len()).addr();
     // More sessions between one pair of pods than HTTP/2's usual stream limit (100 to 200).
     let mut relayed = Vec::with_capacity(RELAYED);
