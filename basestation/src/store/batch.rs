@@ -14,6 +14,7 @@ use super::{Claim, Seq, StoreError};
 use bytes::Bytes;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -100,8 +101,25 @@ pub(super) trait Backend: Send + 'static {
     fn finish(self) -> impl Future<Output = ()> + Send;
 }
 
+/// What a store's writer has committed since it was opened; shows group commit at work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Transactions committed.
+    pub transactions: u64,
+    /// Write requests answered from those transactions, including ones that changed nothing.
+    pub writes: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    transactions: AtomicU64,
+    writes: AtomicU64,
+}
+
 /// The queue to one writer task, and that task, for a store to hand its writes to.
 pub(super) struct WriteQueue {
+    /// What the writer committed, shared so it can be read while it runs.
+    stats: Arc<Counters>,
     /// The writer's queue; `None` once closed, which is how later writes learn of it.
     writes: std::sync::Mutex<Option<mpsc::Sender<Write>>>,
     /// The writer task; `close` awaits it so queued writes finish before the store closes.
@@ -112,9 +130,20 @@ impl WriteQueue {
     /// Starts the writer task that commits through `backend`.
     pub(super) fn start(backend: impl Backend) -> WriteQueue {
         let (sender, requests) = mpsc::channel(QUEUE_CAPACITY);
+        let stats = Arc::new(Counters::default());
+        let writer = tokio::spawn(run(backend, requests, Arc::clone(&stats)));
         WriteQueue {
+            stats,
             writes: std::sync::Mutex::new(Some(sender)),
-            writer: tokio::sync::Mutex::new(Some(tokio::spawn(run(backend, requests)))),
+            writer: tokio::sync::Mutex::new(Some(writer)),
+        }
+    }
+
+    /// Transactions committed and writes answered so far.
+    pub(super) fn stats(&self) -> WriteStats {
+        WriteStats {
+            transactions: self.stats.transactions.load(Ordering::Relaxed),
+            writes: self.stats.writes.load(Ordering::Relaxed),
         }
     }
 
@@ -181,7 +210,7 @@ impl WriteQueue {
 
 /// The writer: commits batches until every sender is gone (close or drop), or until the
 /// backend cannot recover, after which writes are refused with `Closed`.
-async fn run(mut backend: impl Backend, mut requests: mpsc::Receiver<Write>) {
+async fn run(mut backend: impl Backend, mut requests: mpsc::Receiver<Write>, stats: Arc<Counters>) {
     let mut batch = Vec::with_capacity(MAX_BATCH_WRITES);
     while let Some(first) = requests.recv().await {
         let mut bytes = first.weight();
@@ -193,7 +222,7 @@ async fn run(mut backend: impl Backend, mut requests: mpsc::Receiver<Write>) {
             bytes += next.weight();
             batch.push(next);
         }
-        if let Err(error) = process(&mut backend, &mut batch).await {
+        if let Err(error) = process(&mut backend, &mut batch, &stats).await {
             tracing::error!(
                 %error,
                 "the store's writer stopped after a failed write; restart the station"
@@ -206,9 +235,17 @@ async fn run(mut backend: impl Backend, mut requests: mpsc::Receiver<Write>) {
 }
 
 /// Commits `batch` and answers each request. An error means the writer cannot go on.
-async fn process(backend: &mut impl Backend, batch: &mut Vec<Write>) -> Result<(), StoreError> {
+async fn process(
+    backend: &mut impl Backend,
+    batch: &mut Vec<Write>,
+    stats: &Counters,
+) -> Result<(), StoreError> {
     let failure = match backend.transact(batch).await {
         Ok(outcomes) => {
+            stats.transactions.fetch_add(1, Ordering::Relaxed);
+            stats
+                .writes
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             for (write, outcome) in batch.drain(..).zip(outcomes) {
                 write.answer(Ok(outcome));
             }
@@ -222,7 +259,11 @@ async fn process(backend: &mut impl Backend, batch: &mut Vec<Write>) -> Result<(
             // Isolate the request at fault: each alone in its own transaction.
             for write in batch.drain(..) {
                 match backend.transact(std::slice::from_ref(&write)).await {
-                    Ok(outcomes) => write.answer(Ok(outcomes.into_iter().next().flatten())),
+                    Ok(outcomes) => {
+                        stats.transactions.fetch_add(1, Ordering::Relaxed);
+                        stats.writes.fetch_add(1, Ordering::Relaxed);
+                        write.answer(Ok(outcomes.into_iter().next().flatten()));
+                    }
                     Err(Failure::Request(error) | Failure::Batch(error)) => {
                         backend.recover().await?;
                         write.answer(Err(error.into()));

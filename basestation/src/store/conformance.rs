@@ -451,3 +451,26 @@ pub(crate) async fn a_resuming_reader_never_misses_a_change_from_several_writers
         assert_eq!(seen[&id(n)], (loaded.seq, loaded.snapshot), "resource {n}");
     }
 }
+
+/// 64 writers at once, each claiming its resource and then writing ten snapshots: 704
+/// requests for a group-committing backend to share transactions between (each backend's
+/// own test then reads its `WriteStats`).
+pub(crate) async fn sixty_four_writers_write_704_times(store: Arc<dyn Store>) {
+    let writers: Vec<_> = (0..64)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store.claim(&id(n), &jwk(n)).await.unwrap();
+                for i in 0..10u8 {
+                    store
+                        .put_snapshot(&id(n), Bytes::from(vec![i; 100]))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+}

@@ -19,7 +19,8 @@ mod sqlite;
 #[cfg(test)]
 pub(crate) use postgres::FENCE_FOR_TESTS;
 pub use postgres::{Fence, PostgresOptions, PostgresStore, connect_options};
-pub use sqlite::{SqliteStore, WriteStats};
+pub use batch::WriteStats;
+pub use sqlite::SqliteStore;
 
 use bytes::Bytes;
 use zbase_proto::wire::ResourceId;

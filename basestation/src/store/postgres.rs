@@ -209,6 +209,13 @@ pub fn connect_options(
     Ok(connect)
 }
 
+impl PostgresStore {
+    /// Transactions committed and writes answered so far, by this process.
+    pub fn stats(&self) -> super::WriteStats {
+        self.writes.stats()
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn load(&self, id: &ResourceId) -> Result<Option<StoredResource>, StoreError> {
@@ -395,6 +402,19 @@ mod tests {
     }
 
     conformance::conformance_tests!(fresh);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_share_transactions() {
+        let store = Arc::new(open(&fresh_database().await).await);
+        conformance::sixty_four_writers_write_704_times(store.clone()).await;
+        let stats = store.stats();
+        assert_eq!(stats.writes, 64 * 11);
+        assert!(
+            stats.transactions < stats.writes,
+            "every write paid its own commit: {stats:?}"
+        );
+        store.close().await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_pods_claiming_the_same_ids_have_exactly_one_winner_each() {

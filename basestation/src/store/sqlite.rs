@@ -20,8 +20,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions as _, Connection as _};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
+use std::sync::PoisonError;
 use std::time::Duration;
 use zbase_proto::wire::ResourceId;
 
@@ -63,27 +62,10 @@ pub struct SqliteStore {
     writes: WriteQueue,
     /// Connections for reads; they only ever see committed transactions.
     reader: SqlitePool,
-    /// Counters the writer keeps, shared so they can be read while it runs.
-    stats: Arc<Counters>,
     /// The exclusive lock on [`LOCK_FILE`], released on close (or drop). Two processes
     /// writing one file would each number changes from their own counter, so a second
     /// station must be refused before it opens the database.
     lock: std::sync::Mutex<Option<std::fs::File>>,
-}
-
-/// What the writer has committed since the store was opened; shows group commit at work.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriteStats {
-    /// Transactions committed.
-    pub transactions: u64,
-    /// Write requests answered from those transactions, including ones that changed nothing.
-    pub writes: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    transactions: AtomicU64,
-    writes: AtomicU64,
 }
 
 impl SqliteStore {
@@ -126,27 +108,21 @@ impl SqliteStore {
             .connect_with(base.pragma("query_only", "ON"))
             .await?;
 
-        let stats = Arc::new(Counters::default());
         let writer = Writer {
             conn,
             options: writer_options,
             last,
-            stats: Arc::clone(&stats),
         };
         Ok(SqliteStore {
             writes: WriteQueue::start(writer),
             reader,
-            stats,
             lock: std::sync::Mutex::new(Some(lock)),
         })
     }
 
     /// Transactions committed and writes answered so far.
-    pub fn stats(&self) -> WriteStats {
-        WriteStats {
-            transactions: self.stats.transactions.load(Ordering::Relaxed),
-            writes: self.stats.writes.load(Ordering::Relaxed),
-        }
+    pub fn stats(&self) -> super::WriteStats {
+        self.writes.stats()
     }
 }
 
@@ -219,7 +195,6 @@ struct Writer {
     options: SqliteConnectOptions,
     /// The highest committed sequence; the next change gets `last + 1`.
     last: Seq,
-    stats: Arc<Counters>,
 }
 
 impl Backend for Writer {
@@ -262,10 +237,6 @@ impl Backend for Writer {
             .await
             .map_err(Failure::Batch)?;
         self.last = last;
-        self.stats.transactions.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .writes
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         Ok(outcomes)
     }
 
@@ -380,6 +351,7 @@ async fn max_seq(conn: &mut SqliteConnection) -> Result<Seq, StoreError> {
 mod tests {
     use super::*;
     use crate::store::conformance::{self, Fixture, id, jwk};
+    use std::sync::Arc;
 
     async fn fresh() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
@@ -408,23 +380,7 @@ mod tests {
                 .await
                 .unwrap(),
         );
-        let writers: Vec<_> = (0..64)
-            .map(|n| {
-                let store = Arc::clone(&store);
-                tokio::spawn(async move {
-                    store.claim(&id(n), &jwk(n)).await.unwrap();
-                    for i in 0..10u8 {
-                        store
-                            .put_snapshot(&id(n), Bytes::from(vec![i; 100]))
-                            .await
-                            .unwrap();
-                    }
-                })
-            })
-            .collect();
-        for writer in writers {
-            writer.await.unwrap();
-        }
+        conformance::sixty_four_writers_write_704_times(store.clone()).await;
         let stats = store.stats();
         assert_eq!(stats.writes, 64 * 11);
         assert!(
