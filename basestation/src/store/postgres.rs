@@ -434,7 +434,9 @@ mod tests {
         server.stop().await;
         let down = store.ping().await;
         assert!(matches!(down, Err(StoreError::Database(_))), "{down:?}");
-        let lost = store.put_snapshot(&id(1), Bytes::from_static(b"lost")).await;
+        let lost = store
+            .put_snapshot(&id(1), Bytes::from_static(b"lost"))
+            .await;
         assert!(matches!(lost, Err(StoreError::Database(_))), "{lost:?}");
 
         server.start().await;

@@ -20,8 +20,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions as _, Connection as _};
 use std::path::Path;
-use std::sync::{Arc, PoisonError};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 use zbase_proto::wire::ResourceId;
 
@@ -203,7 +203,12 @@ impl Store for SqliteStore {
         self.writes.close().await;
         self.reader.close().await;
         // Only now that nothing of ours touches the file may another station open it.
-        drop(self.lock.lock().unwrap_or_else(PoisonError::into_inner).take());
+        drop(
+            self.lock
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
@@ -609,7 +614,10 @@ mod tests {
         match SqliteStore::open(&dir.path().join("other.db")).await {
             Err(error @ StoreError::InUse(_)) => {
                 let message = error.to_string();
-                assert!(message.contains(&*dir.path().to_string_lossy()), "{message}");
+                assert!(
+                    message.contains(&*dir.path().to_string_lossy()),
+                    "{message}"
+                );
                 assert!(message.contains("--store postgres://"), "{message}");
             }
             Err(other) => panic!("expected InUse, got {other:?}"),

@@ -21,7 +21,10 @@ pub fn router(relay: Relay) -> axum::Router {
 /// again when the store answers: restarting it would not bring the database back.
 async fn readyz(State(relay): State<Relay>) -> impl IntoResponse {
     if relay.shutdown().is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_owned());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n".to_owned(),
+        );
     }
     match relay.store_ready().await {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
