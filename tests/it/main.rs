@@ -3,5 +3,7 @@
 
 mod browser;
 mod durability;
+mod postgres;
+mod sqlite;
 mod telemetry;
 mod wire;
