@@ -4,5 +4,7 @@
 mod browser;
 mod durability;
 mod pods;
+mod postgres;
+mod sqlite;
 mod telemetry;
 mod wire;

@@ -46,6 +46,7 @@ pub fn station_bin() -> PathBuf {
 pub struct StationBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    data_dir: Option<PathBuf>,
 }
 
 impl StationBuilder {
@@ -53,6 +54,13 @@ impl StationBuilder {
     pub fn flag(mut self, flag: &str, value: impl ToString) -> Self {
         self.args.push(format!("--{flag}").into());
         self.args.push(value.to_string().into());
+        self
+    }
+
+    /// Runs on `dir` as `--data-dir` instead of a fresh one, e.g. another station's
+    /// [`Station::data_dir`].
+    pub fn data_dir(mut self, dir: &Path) -> Self {
+        self.data_dir = Some(dir.to_path_buf());
         self
     }
 
@@ -138,10 +146,14 @@ impl StationBuilder {
             .prefix("zbase-station-test-")
             .tempdir()
             .expect("create a temporary directory for the station");
+        let data_dir = match &self.data_dir {
+            Some(data_dir) => data_dir.clone(),
+            None => dir.path().join("data"),
+        };
         let mut station = Station {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir: dir.path().join("data"),
+            data_dir,
             log: dir.path().join("station.stderr.log"),
             dir,
             builder: self,
@@ -151,6 +163,56 @@ impl StationBuilder {
         std::fs::create_dir_all(&station.data_dir).expect("create the data directory");
         station.spawn().await;
         station
+    }
+
+    /// Runs a station that must fail to start: waits (at most [`START_TIMEOUT`]) for it to
+    /// exit and returns its exit status and everything it wrote to stderr. Panics if it
+    /// starts listening instead.
+    pub async fn start_failure(self) -> (ExitStatus, String) {
+        let dir = tempfile::Builder::new()
+            .prefix("zbase-station-test-")
+            .tempdir()
+            .expect("create a temporary directory for the station");
+        let data_dir = match &self.data_dir {
+            Some(data_dir) => data_dir.clone(),
+            None => dir.path().join("data"),
+        };
+        let output = self
+            .command(&data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(START_TIMEOUT, output)
+            .await
+            .expect("the station was expected to fail at start, but it is still running")
+            .expect("run zbase-station");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            !stdout.contains(LISTENING_PREFIX),
+            "the station was expected to fail at start, but it listened: {stdout}"
+        );
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// `zbase-station serve` on 127.0.0.1:0 and `data_dir`, with this builder's flags.
+    fn command(&self, data_dir: &Path) -> Command {
+        let mut command = Command::new(station_bin());
+        command.arg("serve");
+        // A pod of a deployment keeps the address it was given, across restarts.
+        if !self.args.iter().any(|arg| arg == "--listen") {
+            command.arg("--listen").arg("127.0.0.1:0");
+        }
+        command
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)));
+        command
     }
 }
 
@@ -231,17 +293,8 @@ impl Station {
             .open(&self.log)
             .expect("open the station's stderr log");
         writeln!(log, "===== zbase-station start #{} =====", self.starts).expect("write log");
-        let mut command = Command::new(station_bin());
-        command.arg("serve");
-        // A pod of a deployment keeps the address it was given, across restarts.
-        if !self.builder.args.iter().any(|arg| arg == "--listen") {
-            command.arg("--listen").arg("127.0.0.1:0");
-        }
+        let mut command = self.builder.command(&self.data_dir);
         command
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(&self.builder.args)
-            .envs(self.builder.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -312,6 +365,13 @@ impl Station {
                 );
             }
         }
+    }
+
+    /// The exit status if the process has exited on its own (it is not waited for); `None`
+    /// while it runs. Panics if it was never started or was already waited for.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("the station is not running");
+        child.try_wait().expect("check on the station process")
     }
 
     /// SIGKILL: no drain, no flush, nothing the process can do about it. Waits for the exit

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 /// How long one ping's answer stands for every probe; short against any probe period, so an
 /// outage or a recovery shows within a second.
 const FRESH_FOR: Duration = Duration::from_secs(1);
+/// How long one ping may take before the answer is "not ready".
+const PING_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// The last ping's answer and when it was taken.
 #[derive(Default)]
@@ -36,7 +38,15 @@ impl Readiness {
         if let Some(answer) = self.fresh() {
             return answer;
         }
-        let answer = store.ping().await.map_err(|error| error.to_string());
+        // Bounded below a probe's usual timeout (Kubernetes: 1 s), so the prober reads a
+        // 503 and its reason rather than timing out while the pool waits for a connection.
+        let answer = match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
+            Ok(answer) => answer.map_err(|error| error.to_string()),
+            Err(_) => Err(format!(
+                "the database did not answer within {} ms",
+                PING_TIMEOUT.as_millis()
+            )),
+        };
         if let Err(error) = &answer {
             tracing::warn!(%error, "readiness: the store does not answer");
         }

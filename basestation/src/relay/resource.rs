@@ -255,6 +255,11 @@ impl Resource {
         }
         match command {
             Command::Open { reply } => {
+                // A load that failed (database down) is retried by the next handshake, so
+                // the resource serves again as soon as the database is back.
+                if !self.loaded {
+                    self.load().await;
+                }
                 let answer = if self.loaded {
                     Ok(self.key.clone())
                 } else {

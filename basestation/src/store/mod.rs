@@ -16,10 +16,10 @@ mod postgres;
 mod rows;
 mod sqlite;
 
+pub use batch::WriteStats;
 #[cfg(test)]
 pub(crate) use postgres::FENCE_FOR_TESTS;
 pub use postgres::{Fence, PostgresOptions, PostgresStore, connect_options};
-pub use batch::WriteStats;
 pub use sqlite::SqliteStore;
 
 use bytes::Bytes;
