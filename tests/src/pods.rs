@@ -1,8 +1,8 @@
 //! Several station processes ("pods") on one PostgreSQL database, behind HAProxy in TCP mode
 //! with round robin: the virtual IP a site's clients connect to.
 //!
-//! Each pod listens on its own loopback address (127.0.0.10, .11, ...) on a port fixed for
-//! its lifetime, so HAProxy's configuration stays right across restarts; its internal port is
+//! Each pod listens on its own loopback address (127.X.Y.10, .11, ..., in a /24 of the
+//! deployment's own) on a port fixed for its lifetime, so HAProxy's configuration stays right across restarts; its internal port is
 //! on the same address. HAProxy health-checks `/readyz`, retries a refused connection on
 //! another pod, and is stopped with the deployment. The database is fresh per deployment on
 //! the test process's throwaway PostgreSQL cluster (see [`crate::postgres`]).
@@ -13,6 +13,7 @@ use crate::station::{Station, StationBuilder};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, Command};
@@ -61,17 +62,29 @@ fn haproxy_bin() -> PathBuf {
     panic!("{HAPROXY_INSTALL}");
 }
 
-/// A port free on `ip` just now (the kernel's pick), for a pod to keep across restarts.
-fn free_port(ip: IpAddr) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("pick a free loopback port")
-        .port()
+/// `N` distinct ports free on `ip` just now (the kernel's picks, held together so they
+/// differ), for a pod to keep across restarts.
+fn free_ports<const N: usize>(ip: IpAddr) -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind((ip, 0)).expect("pick a free loopback port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("a bound port").port())
 }
 
-/// The pod address `index` listens on: one loopback address per pod.
-fn pod_ip(index: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + u8::try_from(index).unwrap()))
+/// A loopback network of this deployment's own, `127.X.Y.0/24`: its pods and virtual IP
+/// take fixed ports, and nothing else in the test process binds these addresses, so no
+/// other test's listener can take a port between picking it and a pod's restart.
+fn private_net() -> [u8; 3] {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // A random second octet keeps test processes running side by side apart too.
+    let salt = 1 + (rand::random::<u8>() % 254);
+    let [high, low] = n.to_be_bytes();
+    [salt, high.wrapping_add(1), low]
+}
+
+fn ip_in(net: [u8; 3], host: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], host))
 }
 
 impl Pods {
@@ -87,24 +100,31 @@ impl Pods {
             .prefix("zbase-pods-")
             .tempdir()
             .expect("create the deployment's folder");
-        let listen: Vec<SocketAddr> = (0..n)
-            .map(|i| SocketAddr::new(pod_ip(i), free_port(pod_ip(i))))
+        let net = private_net();
+        let ports: Vec<(IpAddr, [u16; 2])> = (0..n)
+            .map(|i| ip_in(net, 10 + u8::try_from(i).unwrap()))
+            .map(|ip| (ip, free_ports::<2>(ip)))
+            .collect();
+        let listen: Vec<SocketAddr> = ports
+            .iter()
+            .map(|(ip, [public, _])| SocketAddr::new(*ip, *public))
             .collect();
         let mut pods = Vec::with_capacity(n);
-        for (i, addr) in listen.iter().enumerate() {
+        for (i, (ip, [public, internal])) in ports.iter().enumerate() {
             let pod = builder
                 .clone()
                 .flag("store", &url)
-                .flag("listen", addr)
-                .flag("internal-listen", SocketAddr::new(addr.ip(), 0))
+                .flag("listen", SocketAddr::new(*ip, *public))
+                .flag("internal-listen", SocketAddr::new(*ip, *internal))
                 .flag("pod-id", format!("pod-{i}"))
                 .flag("lease", format!("{}ms", LEASE.as_millis()))
                 .start_process()
                 .await;
             pods.push(pod);
         }
-        let vip_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
-        let vip = SocketAddr::new(vip_ip, free_port(vip_ip));
+        let vip_ip = ip_in(net, 9);
+        let [vip_port] = free_ports::<1>(vip_ip);
+        let vip = SocketAddr::new(vip_ip, vip_port);
         let haproxy = start_haproxy(&dir, vip, &listen).await;
         let deployment = Pods {
             pods,

@@ -64,8 +64,11 @@ const EXPIRE: &str = "DELETE FROM zbase_members WHERE expires_at <= now()";
 
 const BUMP: &str = "UPDATE zbase_membership SET generation = generation + 1";
 
-const MEMBERS: &str = "SELECT pod, address, leaving, acked FROM zbase_members \
-                       WHERE expires_at > now() ORDER BY pod";
+/// Every row, lapsed or not: the rows change only with the generation (join, leave and
+/// expiry bump it), so two views of one generation always list the same pods. A lapsed
+/// member stays listed until some pod removes it, which bumps the generation; until then its
+/// resources are unavailable rather than possibly served twice.
+const MEMBERS: &str = "SELECT pod, address, leaving, acked FROM zbase_members ORDER BY pod";
 
 impl Membership {
     /// Connects with the store's URL and options (its own two connections, so a busy writer

@@ -28,7 +28,7 @@ pub struct Member {
 pub struct View {
     /// Bumped on every join, leave and expiry; views of the same generation agree.
     pub generation: u64,
-    /// Every member with a live lease, in pod order.
+    /// Every registered member (lapsed ones until removed), in pod order.
     pub members: Vec<Member>,
     /// This pod's name.
     pub me: String,
