@@ -34,10 +34,12 @@ mod report;
 mod snapshots;
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use load::Target;
 use report::Report;
 
@@ -110,7 +112,9 @@ async fn run(wanted: Vec<String>, nofile: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one figure; a failure is reported and the bench goes on to the next.
+/// Runs one figure; a failure is reported and the bench goes on to the next. A panic counts as
+/// a failure too: the PostgreSQL harness panics (with how to install it) when it cannot start
+/// a server, and that must not cost the run the figures that need no PostgreSQL.
 async fn figure(
     name: &str,
     report: &mut Report,
@@ -118,9 +122,17 @@ async fn figure(
 ) {
     eprintln!("bench: {name} ...");
     let started = Instant::now();
-    match run.await {
-        Ok(rows) => report.rows.extend(rows),
-        Err(error) => report.failures.push(format!("{name}: {error:#}")),
+    match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(Ok(rows)) => report.rows.extend(rows),
+        Ok(Err(error)) => report.failures.push(format!("{name}: {error:#}")),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            report.failures.push(format!("{name}: panicked: {why}"));
+        }
     }
     eprintln!(
         "bench: {name} done in {:.1} s",
