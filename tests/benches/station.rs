@@ -26,6 +26,8 @@ mod load;
 mod memory;
 #[path = "station/pairs.rs"]
 mod pairs;
+#[path = "station/pods.rs"]
+mod pods;
 #[path = "station/procs.rs"]
 mod procs;
 #[path = "station/report.rs"]
@@ -53,6 +55,9 @@ const LATENCY_DURATION: Duration = Duration::from_secs(2);
 /// Throughput figures alternate station and baseline rounds and report medians: the two cores
 /// are shared with other work, and alternating spreads its noise over both sides.
 const ROUNDS: usize = 3;
+/// Offered load of the relayed-latency figure, deltas per second from its one sender to its one
+/// receiver: moderate, so the figure is the relay's added latency, not queueing.
+const RELAYED_RATE: u64 = 1_000;
 
 fn main() -> anyhow::Result<()> {
     if std::env::var_os(bare::ROLE_ENV).is_some() {
@@ -110,6 +115,9 @@ async fn run(wanted: Vec<String>, nofile: u64) -> anyhow::Result<()> {
     }
     if runs("pg-snapshots") {
         figure("pg-snapshots", &mut report, pg_snapshot_writes(dir.path())).await;
+    }
+    if runs("relayed-latency") {
+        figure("relayed-latency", &mut report, relayed_latency(dir.path())).await;
     }
 
     report.print(started.elapsed());
@@ -450,4 +458,103 @@ async fn handshake_rate(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
             mean(&b)
         )),
     ])
+}
+
+/// Where the relayed-latency figure's two peers connect, relative to the resource's home.
+#[derive(Clone, Copy)]
+enum Hops {
+    /// Both on the home pod: the baseline.
+    Direct,
+    /// The sender on the home, the receiver on the other pod: each delta crosses the internal
+    /// port once.
+    Receiver,
+    /// Both on the other pod: each delta crosses the internal port there and back.
+    Both,
+}
+
+async fn relayed_latency(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
+    let url = postgres::fresh_database().await;
+    let deployment = pods::Deployment::start(dir, "relayed", 2, &url).await?;
+    let shapes = [Hops::Direct, Hops::Receiver, Hops::Both];
+    let mut runs: [Vec<fanout::Latency>; 3] = Default::default();
+    for round in 0..ROUNDS {
+        // Rounds alternate the home between the pods, so neither pod's quirks decide it.
+        let home = round % 2;
+        let room = room_homed_on(&deployment, home).await?;
+        let (home_addr, other) = (deployment.addr(home), deployment.addr(1 - home));
+        for (shape, runs) in shapes.iter().zip(runs.iter_mut()) {
+            let (sender, receiver) = match shape {
+                Hops::Direct => (home_addr, home_addr),
+                Hops::Receiver => (home_addr, other),
+                Hops::Both => (other, other),
+            };
+            let peers = fanout::Peers {
+                room: room.clone(),
+                sender,
+                receivers: vec![receiver],
+            };
+            runs.push(fanout::latency_among(&peers, RELAYED_RATE, LATENCY_DURATION).await?);
+        }
+    }
+    deployment.stop().await;
+    let [direct, receiver, both] = runs;
+    let p50 = |v: &[fanout::Latency]| median_ms(v, |l| l.p50_us);
+    let p99 = |v: &[fanout::Latency]| median_ms(v, |l| l.p99_us);
+    let delivered =
+        |v: &[fanout::Latency]| v.iter().map(|l| l.delivered).fold(1.0, f64::min) * 100.0;
+    let mut rows = Vec::new();
+    for (what, relayed) in [
+        ("receiver on the other pod (1 hop)", &receiver),
+        ("both peers on the other pod (2 hops)", &both),
+    ] {
+        rows.push(report::Row::lower(
+            format!("7. relayed p50 latency, {what}, ms"),
+            p50(relayed),
+            p50(&direct),
+            None,
+        ));
+        rows.push(
+            report::Row::lower(
+                format!("7. relayed p99 latency, {what}, ms"),
+                p99(relayed),
+                p99(&direct),
+                None,
+            )
+            .note(format!(
+                "{what}: the relay adds {:+.3} ms at p50, {:+.3} ms at p99 (medians of {ROUNDS} \
+                 rounds, the home alternating between the two pods); lowest delivered: relayed \
+                 {:.1}%, direct {:.1}%",
+                p50(relayed) - p50(&direct),
+                p99(relayed) - p99(&direct),
+                delivered(relayed),
+                delivered(&direct),
+            )),
+        );
+    }
+    if let Some(row) = rows.pop() {
+        rows.push(row.note(format!(
+            "one sender, one receiver, {RELAYED_RATE} deltas/s x {} B for {LATENCY_DURATION:?} \
+             per run; two release pods on one PostgreSQL database, baseline both peers on the \
+             resource's home pod",
+            client::DELTA_LEN
+        )));
+    }
+    Ok(rows)
+}
+
+/// The median over rounds of one percentile (`at`, microseconds) of latency runs, in ms.
+fn median_ms(runs: &[fanout::Latency], at: fn(&fanout::Latency) -> u32) -> f64 {
+    median(runs.iter().map(|l| f64::from(at(l)) / 1e3).collect())
+}
+
+/// A fresh resource whose home is pod `home`: resources are created until one lands there
+/// (each lands on a given one of two pods half the time, so 64 tries leave no real doubt).
+async fn room_homed_on(deployment: &pods::Deployment, home: usize) -> anyhow::Result<client::Room> {
+    for _ in 0..64 {
+        let room = deployment.pods[home].rooms(1).await?.remove(0);
+        if deployment.home(&room.id) == home {
+            return Ok(room);
+        }
+    }
+    anyhow::bail!("no resource out of 64 was homed on pod-{home}")
 }
