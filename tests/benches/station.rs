@@ -58,6 +58,8 @@ const ROUNDS: usize = 3;
 /// Offered load of the relayed-latency figure, deltas per second from its one sender to its one
 /// receiver: moderate, so the figure is the relay's added latency, not queueing.
 const RELAYED_RATE: u64 = 1_000;
+/// Pods of the pods fan-out figure: the multi-pod tests' deployment.
+const FANOUT_PODS: usize = 3;
 
 fn main() -> anyhow::Result<()> {
     if std::env::var_os(bare::ROLE_ENV).is_some() {
@@ -118,6 +120,9 @@ async fn run(wanted: Vec<String>, nofile: u64) -> anyhow::Result<()> {
     }
     if runs("relayed-latency") {
         figure("relayed-latency", &mut report, relayed_latency(dir.path())).await;
+    }
+    if runs("pods-fanout") {
+        figure("pods-fanout", &mut report, pods_fanout(dir.path())).await;
     }
 
     report.print(started.elapsed());
@@ -557,4 +562,74 @@ async fn room_homed_on(deployment: &pods::Deployment, home: usize) -> anyhow::Re
         }
     }
     anyhow::bail!("no resource out of 64 was homed on pod-{home}")
+}
+
+async fn pods_fanout(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
+    let url = postgres::fresh_database().await;
+    let deployment = pods::Deployment::start(dir, "pods-fanout", FANOUT_PODS, &url).await?;
+    let servers = deployment.servers();
+    let (mut spread, mut home) = (Vec::new(), Vec::new());
+    let mut relayed = Vec::new();
+    for _ in 0..ROUNDS {
+        let room = deployment.pods[0].rooms(1).await?.remove(0);
+        let h = deployment.home(&room.id);
+        // Receivers take the pods in turn, as a round-robin load balancer would deal them; the
+        // sender is on a pod that is not home, so its deltas are relayed too.
+        let receivers: Vec<_> = (0..fanout::RECEIVERS)
+            .map(|i| deployment.addr(i % FANOUT_PODS))
+            .collect();
+        let off_home = (0..fanout::RECEIVERS).filter(|i| i % FANOUT_PODS != h);
+        relayed.push(off_home.count() as f64);
+        let peers = fanout::Peers {
+            room: room.clone(),
+            sender: deployment.addr((h + 1) % FANOUT_PODS),
+            receivers,
+        };
+        spread.push(fanout::throughput_among(&peers, &servers).await?);
+        let peers = fanout::Peers {
+            room,
+            sender: deployment.addr(h),
+            receivers: vec![deployment.addr(h); fanout::RECEIVERS],
+        };
+        home.push(fanout::throughput_among(&peers, &servers).await?);
+    }
+    drop(servers);
+    deployment.stop().await;
+    let rate = |v: &[fanout::Throughput]| v.iter().map(|t| t.frames_per_s).collect::<Vec<_>>();
+    let cpu = |v: &[fanout::Throughput]| median(v.iter().map(|t| t.server_cpu).collect());
+    let efficiency = |v: &[fanout::Throughput]| {
+        median(v.iter().map(|t| t.frames_per_s / t.server_cpu).collect())
+    };
+    let lost = |v: &[fanout::Throughput]| v.iter().map(|t| t.lost).sum::<usize>();
+    Ok(vec![
+        report::Row::higher(
+            format!(
+                "8. fan-out 1->{} x 256 B over {FANOUT_PODS} pods, delivered frames/s",
+                fanout::RECEIVERS
+            ),
+            median(rate(&spread)),
+            median(rate(&home)),
+            None,
+        )
+        .note(format!(
+            "spread: receivers dealt round robin over the {FANOUT_PODS} pods ({} of {} relayed, \
+             by round), the sender on a pod that is not home; baseline: the same resource, every \
+             peer on its home pod; rounds: spread {}, all on home {}",
+            rounds(&relayed),
+            fanout::RECEIVERS,
+            rounds(&rate(&spread)),
+            rounds(&rate(&home)),
+        ))
+        .note(format!(
+            "pods' CPU (cores busy, all pods): spread {:.2}, all on home {:.2}; frames per pod \
+             CPU-second: spread {:.0}, all on home {:.0}; receivers disconnected: spread {}, all \
+             on home {}",
+            cpu(&spread),
+            cpu(&home),
+            efficiency(&spread),
+            efficiency(&home),
+            lost(&spread),
+            lost(&home)
+        )),
+    ])
 }

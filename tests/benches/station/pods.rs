@@ -16,7 +16,7 @@ use anyhow::bail;
 use zbase_proto::wire::ResourceId;
 
 use crate::load::Target;
-use crate::procs;
+use crate::procs::{self, Server};
 
 /// The lease the pods run with: the harness's (tests/src/pods.rs), short enough that pods join
 /// each other quickly.
@@ -79,6 +79,11 @@ impl Deployment {
     /// Pod `index`'s public address.
     pub fn addr(&self, index: usize) -> SocketAddr {
         self.pods[index].addr()
+    }
+
+    /// Every pod's process, for their CPU time.
+    pub fn servers(&self) -> Vec<&Server> {
+        self.pods.iter().map(|pod| &pod.server).collect()
     }
 
     /// Kills every pod and waits for each.
