@@ -5,11 +5,30 @@
 //! (`$ZBASE_STATION_BIN` overrides the path) with default settings, on port 0 in a temporary
 //! directory, and a bare tokio-tungstenite broadcast server (this binary re-executed, see
 //! `bare.rs`). The load generator is this process (for figure 2, child processes of it, see
-//! `pairs.rs`); it drives both servers with the same client code, over 127.0.0.0/8 only. Every load is bounded in count and time. The bench reports; it
-//! never fails a run over a slow figure.
+//! `pairs.rs`); it drives both servers with the same client code, over 127.0.0.0/8 only. Every
+//! load is bounded in count and time. The bench reports; it never fails a run over a slow
+//! figure, and a figure that cannot run (no PostgreSQL installed, say) is reported as such
+//! while the others still run.
+//!
+//! The figures, by the name that selects each:
+//!
+//! 1. `fanout`, `latency`: one sender, 100 receivers, throughput and latency (bare baseline).
+//! 2. `pairs`: many two-peer rooms ping-ponging (bare baseline).
+//! 3. `snapshots`: durable snapshot writes, 64 writers, SQLite store (raw SQLite baseline).
+//! 4. `memory`: RSS per idle WebSocket and gRPC stream (bare baseline).
+//! 5. `handshakes`: verified handshakes per second (bare baseline).
+//! 6. `pg-snapshots`: figure 3 on the PostgreSQL store (baseline: raw batched upserts on the
+//!    same PostgreSQL server, the bench's throwaway one from `zbase_tests::postgres`).
+//! 7. `relayed-latency`: two pods; delta latency when the receiver, or both peers, reach the
+//!    pod that is not the resource's home (baseline: both on the home pod).
+//! 8. `pods-fanout`: figure 1's room with its peers spread over three pods (baseline: every
+//!    peer on the home pod of the same deployment).
+//!
+//! Figures 6 to 8 need PostgreSQL's server binaries (as `make test` does).
 //!
 //! `cargo bench -p zbase-tests --bench station -- [fanout] [latency] [pairs] [snapshots]
-//! [memory] [handshakes]` runs only the named figures.
+//! [memory] [handshakes] [pg-snapshots] [relayed-latency] [pods-fanout]` runs only the named
+//! figures.
 
 // A crate root looks for modules beside itself; these live in `station/`.
 #[path = "station/bare.rs"]
