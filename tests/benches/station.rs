@@ -5,11 +5,30 @@
 //! (`$ZBASE_STATION_BIN` overrides the path) with default settings, on port 0 in a temporary
 //! directory, and a bare tokio-tungstenite broadcast server (this binary re-executed, see
 //! `bare.rs`). The load generator is this process (for figure 2, child processes of it, see
-//! `pairs.rs`); it drives both servers with the same client code, over 127.0.0.0/8 only. Every load is bounded in count and time. The bench reports; it
-//! never fails a run over a slow figure.
+//! `pairs.rs`); it drives both servers with the same client code, over 127.0.0.0/8 only. Every
+//! load is bounded in count and time. The bench reports; it never fails a run over a slow
+//! figure, and a figure that cannot run (no PostgreSQL installed, say) is reported as such
+//! while the others still run.
+//!
+//! The figures, by the name that selects each:
+//!
+//! 1. `fanout`, `latency`: one sender, 100 receivers, throughput and latency (bare baseline).
+//! 2. `pairs`: many two-peer rooms ping-ponging (bare baseline).
+//! 3. `snapshots`: durable snapshot writes, 64 writers, SQLite store (raw SQLite baseline).
+//! 4. `memory`: RSS per idle WebSocket and gRPC stream (bare baseline).
+//! 5. `handshakes`: verified handshakes per second (bare baseline).
+//! 6. `pg-snapshots`: figure 3 on the PostgreSQL store (baseline: raw batched upserts on the
+//!    same PostgreSQL server, the bench's throwaway one from `zbase_tests::postgres`).
+//! 7. `relayed-latency`: two pods; delta latency when the receiver, or both peers, reach the
+//!    pod that is not the resource's home (baseline: both on the home pod).
+//! 8. `pods-fanout`: figure 1's room with its peers spread over three pods (baseline: every
+//!    peer on the home pod of the same deployment).
+//!
+//! Figures 6 to 8 need PostgreSQL's server binaries (as `make test` does).
 //!
 //! `cargo bench -p zbase-tests --bench station -- [fanout] [latency] [pairs] [snapshots]
-//! [memory] [handshakes]` runs only the named figures.
+//! [memory] [handshakes] [pg-snapshots] [relayed-latency] [pods-fanout]` runs only the named
+//! figures.
 
 // A crate root looks for modules beside itself; these live in `station/`.
 #[path = "station/bare.rs"]
@@ -26,6 +45,8 @@ mod load;
 mod memory;
 #[path = "station/pairs.rs"]
 mod pairs;
+#[path = "station/pods.rs"]
+mod pods;
 #[path = "station/procs.rs"]
 mod procs;
 #[path = "station/report.rs"]
@@ -34,12 +55,15 @@ mod report;
 mod snapshots;
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use load::Target;
 use report::Report;
+use zbase_tests::postgres;
 
 /// Offered loads of the latency figure, deltas per second from the one sender: the issue's
 /// 10,000 (a million deliveries a second, beyond what two shared cores relay, so it shows
@@ -50,6 +74,11 @@ const LATENCY_DURATION: Duration = Duration::from_secs(2);
 /// Throughput figures alternate station and baseline rounds and report medians: the two cores
 /// are shared with other work, and alternating spreads its noise over both sides.
 const ROUNDS: usize = 3;
+/// Offered load of the relayed-latency figure, deltas per second from its one sender to its one
+/// receiver: moderate, so the figure is the relay's added latency, not queueing.
+const RELAYED_RATE: u64 = 1_000;
+/// Pods of the pods fan-out figure: the multi-pod tests' deployment.
+const FANOUT_PODS: usize = 3;
 
 fn main() -> anyhow::Result<()> {
     if std::env::var_os(bare::ROLE_ENV).is_some() {
@@ -105,12 +134,23 @@ async fn run(wanted: Vec<String>, nofile: u64) -> anyhow::Result<()> {
     if runs("handshakes") {
         figure("handshakes", &mut report, handshake_rate(dir.path())).await;
     }
+    if runs("pg-snapshots") {
+        figure("pg-snapshots", &mut report, pg_snapshot_writes(dir.path())).await;
+    }
+    if runs("relayed-latency") {
+        figure("relayed-latency", &mut report, relayed_latency(dir.path())).await;
+    }
+    if runs("pods-fanout") {
+        figure("pods-fanout", &mut report, pods_fanout(dir.path())).await;
+    }
 
     report.print(started.elapsed());
     Ok(())
 }
 
-/// Runs one figure; a failure is reported and the bench goes on to the next.
+/// Runs one figure; a failure is reported and the bench goes on to the next. A panic counts as
+/// a failure too: the PostgreSQL harness panics (with how to install it) when it cannot start
+/// a server, and that must not cost the run the figures that need no PostgreSQL.
 async fn figure(
     name: &str,
     report: &mut Report,
@@ -118,9 +158,17 @@ async fn figure(
 ) {
     eprintln!("bench: {name} ...");
     let started = Instant::now();
-    match run.await {
-        Ok(rows) => report.rows.extend(rows),
-        Err(error) => report.failures.push(format!("{name}: {error:#}")),
+    match AssertUnwindSafe(run).catch_unwind().await {
+        Ok(Ok(rows)) => report.rows.extend(rows),
+        Ok(Err(error)) => report.failures.push(format!("{name}: {error:#}")),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            report.failures.push(format!("{name}: panicked: {why}"));
+        }
     }
     eprintln!(
         "bench: {name} done in {:.1} s",
@@ -297,29 +345,63 @@ async fn snapshot_writes(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
         b.push(snapshots::sqlite(&dir.join(format!("sqlite-baseline-{round}"))).await?);
     }
     station.server.stop().await;
+    Ok(vec![snapshot_row("3.", "", &s, &b, "raw SQLite", 0.8)])
+}
+
+/// Figure 3's measurement on the PostgreSQL store: one station on a fresh database, and the
+/// raw baseline on another fresh database of the same server, rounds alternating.
+async fn pg_snapshot_writes(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
+    let url = postgres::fresh_database().await;
+    let station =
+        Target::station(procs::station(&dir.join("pg-snapshots"), &[("store", url)]).await?);
+    let (mut s, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        s.push(snapshots::station(&station).await?);
+        b.push(snapshots::postgres(&postgres::fresh_database().await).await?);
+    }
+    station.server.stop().await;
+    Ok(vec![
+        snapshot_row("6.", " on PostgreSQL", &s, &b, "raw PostgreSQL", 0.7).note(
+            "both sides commit to the same throwaway PostgreSQL server (tests/src/postgres.rs), \
+             which runs with fsync=off: a commit is durable to the server but never waits for \
+             a disk flush, so the figure compares the work above the disk, not a disk; the \
+             station also runs as a one-pod cluster, so each of its transactions starts with \
+             its membership fence (a SELECT ... FOR KEY SHARE the baseline does not do)"
+                .to_owned(),
+        ),
+    ])
+}
+
+/// The row of a snapshot-writes figure (3 or 6), station rounds `s` beside baseline rounds `b`.
+fn snapshot_row(
+    number: &str,
+    store: &str,
+    s: &[snapshots::Writes],
+    b: &[snapshots::Writes],
+    baseline: &str,
+    min_ratio: f64,
+) -> report::Row {
     let per_s = |v: &[snapshots::Writes]| v.iter().map(|w| w.per_s).collect::<Vec<_>>();
     let mean = |v: &[snapshots::Writes]| median(v.iter().map(|w| w.mean_ms).collect());
-    let store = median(s.iter().filter_map(|w| w.store_mean_ms).collect());
-    Ok(vec![
-        report::Row::higher(
-            format!(
-                "3. durable snapshot writes/s, {} writers x {} B",
-                snapshots::WRITERS,
-                snapshots::SNAPSHOT_LEN
-            ),
-            median(per_s(&s)),
-            median(per_s(&b)),
-            Some(0.8),
-        )
-        .note(format!(
-            "rounds: station {}, raw SQLite {}; mean write as a writer sees it: station {:.2} ms \
-             (of which in its store {store:.2} ms), raw SQLite {:.2} ms",
-            rounds(&per_s(&s)),
-            rounds(&per_s(&b)),
-            mean(&s),
-            mean(&b)
-        )),
-    ])
+    let in_store = median(s.iter().filter_map(|w| w.store_mean_ms).collect());
+    report::Row::higher(
+        format!(
+            "{number} durable snapshot writes/s{store}, {} writers x {} B",
+            snapshots::WRITERS,
+            snapshots::SNAPSHOT_LEN
+        ),
+        median(per_s(s)),
+        median(per_s(b)),
+        Some(min_ratio),
+    )
+    .note(format!(
+        "rounds: station {}, {baseline} {}; mean write as a writer sees it: station {:.2} ms \
+         (of which in its store {in_store:.2} ms), {baseline} {:.2} ms",
+        rounds(&per_s(s)),
+        rounds(&per_s(b)),
+        mean(s),
+        mean(b)
+    ))
 }
 
 async fn idle_memory(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
@@ -398,6 +480,175 @@ async fn handshake_rate(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
             rounds(&per_s(&b)),
             mean(&s),
             mean(&b)
+        )),
+    ])
+}
+
+/// Where the relayed-latency figure's two peers connect, relative to the resource's home.
+#[derive(Clone, Copy)]
+enum Hops {
+    /// Both on the home pod: the baseline.
+    Direct,
+    /// The sender on the home, the receiver on the other pod: each delta crosses the internal
+    /// port once.
+    Receiver,
+    /// Both on the other pod: each delta crosses the internal port there and back.
+    Both,
+}
+
+async fn relayed_latency(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
+    let url = postgres::fresh_database().await;
+    let deployment = pods::Deployment::start(dir, "relayed", 2, &url).await?;
+    let shapes = [Hops::Direct, Hops::Receiver, Hops::Both];
+    let mut runs: [Vec<fanout::Latency>; 3] = Default::default();
+    for round in 0..ROUNDS {
+        // Rounds alternate the home between the pods, so neither pod's quirks decide it.
+        let home = round % 2;
+        let room = room_homed_on(&deployment, home).await?;
+        let (home_addr, other) = (deployment.addr(home), deployment.addr(1 - home));
+        for (shape, runs) in shapes.iter().zip(runs.iter_mut()) {
+            let (sender, receiver) = match shape {
+                Hops::Direct => (home_addr, home_addr),
+                Hops::Receiver => (home_addr, other),
+                Hops::Both => (other, other),
+            };
+            let peers = fanout::Peers {
+                room: room.clone(),
+                sender,
+                receivers: vec![receiver],
+            };
+            runs.push(fanout::latency_among(&peers, RELAYED_RATE, LATENCY_DURATION).await?);
+        }
+    }
+    deployment.stop().await;
+    let [direct, receiver, both] = runs;
+    let p50 = |v: &[fanout::Latency]| median_ms(v, |l| l.p50_us);
+    let p99 = |v: &[fanout::Latency]| median_ms(v, |l| l.p99_us);
+    let delivered =
+        |v: &[fanout::Latency]| v.iter().map(|l| l.delivered).fold(1.0, f64::min) * 100.0;
+    let mut rows = Vec::new();
+    for (what, relayed) in [
+        ("receiver on the other pod (1 hop)", &receiver),
+        ("both peers on the other pod (2 hops)", &both),
+    ] {
+        rows.push(report::Row::lower(
+            format!("7. relayed p50 latency, {what}, ms"),
+            p50(relayed),
+            p50(&direct),
+            None,
+        ));
+        rows.push(
+            report::Row::lower(
+                format!("7. relayed p99 latency, {what}, ms"),
+                p99(relayed),
+                p99(&direct),
+                None,
+            )
+            .note(format!(
+                "{what}: the relay adds {:+.3} ms at p50, {:+.3} ms at p99 (medians of {ROUNDS} \
+                 rounds, the home alternating between the two pods); lowest delivered: relayed \
+                 {:.1}%, direct {:.1}%",
+                p50(relayed) - p50(&direct),
+                p99(relayed) - p99(&direct),
+                delivered(relayed),
+                delivered(&direct),
+            )),
+        );
+    }
+    if let Some(row) = rows.pop() {
+        rows.push(row.note(format!(
+            "one sender, one receiver, {RELAYED_RATE} deltas/s x {} B for {LATENCY_DURATION:?} \
+             per run; two release pods on one PostgreSQL database, baseline both peers on the \
+             resource's home pod",
+            client::DELTA_LEN
+        )));
+    }
+    Ok(rows)
+}
+
+/// The median over rounds of one percentile (`at`, microseconds) of latency runs, in ms.
+fn median_ms(runs: &[fanout::Latency], at: fn(&fanout::Latency) -> u32) -> f64 {
+    median(runs.iter().map(|l| f64::from(at(l)) / 1e3).collect())
+}
+
+/// A fresh resource whose home is pod `home`: resources are created until one lands there
+/// (each lands on a given one of two pods half the time, so 64 tries leave no real doubt).
+async fn room_homed_on(deployment: &pods::Deployment, home: usize) -> anyhow::Result<client::Room> {
+    for _ in 0..64 {
+        let room = deployment.pods[home].rooms(1).await?.remove(0);
+        if deployment.home(&room.id) == home {
+            return Ok(room);
+        }
+    }
+    anyhow::bail!("no resource out of 64 was homed on pod-{home}")
+}
+
+async fn pods_fanout(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
+    let url = postgres::fresh_database().await;
+    let deployment = pods::Deployment::start(dir, "pods-fanout", FANOUT_PODS, &url).await?;
+    let servers = deployment.servers();
+    let (mut spread, mut home) = (Vec::new(), Vec::new());
+    let mut relayed = Vec::new();
+    for _ in 0..ROUNDS {
+        let room = deployment.pods[0].rooms(1).await?.remove(0);
+        let h = deployment.home(&room.id);
+        // Receivers take the pods in turn, as a round-robin load balancer would deal them; the
+        // sender is on a pod that is not home, so its deltas are relayed too.
+        let receivers: Vec<_> = (0..fanout::RECEIVERS)
+            .map(|i| deployment.addr(i % FANOUT_PODS))
+            .collect();
+        let off_home = (0..fanout::RECEIVERS).filter(|i| i % FANOUT_PODS != h);
+        relayed.push(off_home.count() as f64);
+        let peers = fanout::Peers {
+            room: room.clone(),
+            sender: deployment.addr((h + 1) % FANOUT_PODS),
+            receivers,
+        };
+        spread.push(fanout::throughput_among(&peers, &servers).await?);
+        let peers = fanout::Peers {
+            room,
+            sender: deployment.addr(h),
+            receivers: vec![deployment.addr(h); fanout::RECEIVERS],
+        };
+        home.push(fanout::throughput_among(&peers, &servers).await?);
+    }
+    drop(servers);
+    deployment.stop().await;
+    let rate = |v: &[fanout::Throughput]| v.iter().map(|t| t.frames_per_s).collect::<Vec<_>>();
+    let cpu = |v: &[fanout::Throughput]| median(v.iter().map(|t| t.server_cpu).collect());
+    let efficiency = |v: &[fanout::Throughput]| {
+        median(v.iter().map(|t| t.frames_per_s / t.server_cpu).collect())
+    };
+    let lost = |v: &[fanout::Throughput]| v.iter().map(|t| t.lost).sum::<usize>();
+    Ok(vec![
+        report::Row::higher(
+            format!(
+                "8. fan-out 1->{} x 256 B over {FANOUT_PODS} pods, delivered frames/s",
+                fanout::RECEIVERS
+            ),
+            median(rate(&spread)),
+            median(rate(&home)),
+            None,
+        )
+        .note(format!(
+            "spread: receivers dealt round robin over the {FANOUT_PODS} pods ({} of {} relayed, \
+             by round), the sender on a pod that is not home; baseline: the same resource, every \
+             peer on its home pod; rounds: spread {}, all on home {}",
+            rounds(&relayed),
+            fanout::RECEIVERS,
+            rounds(&rate(&spread)),
+            rounds(&rate(&home)),
+        ))
+        .note(format!(
+            "pods' CPU (cores busy, all pods): spread {:.2}, all on home {:.2}; frames per pod \
+             CPU-second: spread {:.0}, all on home {:.0}; receivers disconnected: spread {}, all \
+             on home {}",
+            cpu(&spread),
+            cpu(&home),
+            efficiency(&spread),
+            efficiency(&home),
+            lost(&spread),
+            lost(&home)
         )),
     ])
 }

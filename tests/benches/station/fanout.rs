@@ -5,19 +5,25 @@
 //! per-peer queue is 1024 frames, and an overflow would disconnect the peer, not measure it).
 //! Latency is measured open-loop at a fixed offered rate, each delta carrying its send time;
 //! sender and receivers share one clock because they share this process.
+//!
+//! The same code measures a room whose peers are spread over several pods ([`Peers`] says
+//! where each one connects, and every pod's CPU is counted): figure 7 (one sender, one
+//! receiver, relayed or not) and figure 8 (figure 1's room across three pods).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use futures::{SinkExt as _, StreamExt as _};
+use futures::{SinkExt as _, StreamExt as _, TryStreamExt as _};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{self, MEASURED, WARM, Ws};
-use crate::load::Target;
+use crate::client::{self, MEASURED, Room, WARM, Ws};
+use crate::load::{SETUP_CONCURRENCY, Target};
+use crate::procs::Server;
 
 /// Receivers of the one sender.
 pub const RECEIVERS: usize = 100;
@@ -27,6 +33,32 @@ const WINDOW: u64 = 256;
 const WARMUP: Duration = Duration::from_millis(500);
 /// ...for this long (per round; rounds alternate between the servers).
 const MEASURE: Duration = Duration::from_secs(2);
+
+/// One fan-out's room and where each of its peers connects.
+pub struct Peers {
+    /// The room every peer joins.
+    pub room: Room,
+    /// Where the sender connects.
+    pub sender: SocketAddr,
+    /// Where each receiver connects, one entry per receiver.
+    pub receivers: Vec<SocketAddr>,
+}
+
+impl Peers {
+    /// A fresh room on `target` with the sender and `receivers` receivers all connected to it.
+    pub async fn on(target: &Target, receivers: usize) -> anyhow::Result<Peers> {
+        Ok(Peers {
+            room: target.rooms(1).await?.remove(0),
+            sender: target.addr(),
+            receivers: vec![target.addr(); receivers],
+        })
+    }
+}
+
+/// CPU seconds used so far by every server process a fan-out runs through.
+fn cpu_seconds(servers: &[&Server]) -> anyhow::Result<f64> {
+    servers.iter().map(|server| server.cpu_seconds()).sum()
+}
 
 /// What the receivers share with the sender.
 struct Fan {
@@ -41,11 +73,11 @@ struct Fan {
 }
 
 impl Fan {
-    fn new(record: bool) -> Arc<Fan> {
+    fn new(record: bool, receivers: usize) -> Arc<Fan> {
         Arc::new(Fan {
             epoch: Instant::now(),
-            counts: (0..RECEIVERS).map(|_| AtomicU64::new(0)).collect(),
-            gone: (0..RECEIVERS).map(|_| AtomicBool::new(false)).collect(),
+            counts: (0..receivers).map(|_| AtomicU64::new(0)).collect(),
+            gone: (0..receivers).map(|_| AtomicBool::new(false)).collect(),
             warmed: AtomicUsize::new(0),
             lost: AtomicUsize::new(0),
             progress: Notify::new(),
@@ -113,23 +145,28 @@ async fn receive(mut ws: Ws, fan: Arc<Fan>, index: usize) -> Vec<u32> {
     latencies_us
 }
 
-/// Joins one sender and [`RECEIVERS`] receivers to a fresh room, starts the receivers, and
-/// sends warm-up deltas until every receiver has one: only then is every path open (on the
-/// station, verification has no success frame of its own).
+/// Joins the sender and receivers of `peers`, starts the receivers, and sends warm-up deltas
+/// until every receiver has one: only then is every path open (on the station, verification
+/// has no success frame of its own; through another pod, the relay to the home is open too).
 async fn setup(
-    target: &Target,
+    peers: &Peers,
     fan: &Arc<Fan>,
 ) -> anyhow::Result<(Ws, Vec<tokio::task::JoinHandle<Vec<u32>>>)> {
-    let room = target.rooms(1).await?.remove(0);
-    let mut joined = target.join_all(&[room], RECEIVERS + 1).await?.remove(0);
-    let mut sender = joined.pop().ok_or_else(|| anyhow::anyhow!("no sender"))?;
+    let room = &peers.room;
+    let joined: Vec<Ws> = futures::stream::iter(&peers.receivers)
+        .map(|addr| client::join(*addr, room))
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut sender = client::join(peers.sender, room).await?;
     let tasks = joined
         .into_iter()
         .enumerate()
         .map(|(index, ws)| tokio::spawn(receive(ws, fan.clone(), index)))
         .collect();
+    let receivers = peers.receivers.len();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while fan.warmed.load(Ordering::Relaxed) + fan.lost.load(Ordering::Relaxed) < RECEIVERS {
+    while fan.warmed.load(Ordering::Relaxed) + fan.lost.load(Ordering::Relaxed) < receivers {
         if Instant::now() > deadline {
             bail!("receivers did not all join within 30 s");
         }
@@ -156,17 +193,24 @@ pub struct Throughput {
     pub server_cpu: f64,
 }
 
-/// Runs the closed-loop fan-out for [`WARMUP`] + [`MEASURE`].
+/// Runs the closed-loop fan-out of one sender to [`RECEIVERS`] receivers, all on `target`, for
+/// [`WARMUP`] + [`MEASURE`].
 pub async fn throughput(target: &Target) -> anyhow::Result<Throughput> {
-    let fan = Fan::new(false);
-    let (mut sender, tasks) = setup(target, &fan).await?;
+    throughput_among(&Peers::on(target, RECEIVERS).await?, &[&target.server]).await
+}
+
+/// Runs the closed-loop fan-out of `peers` for [`WARMUP`] + [`MEASURE`]; `servers` are the
+/// processes whose CPU the frames cost (every pod, for a deployment).
+pub async fn throughput_among(peers: &Peers, servers: &[&Server]) -> anyhow::Result<Throughput> {
+    let fan = Fan::new(false, peers.receivers.len());
+    let (mut sender, tasks) = setup(peers, &fan).await?;
     let start = Instant::now();
     let mut sent = 0u64;
     let mut window_start: Option<(Instant, u64, f64)> = None;
     let result = loop {
         let now = Instant::now();
         if window_start.is_none() && now - start >= WARMUP {
-            window_start = Some((now, fan.total(), target.server.cpu_seconds()?));
+            window_start = Some((now, fan.total(), cpu_seconds(servers)?));
         }
         if now - start >= WARMUP + MEASURE
             && let Some((t0, delivered0, cpu0)) = window_start
@@ -175,7 +219,7 @@ pub async fn throughput(target: &Target) -> anyhow::Result<Throughput> {
             break Throughput {
                 frames_per_s: (fan.total() - delivered0) as f64 / seconds,
                 lost: fan.lost.load(Ordering::Relaxed),
-                server_cpu: (target.server.cpu_seconds()? - cpu0) / seconds,
+                server_cpu: (cpu_seconds(servers)? - cpu0) / seconds,
             };
         }
         let Some(slowest) = fan.slowest() else {
@@ -215,11 +259,21 @@ pub struct Latency {
     pub lost: usize,
 }
 
-/// Sends `rate` deltas per second for `duration`, open-loop, stamping each with the instant
-/// it is handed to the socket, then waits (bounded) for the stragglers.
+/// Sends `rate` deltas per second for `duration` to [`RECEIVERS`] receivers, all on `target`.
 pub async fn latency(target: &Target, rate: u64, duration: Duration) -> anyhow::Result<Latency> {
-    let fan = Fan::new(true);
-    let (mut sender, tasks) = setup(target, &fan).await?;
+    latency_among(&Peers::on(target, RECEIVERS).await?, rate, duration).await
+}
+
+/// Sends `rate` deltas per second for `duration` among `peers`, open-loop, stamping each with
+/// the instant it is handed to the socket, then waits (bounded) for the stragglers.
+pub async fn latency_among(
+    peers: &Peers,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<Latency> {
+    let receivers = peers.receivers.len();
+    let fan = Fan::new(true, receivers);
+    let (mut sender, tasks) = setup(peers, &fan).await?;
     let total = rate * duration.as_secs();
     let interval = Duration::from_secs(1) / u32::try_from(rate)?;
     let start = Instant::now();
@@ -251,7 +305,7 @@ pub async fn latency(target: &Target, rate: u64, duration: Duration) -> anyhow::
         }
     }
     fan.stop.cancel();
-    let mut samples = Vec::with_capacity((total as usize) * RECEIVERS);
+    let mut samples = Vec::with_capacity((total as usize) * receivers);
     for task in tasks {
         samples.extend(task.await?);
     }
@@ -265,7 +319,7 @@ pub async fn latency(target: &Target, rate: u64, duration: Duration) -> anyhow::
     Ok(Latency {
         p50_us: percentile(0.50),
         p99_us: percentile(0.99),
-        delivered: samples.len() as f64 / (total as f64 * RECEIVERS as f64),
+        delivered: samples.len() as f64 / (total as f64 * receivers as f64),
         achieved_rate,
         lost: fan.lost.load(Ordering::Relaxed),
     })

@@ -137,7 +137,9 @@ impl Report {
         }
         println!(
             "baselines: bare tokio-tungstenite broadcast server (figures 1, 2, 4, 5), raw SQLite \
-             via sqlx (figure 3); ratio = station / baseline; whole bench {:.0} s",
+             via sqlx (figure 3), raw PostgreSQL via sqlx on the same server (figure 6), the same \
+             pods with every peer on the resource's home (figures 7, 8); ratio = station / \
+             baseline; whole bench {:.0} s",
             took.as_secs_f64()
         );
     }

@@ -1,4 +1,5 @@
-//! Figure 3: durable snapshot writes from 64 concurrent writers.
+//! Figures 3 and 6: durable snapshot writes from 64 concurrent writers, on the station's
+//! embedded SQLite store (3) and on its PostgreSQL store (6).
 //!
 //! On the station a write counts only once it is observable as durable: each writer, a
 //! verified peer alone on its own resource, sends `submit-snapshot` and then `submit-request`,
@@ -12,6 +13,12 @@
 //! of temporary directory: 64 tasks each with one write in flight, one writer connection that
 //! commits every queued upsert in one transaction. Same concurrency, same row, same disk;
 //! everything else the station does is what the ratio measures.
+//!
+//! For PostgreSQL the baseline is the same loop against a fresh database of the same server
+//! the station writes to, with the station's schema (its migration, run verbatim) and the
+//! station's statements: each batch updates the snapshots, then takes its sequence numbers
+//! from the counter row in one statement, then commits. Only the store differs between the
+//! two figures: writers, window and counting are one implementation.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,8 +26,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions as _, Connection as _, SqliteConnection};
+use sqlx::{ConnectOptions as _, Connection as _, PgConnection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use zbase_proto::wire::Code;
@@ -173,69 +181,123 @@ struct Upsert {
     done: oneshot::Sender<()>,
 }
 
-/// The same table as the station's migration.
-const SCHEMA: [&str; 2] = [
+/// The verification key every baseline row carries: a real one's size, never checked.
+const JWK: &str =
+    r#"{"crv":"Ed25519","kty":"OKP","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+
+/// The same table as the station's SQLite migration.
+const SQLITE_SCHEMA: [&str; 2] = [
     "CREATE TABLE resources (id TEXT NOT NULL PRIMARY KEY, jwk TEXT NOT NULL, snapshot BLOB, seq INTEGER NOT NULL) STRICT",
     "CREATE UNIQUE INDEX resources_by_seq ON resources (seq)",
 ];
-const UPSERT: &str = "INSERT INTO resources (id, jwk, snapshot, seq) VALUES (?1, ?2, ?3, ?4) \
-                      ON CONFLICT (id) DO UPDATE SET snapshot = excluded.snapshot, seq = excluded.seq";
+const SQLITE_UPSERT: &str = "INSERT INTO resources (id, jwk, snapshot, seq) VALUES (?1, ?2, ?3, ?4) \
+                             ON CONFLICT (id) DO UPDATE SET snapshot = excluded.snapshot, seq = excluded.seq";
+
+/// The station's PostgreSQL migration itself, so the baseline's table (out-of-line storage,
+/// unique seq index, counter row) cannot drift from the station's.
+const PG_SCHEMA: &str = include_str!("../../../basestation/migrations/postgres/0001_resources.sql");
+/// The station's `PUT` (store/postgres.rs): the row exists, only its snapshot changes here.
+const PG_PUT: &str = "UPDATE resources SET snapshot = $1 WHERE id = $2";
+/// The station's `NUMBER` (store/postgres.rs), verbatim: the batch's last statement takes its
+/// numbers from the counter row, whose lock then orders commits.
+const PG_NUMBER: &str = "WITH taken AS (\
+                             UPDATE zbase_sequence SET last = last + $1 RETURNING last\
+                         ) \
+                         UPDATE resources AS r SET seq = taken.last - $1 + v.rank \
+                         FROM taken, unnest($2::text[], $3::bigint[]) AS v (id, rank) \
+                         WHERE r.id = v.id \
+                         RETURNING taken.last";
+
+/// The database a baseline writes into: one connection, one transaction per batch.
+enum Raw {
+    Sqlite { conn: SqliteConnection, seq: i64 },
+    Postgres(PgConnection),
+}
+
+impl Raw {
+    /// Commits every upsert of `batch` in one transaction.
+    async fn commit(&mut self, batch: &mut [Upsert]) -> anyhow::Result<()> {
+        match self {
+            Raw::Sqlite { conn, seq } => {
+                sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+                for upsert in batch.iter() {
+                    *seq += 1;
+                    sqlx::query(SQLITE_UPSERT)
+                        .bind(&upsert.id)
+                        .bind(JWK)
+                        .bind(&upsert.snapshot[..])
+                        .bind(*seq)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+            }
+            Raw::Postgres(conn) => {
+                // In identifier order, as the station locks rows; each writer has one write
+                // in flight, so a batch names each resource once and its rank is its place.
+                batch.sort_by(|a, b| a.id.cmp(&b.id));
+                let mut tx = conn.begin().await?;
+                for upsert in batch.iter() {
+                    sqlx::query(PG_PUT)
+                        .bind(&upsert.snapshot[..])
+                        .bind(&upsert.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let ids: Vec<&str> = batch.iter().map(|u| u.id.as_str()).collect();
+                let ranks: Vec<i64> = (1..=batch.len() as i64).collect();
+                let numbered: Vec<i64> = sqlx::query_scalar(PG_NUMBER)
+                    .bind(batch.len() as i64)
+                    .bind(&ids)
+                    .bind(&ranks)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                if numbered.len() != batch.len() {
+                    bail!("numbered {} of {} rows", numbered.len(), batch.len());
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(self) -> anyhow::Result<()> {
+        match self {
+            Raw::Sqlite { conn, .. } => conn.close().await?,
+            Raw::Postgres(conn) => conn.close().await?,
+        }
+        Ok(())
+    }
+}
 
 /// The baseline writer: everything queued when it wakes goes into one transaction.
-async fn sqlite_writer(
-    mut conn: SqliteConnection,
-    mut queue: mpsc::Receiver<Upsert>,
-) -> anyhow::Result<()> {
-    let jwk = r#"{"crv":"Ed25519","kty":"OKP","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
-    let mut seq = 0i64;
+async fn raw_writer(mut raw: Raw, mut queue: mpsc::Receiver<Upsert>) -> anyhow::Result<()> {
     let mut batch = Vec::new();
     while let Some(first) = queue.recv().await {
         batch.push(first);
         while let Ok(next) = queue.try_recv() {
             batch.push(next);
         }
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
-        for upsert in &batch {
-            seq += 1;
-            sqlx::query(UPSERT)
-                .bind(&upsert.id)
-                .bind(jwk)
-                .bind(&upsert.snapshot[..])
-                .bind(seq)
-                .execute(&mut conn)
-                .await?;
-        }
-        sqlx::query("COMMIT").execute(&mut conn).await?;
+        raw.commit(&mut batch).await?;
         for upsert in batch.drain(..) {
             let _ = upsert.done.send(());
         }
     }
-    conn.close().await?;
-    Ok(())
+    raw.close().await
 }
 
-/// The baseline's figure, in a fresh database under `dir`.
-pub async fn sqlite(dir: &Path) -> anyhow::Result<Writes> {
-    std::fs::create_dir_all(dir)?;
-    let mut conn = SqliteConnectOptions::new()
-        .filename(dir.join("baseline.sqlite3"))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
-        .pragma("journal_size_limit", "67108864")
-        .connect()
-        .await?;
-    for statement in SCHEMA {
-        sqlx::query(statement).execute(&mut conn).await?;
-    }
+/// [`WRITERS`] tasks, each with one write in flight to its own row `ids[writer]`, against
+/// `raw`'s one writer, for [`WARMUP`] + [`MEASURE`].
+async fn baseline(raw: Raw, ids: Vec<String>) -> anyhow::Result<Writes> {
     let (tx, rx) = mpsc::channel(1024);
-    let writer = tokio::spawn(sqlite_writer(conn, rx));
+    let writer = tokio::spawn(raw_writer(raw, rx));
     let window = Window::new();
-    let tasks: Vec<_> = (0..WRITERS)
-        .map(|writer| {
+    let tasks: Vec<_> = ids
+        .into_iter()
+        .enumerate()
+        .map(|(writer, id)| {
             let (tx, window) = (tx.clone(), window.clone());
             tokio::spawn(async move {
-                let id = client::random_id().as_str().to_owned();
                 let mut round = 0u64;
                 while !window.stop.is_cancelled() {
                     round += 1;
@@ -270,4 +332,54 @@ pub async fn sqlite(dir: &Path) -> anyhow::Result<Writes> {
         mean_ms,
         store_mean_ms: None,
     })
+}
+
+/// One fresh identifier per writer, as the station's writers each have their own resource.
+fn writer_ids() -> Vec<String> {
+    (0..WRITERS)
+        .map(|_| client::random_id().as_str().to_owned())
+        .collect()
+}
+
+/// The SQLite baseline's figure, in a fresh database under `dir`.
+pub async fn sqlite(dir: &Path) -> anyhow::Result<Writes> {
+    std::fs::create_dir_all(dir)?;
+    let mut conn = SqliteConnectOptions::new()
+        .filename(dir.join("baseline.sqlite3"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .pragma("journal_size_limit", "67108864")
+        .connect()
+        .await?;
+    for statement in SQLITE_SCHEMA {
+        sqlx::query(statement).execute(&mut conn).await?;
+    }
+    baseline(Raw::Sqlite { conn, seq: 0 }, writer_ids()).await
+}
+
+/// The PostgreSQL baseline's figure, in the empty database at `url`: the station's schema, one
+/// claimed row per writer (as the station's resources are created before they are written).
+pub async fn postgres(url: &str) -> anyhow::Result<Writes> {
+    // Durable commits whatever the server's default, as the station forces per connection.
+    let mut conn = url
+        .parse::<PgConnectOptions>()?
+        .options([("synchronous_commit", "on")])
+        .connect()
+        .await?;
+    sqlx::raw_sql(PG_SCHEMA).execute(&mut conn).await?;
+    let ids = writer_ids();
+    for (seq, id) in (1i64..).zip(&ids) {
+        sqlx::query("INSERT INTO resources (id, jwk, snapshot, seq) VALUES ($1, $2, NULL, $3)")
+            .bind(id)
+            .bind(JWK)
+            .bind(seq)
+            .execute(&mut conn)
+            .await?;
+    }
+    sqlx::query("UPDATE zbase_sequence SET last = $1")
+        .bind(ids.len() as i64)
+        .execute(&mut conn)
+        .await?;
+    baseline(Raw::Postgres(conn), ids).await
 }
