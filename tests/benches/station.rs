@@ -365,8 +365,9 @@ async fn pg_snapshot_writes(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
             "both sides commit to the same throwaway PostgreSQL server (tests/src/postgres.rs), \
              which runs with fsync=off: a commit is durable to the server but never waits for \
              a disk flush, so the figure compares the work above the disk, not a disk; the \
-             station also runs as a one-pod cluster, so each of its transactions starts with \
-             its membership fence (a SELECT ... FOR KEY SHARE the baseline does not do)"
+             station also runs as a one-pod cluster, so each of its transactions also locks \
+             its membership row (the fence, within the numbering statement; the baseline \
+             has none)"
                 .to_owned(),
         ),
     ])
