@@ -77,6 +77,9 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     /// A relay over `parts.store`.
     pub fn new(parts: RelayParts) -> Relay {
+        let codes = zbase_proto::wire::Code::ALL.map(zbase_proto::wire::Code::name);
+        let reasons = CloseReason::ALL.map(CloseReason::label);
+        parts.metrics.prime(&codes, &reasons);
         let admission = Admission::new(
             parts.limits.connections_per_ip,
             parts.limits.failed_handshakes_per_minute,

@@ -38,6 +38,25 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, once (detail texts are placeholders).
+    pub const ALL: [CloseReason; 15] = [
+        CloseReason::Normal,
+        CloseReason::ClientClosed,
+        CloseReason::ShuttingDown,
+        CloseReason::Protocol("any"),
+        CloseReason::VerificationFailed,
+        CloseReason::ConfigurationFailed,
+        CloseReason::HandshakeTimeout,
+        CloseReason::FrameTooLarge,
+        CloseReason::QueueOverflow,
+        CloseReason::PeersFull,
+        CloseReason::TooManyConnections,
+        CloseReason::Throttled,
+        CloseReason::StoreUnavailable,
+        CloseReason::Moved,
+        CloseReason::Internal("any"),
+    ];
+
     /// The metric label and log field for this reason.
     pub fn label(self) -> &'static str {
         match self {
@@ -99,23 +118,7 @@ mod tests {
 
     #[test]
     fn every_label_reads_back_as_its_reason() {
-        let all = [
-            CloseReason::Normal,
-            CloseReason::ClientClosed,
-            CloseReason::ShuttingDown,
-            CloseReason::Protocol("x"),
-            CloseReason::VerificationFailed,
-            CloseReason::ConfigurationFailed,
-            CloseReason::HandshakeTimeout,
-            CloseReason::FrameTooLarge,
-            CloseReason::QueueOverflow,
-            CloseReason::PeersFull,
-            CloseReason::TooManyConnections,
-            CloseReason::Throttled,
-            CloseReason::StoreUnavailable,
-            CloseReason::Moved,
-            CloseReason::Internal("x"),
-        ];
+        let all = CloseReason::ALL;
         for reason in all {
             let back = CloseReason::from_label(reason.label());
             assert_eq!(back.map(CloseReason::label), Some(reason.label()));

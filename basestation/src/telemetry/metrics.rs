@@ -181,6 +181,31 @@ impl Metrics {
         }
     }
 
+    /// Creates every labelled series at zero, so each family is on `/metrics` from the start
+    /// (rates and alerts need the zero, and every pod shows the same families).
+    pub fn prime(&self, codes: &[&'static str], reasons: &[&'static str]) {
+        for transport in ["websocket", "grpc", "internal"] {
+            let _ = self
+                .connections
+                .get_or_create(&TransportLabel { transport });
+        }
+        for &code in codes {
+            let label = CodeLabel { code };
+            let _ = self.frames_in.get_or_create(&label);
+            let _ = self.frames_out.get_or_create(&label);
+            let _ = self.bytes_in.get_or_create(&label);
+            let _ = self.bytes_out.get_or_create(&label);
+        }
+        for &reason in reasons {
+            let _ = self.terminations.get_or_create(&ReasonLabel { reason });
+        }
+        for direction in ["in", "out"] {
+            let _ = self
+                .relayed_frames
+                .get_or_create(&DirectionLabel { direction });
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
