@@ -16,4 +16,5 @@ pub mod session;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod transport;

@@ -14,6 +14,7 @@ use zbase_basestation::config::{RawSettings, Settings, StoreBackend};
 use zbase_basestation::relay::{Relay, RelayParts};
 use zbase_basestation::store::{Fence, PostgresOptions, PostgresStore, SqliteStore, Store};
 use zbase_basestation::telemetry::{Metrics, init_telemetry};
+use zbase_basestation::tls::Watched;
 use zbase_basestation::{shutdown, transport};
 
 /// The zbase base station: a zero-knowledge relay and store for encrypted resources.
@@ -88,6 +89,23 @@ fn settings(raw: RawSettings) -> anyhow::Result<Settings> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    // Certificates are checked before anything else starts: a station never comes up with
+    // a certificate it would refuse on reload.
+    let public_tls = match &settings.tls {
+        Some(tls) => Some(Arc::new(
+            Watched::load(tls.clone(), "public", metrics.clone())
+                .context("the public port's TLS certificate (--tls-cert, --tls-key)")?,
+        )),
+        None => None,
+    };
+    let internal_tls = match &settings.cluster.internal_tls {
+        Some(files) => Some(Arc::new(
+            Watched::load(files.clone(), "internal", metrics.clone()).context(
+                "the internal port's TLS (--internal-tls-cert, --internal-tls-key, --internal-ca)",
+            )?,
+        )),
+        None => None,
+    };
     let (store, mut cluster) = open_store(&settings).await?;
     let token = CancellationToken::new();
     let relay = Relay::new(RelayParts {
@@ -96,6 +114,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         shutdown: token.clone(),
         directory: cluster.as_ref().map(|cluster| cluster.directory.clone()),
+        internal_tls: internal_tls.as_ref().and_then(|tls| tls.client()),
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -105,9 +124,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .context("listener has no local address")?;
     // The one line on stdout: scripts and the test harness read the port from it.
     println!("zbase-station listening on {addr}");
-    tracing::info!(%addr, "serving WebSocket on ws://{addr}/v1/resources/{{id}} and gRPC zbase.v1.Station/Connect");
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "serving plain HTTP on a non-loopback address: put a TLS-terminating proxy in front");
+    let scheme = if public_tls.is_some() { "wss" } else { "ws" };
+    tracing::info!(%addr, "serving WebSocket on {scheme}://{addr}/v1/resources/{{id}} and gRPC zbase.v1.Station/Connect");
+    if public_tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "PLAIN HTTP on a non-loopback address: clients' traffic is readable on the network; use --tls-cert and --tls-key, or a TLS-terminating proxy in front");
+    }
+    let reload_stop = CancellationToken::new();
+    for watched in public_tls.iter().chain(&internal_tls) {
+        let every = settings.tls_reload_interval;
+        tokio::spawn(Arc::clone(watched).watch(every, reload_stop.clone()));
     }
     let grace = settings.limits.shutdown_grace;
     let signal = CancellationToken::new();
@@ -117,7 +142,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if let Some(cluster) = &mut cluster
         && let Some(internal) = cluster.internal.take()
     {
-        tokio::spawn(transport::serve_internal(internal, relay.clone(), grace));
+        let tls = internal_tls.as_ref().map(|tls| tls.server());
+        if tls.is_none() && !internal.local_addr().is_ok_and(|a| a.ip().is_loopback()) {
+            tracing::warn!(
+                "the internal port has no mutual TLS and listens beyond loopback: only pods may reach it (a NetworkPolicy), or set --internal-tls-cert, --internal-tls-key and --internal-ca"
+            );
+        }
+        tokio::spawn(transport::serve_internal(
+            internal,
+            relay.clone(),
+            grace,
+            tls,
+        ));
         membership_task = Some(tokio::spawn(zbase_basestation::cluster::maintain(
             cluster.membership.clone(),
             cluster.directory.clone(),
@@ -147,7 +183,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         drain.cancel();
     });
-    transport::serve(listener, relay.clone(), grace).await;
+    let tls = public_tls.as_ref().map(|tls| tls.server());
+    transport::serve(listener, relay.clone(), grace, tls).await;
+    reload_stop.cancel();
     if tokio::time::timeout(grace, relay.drained()).await.is_err() {
         tracing::warn!("connections or writes still running after the shutdown grace period");
     }

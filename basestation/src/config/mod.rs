@@ -7,6 +7,7 @@
 
 use crate::limits::Limits;
 use crate::telemetry::LogFormat;
+use crate::tls::{PairFiles, TlsFiles};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -121,6 +122,33 @@ pub struct RawSettings {
     #[arg(long, env = "ZBASE_LEASE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
     pub lease: Option<Duration>,
+
+    /// PEM certificate chain (leaf first) for the public port; with --tls-key the port serves
+    /// TLS only (ALPN h2 and http/1.1). [default: plain HTTP]
+    #[arg(long, env = "ZBASE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ZBASE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// How often the TLS files are checked for a replacement (a renewed Secret). [default: 5s]
+    #[arg(long, env = "ZBASE_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub tls_reload_interval: Option<Duration>,
+
+    /// PEM certificate this pod presents on the internal port, as server and as client; with
+    /// --internal-tls-key and --internal-ca the internal port requires mutual TLS.
+    #[arg(long, env = "ZBASE_INTERNAL_TLS_CERT", value_name = "FILE")]
+    pub internal_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --internal-tls-cert.
+    #[arg(long, env = "ZBASE_INTERNAL_TLS_KEY", value_name = "FILE")]
+    pub internal_tls_key: Option<PathBuf>,
+
+    /// PEM bundle of the site CA(s): every pod's internal certificate must chain to one.
+    #[arg(long, env = "ZBASE_INTERNAL_CA", value_name = "FILE")]
+    pub internal_ca: Option<PathBuf>,
 }
 
 /// Why settings are refused. Each message names the setting and what to do.
@@ -243,6 +271,8 @@ pub struct ClusterSettings {
     pub internal_advertise: Option<String>,
     /// The membership lease.
     pub lease: Duration,
+    /// Mutual TLS on the internal port, if configured.
+    pub internal_tls: Option<TlsFiles>,
 }
 
 /// The settings the station runs with.
@@ -264,6 +294,10 @@ pub struct Settings {
     pub limits: Limits,
     /// Membership, used with a PostgreSQL store.
     pub cluster: ClusterSettings,
+    /// TLS on the public port; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// How often every TLS port's files are checked for a replacement.
+    pub tls_reload_interval: Duration,
 }
 
 impl RawSettings {
@@ -318,6 +352,12 @@ impl RawSettings {
             internal_listen: self.internal_listen.or(fallback.internal_listen),
             internal_advertise: self.internal_advertise.or(fallback.internal_advertise),
             lease: self.lease.or(fallback.lease),
+            tls_cert: self.tls_cert.or(fallback.tls_cert),
+            tls_key: self.tls_key.or(fallback.tls_key),
+            tls_reload_interval: self.tls_reload_interval.or(fallback.tls_reload_interval),
+            internal_tls_cert: self.internal_tls_cert.or(fallback.internal_tls_cert),
+            internal_tls_key: self.internal_tls_key.or(fallback.internal_tls_key),
+            internal_ca: self.internal_ca.or(fallback.internal_ca),
         }
     }
 
@@ -420,7 +460,49 @@ impl RawSettings {
                 expected: "up to 253 characters, no spaces (a pod name)",
             });
         }
+        let reload_interval = positive(
+            "tls-reload-interval",
+            self.tls_reload_interval,
+            Duration::from_secs(5),
+        )?;
+        let tls = match (self.tls_cert, self.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                pair: PairFiles { cert, key },
+                ca: None,
+            }),
+            (cert, _) => {
+                return Err(ConfigError::Range {
+                    name: if cert.is_some() {
+                        "tls-key"
+                    } else {
+                        "tls-cert"
+                    },
+                    value: "missing".into(),
+                    expected: "--tls-cert and --tls-key go together: give both files",
+                });
+            }
+        };
+        let internal_tls = match (
+            self.internal_tls_cert,
+            self.internal_tls_key,
+            self.internal_ca,
+        ) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+                pair: PairFiles { cert, key },
+                ca: Some(ca),
+            }),
+            _ => {
+                return Err(ConfigError::Range {
+                    name: "internal-tls-cert",
+                    value: "incomplete".into(),
+                    expected: "--internal-tls-cert, --internal-tls-key and --internal-ca go together: give all three",
+                });
+            }
+        };
         let cluster = ClusterSettings {
+            internal_tls,
             pod_id,
             internal_listen: self
                 .internal_listen
@@ -431,6 +513,8 @@ impl RawSettings {
             lease,
         };
         Ok(Settings {
+            tls,
+            tls_reload_interval: reload_interval,
             cluster,
             store,
             listen: self

@@ -7,6 +7,7 @@ use crate::limits::{Admission, Limits};
 use crate::session::CloseReason;
 use crate::store::Store;
 use crate::telemetry::{IdHasher, Metrics};
+use crate::tls::ClientTls;
 use dashmap::DashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,9 @@ pub struct RelayParts {
     pub shutdown: CancellationToken,
     /// The cluster's view when pods share a PostgreSQL store; `None` serves everything here.
     pub directory: Option<Directory>,
+    /// This pod's client side of mutual TLS on the internal port; `None` dials other pods in
+    /// plain HTTP/2.
+    pub internal_tls: Option<ClientTls>,
 }
 
 pub(super) struct Inner {
@@ -53,6 +57,7 @@ pub(super) struct Inner {
     pub(super) tasks: TaskTracker,
     connections: TaskTracker,
     pub(super) directory: Option<Directory>,
+    pub(super) internal_tls: Option<ClientTls>,
     /// One HTTP/2 channel per other pod's internal address, shared by every relayed session.
     pub(super) pods: DashMap<String, tonic::transport::Channel>,
     next_peer: AtomicU64,
@@ -97,6 +102,7 @@ impl Relay {
                 tasks: TaskTracker::new(),
                 connections: TaskTracker::new(),
                 directory: parts.directory,
+                internal_tls: parts.internal_tls,
                 pods: DashMap::new(),
                 next_peer: AtomicU64::new(1),
                 next_generation: AtomicU64::new(1),

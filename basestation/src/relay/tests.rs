@@ -101,6 +101,7 @@ fn relay_with(store: Arc<dyn Store>, limits: Limits) -> Relay {
         metrics: Arc::new(Metrics::new()),
         shutdown: CancellationToken::new(),
         directory: None,
+        internal_tls: None,
     })
 }
 

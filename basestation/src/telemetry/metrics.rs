@@ -37,6 +37,22 @@ pub struct DirectionLabel {
     pub direction: &'static str,
 }
 
+/// A TLS port label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabel {
+    /// `public` or `internal`.
+    pub port: &'static str,
+}
+
+/// The outcome of noticing changed TLS files.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabel {
+    /// `public` or `internal`.
+    pub port: &'static str,
+    /// `loaded` or `refused`.
+    pub result: &'static str,
+}
+
 /// Every metric the station exports.
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +84,10 @@ pub struct Metrics {
     pub rehomes: Counter,
     /// Frames crossing the internal port, by direction.
     pub relayed_frames: Family<DirectionLabel, Counter>,
+    /// When each TLS port's certificate expires, unix seconds.
+    pub tls_expiry: Family<PortLabel, Gauge>,
+    /// Changed TLS files noticed, by port and outcome.
+    pub tls_reloads: Family<ReloadLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -103,6 +123,8 @@ impl Metrics {
             homed_resources: Gauge::default(),
             rehomes: Counter::default(),
             relayed_frames: Family::default(),
+            tls_expiry: Family::default(),
+            tls_reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -174,6 +196,16 @@ impl Metrics {
             "relayed_frames",
             "Frames relayed over the internal port, by direction",
             metrics.relayed_frames.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate each TLS port serves expires (unix seconds)",
+            metrics.tls_expiry.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Changed TLS files noticed, by port and outcome (loaded or refused)",
+            metrics.tls_reloads.clone(),
         );
         Metrics {
             registry,

@@ -8,7 +8,10 @@ mod logs;
 mod metrics;
 
 pub use logs::{LogFormat, Telemetry, init as init_telemetry};
-pub use metrics::{CodeLabel, DirectionLabel, Metrics, ReasonLabel, StoreTimer, TransportLabel};
+pub use metrics::{
+    CodeLabel, DirectionLabel, Metrics, PortLabel, ReasonLabel, ReloadLabel, StoreTimer,
+    TransportLabel,
+};
 
 use rand::RngCore;
 use zbase_proto::wire::ResourceId;

@@ -11,6 +11,7 @@ mod http;
 mod ws;
 
 use crate::relay::{Origin, Relay};
+use crate::tls::ServerTls;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -36,37 +37,50 @@ pub fn internal_router(relay: Relay) -> axum::Router {
 
 /// Accepts connections on the public `listener` until shutdown, then waits (at most `grace`)
 /// for the HTTP connections still open to finish. Upgraded WebSockets are drained by the relay.
-pub async fn serve(listener: TcpListener, relay: Relay, grace: Duration) {
-    accept(listener, router(relay.clone()), relay, grace, None).await;
+/// With `tls`, every connection is TLS (ALPN picks HTTP/2 or HTTP/1.1).
+pub async fn serve(listener: TcpListener, relay: Relay, grace: Duration, tls: Option<ServerTls>) {
+    let port = Port {
+        app: router(relay.clone()),
+        max_streams: None,
+        tls,
+    };
+    accept(listener, port, relay, grace).await;
 }
 
-/// Serves the internal port on `listener` (HTTP/2 only in practice) until shutdown.
-pub async fn serve_internal(listener: TcpListener, relay: Relay, grace: Duration) {
-    // Every session relayed from one pod to another shares that pair's one HTTP/2
-    // connection, so the usual cap of a few hundred streams would stall the rest.
-    let streams = Some(INTERNAL_STREAMS);
-    accept(
-        listener,
-        internal_router(relay.clone()),
-        relay,
-        grace,
-        streams,
-    )
-    .await;
+/// Serves the internal port on `listener` (HTTP/2 only in practice) until shutdown; with
+/// `tls`, only pods presenting a certificate of the site CA get past the handshake.
+pub async fn serve_internal(
+    listener: TcpListener,
+    relay: Relay,
+    grace: Duration,
+    tls: Option<ServerTls>,
+) {
+    let port = Port {
+        app: internal_router(relay.clone()),
+        // Every session relayed from one pod to another shares that pair's one HTTP/2
+        // connection, so the usual cap of a few hundred streams would stall the rest.
+        max_streams: Some(INTERNAL_STREAMS),
+        tls,
+    };
+    accept(listener, port, relay, grace).await;
 }
 
 /// Concurrent relayed sessions one pod may send another over its one connection.
 const INTERNAL_STREAMS: u32 = 1 << 20;
 
-async fn accept(
-    listener: TcpListener,
+/// How long a client has to complete the TLS handshake before its socket is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one listener serves.
+struct Port {
     app: axum::Router,
-    relay: Relay,
-    grace: Duration,
     max_streams: Option<u32>,
-) {
+    tls: Option<ServerTls>,
+}
+
+async fn accept(listener: TcpListener, port: Port, relay: Relay, grace: Duration) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    if let Some(streams) = max_streams {
+    if let Some(streams) = port.max_streams {
         builder.http2().max_concurrent_streams(streams);
     }
     // Small per-connection windows keep idle HTTP/2 connections cheap; large frames still
@@ -91,20 +105,42 @@ async fn accept(
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        let app = port.app.clone();
         let service =
             tower::service_fn(move |mut request: ::http::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(addr));
                 app.clone().oneshot(request)
             });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let service = TowerToHyperService::new(service);
+        let watcher = graceful.watcher();
+        let Some(tls) = &port.tls else {
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            tokio::spawn(finish(watcher.watch(connection)));
+            continue;
+        };
+        // The handshake runs in the connection's own task, so a slow client never holds up
+        // the accept loop; it uses the configuration current at accept time.
+        let acceptor = tls.acceptor();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "HTTP connection ended with an error");
-            }
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%addr, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            finish(watcher.watch(connection)).await;
         });
     }
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -112,6 +148,14 @@ async fn accept(
         .is_err()
     {
         tracing::warn!("HTTP connections still open after the shutdown grace period");
+    }
+}
+
+async fn finish<E: std::fmt::Display>(
+    connection: impl std::future::Future<Output = Result<(), E>>,
+) {
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, "HTTP connection ended with an error");
     }
 }
 
