@@ -95,6 +95,12 @@ impl Pods {
 
     /// `n` pods each started from `builder` (limits and other flags), plus the cluster flags.
     pub async fn start_with(n: usize, builder: StationBuilder) -> Pods {
+        Pods::start_each(n, |_, _| builder.clone()).await
+    }
+
+    /// `n` pods, pod `i` started from `each(i, its address)` plus the cluster flags: for
+    /// flags that differ per pod, such as each pod's own certificate.
+    pub async fn start_each(n: usize, each: impl Fn(usize, IpAddr) -> StationBuilder) -> Pods {
         let url = postgres::fresh_database().await;
         let dir = tempfile::Builder::new()
             .prefix("zbase-pods-")
@@ -111,8 +117,7 @@ impl Pods {
             .collect();
         let mut pods = Vec::with_capacity(n);
         for (i, (ip, [public, internal])) in ports.iter().enumerate() {
-            let pod = builder
-                .clone()
+            let pod = each(i, *ip)
                 .flag("store", &url)
                 .flag("listen", SocketAddr::new(*ip, *public))
                 .flag("internal-listen", SocketAddr::new(*ip, *internal))
