@@ -279,8 +279,7 @@ pub fn write_secret(dir: &Path, cert: &[u8], key: &[u8]) -> io::Result<(PathBuf,
 /// Replaces the contents of `path` in place, non-atomically (truncate then write, following
 /// symlinks): the "someone edited the file by hand" and "half-written file" cases.
 pub fn overwrite(path: &Path, contents: &[u8]) {
-    std::fs::write(path, contents)
-        .unwrap_or_else(|e| panic!("overwrite {}: {e}", path.display()));
+    std::fs::write(path, contents).unwrap_or_else(|e| panic!("overwrite {}: {e}", path.display()));
 }
 
 /// The ring provider, named explicitly everywhere (see the module documentation).
@@ -339,8 +338,8 @@ pub fn tls_server_config(
     alpn: &[&[u8]],
     client_ca_pem: Option<&str>,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let builder =
-        rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
     let builder = match client_ca_pem {
         Some(ca) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
