@@ -7,4 +7,5 @@ mod pods;
 mod postgres;
 mod sqlite;
 mod telemetry;
+mod tls_harness;
 mod wire;

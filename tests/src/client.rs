@@ -9,14 +9,18 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt as _, StreamExt as _};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message, protocol::frame::coding::CloseCode};
@@ -37,9 +41,10 @@ pub const CLIENT_MAX_MESSAGE: usize = 16 << 20;
 /// Which of the station's transports a [`Conn`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    /// `ws://HOST/v1/resources/{id}`, one binary message per frame.
+    /// `ws://HOST/v1/resources/{id}` (or `wss://`), one binary message per frame.
     Ws,
-    /// `zbase.v1.Station/Connect` over plaintext HTTP/2, id in `zbase-resource-id`.
+    /// `zbase.v1.Station/Connect` over HTTP/2 (plain text, or TLS with ALPN `h2`), id in
+    /// `zbase-resource-id`.
     Grpc,
 }
 
@@ -158,8 +163,69 @@ impl fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
+/// How to reach a station whose public port serves TLS.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// The only CA trusted for the station's certificate, PEM.
+    pub ca_pem: String,
+    /// The name the certificate must be valid for, sent as SNI and as the HTTP authority:
+    /// a DNS name such as `localhost` or an IP address such as `127.0.0.1`.
+    pub server_name: String,
+}
+
+impl Tls {
+    /// Trust `ca_pem` and expect a certificate for `server_name`.
+    pub fn new(ca_pem: impl Into<String>, server_name: impl Into<String>) -> Tls {
+        Tls {
+            ca_pem: ca_pem.into(),
+            server_name: server_name.into(),
+        }
+    }
+
+    /// `server_name:port`, with brackets around an IPv6 address, for URLs.
+    fn authority(&self, port: u16) -> String {
+        match self.server_name.parse::<IpAddr>() {
+            Ok(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+            _ => format!("{}:{port}", self.server_name),
+        }
+    }
+
+    /// TCP then the TLS handshake offering `alpn`; returns the stream and the DER leaf the
+    /// station presented.
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+        alpn: &[u8],
+    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Vec<u8>), ConnectError> {
+        let failed = |e: &dyn fmt::Display| ConnectError::Failed(e.to_string());
+        let config = crate::tls::tls_client_config(&self.ca_pem, &[alpn], None)
+            .map_err(|e| failed(&format!("{e:#}")))?;
+        let name = ServerName::try_from(self.server_name.clone()).map_err(|e| failed(&e))?;
+        let tcp = tcp_from(addr, local).await?;
+        let stream = TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| failed(&format!("TLS handshake: {e}")))?;
+        let (_, session) = stream.get_ref();
+        let leaf = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.to_vec())
+            .ok_or_else(|| ConnectError::Failed("the station presented no certificate".into()))?;
+        Ok((stream, leaf))
+    }
+}
+
+/// A byte stream a WebSocket runs over: plain TCP or TLS, chosen at connect time.
+trait WsIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> WsIo for T {}
+
+/// The leaf certificate a TLS connection saw, shared with a gRPC connector that may redial.
+type PeerCert = Arc<Mutex<Option<Vec<u8>>>>;
+
 enum Inner {
-    Ws(Box<WebSocketStream<TcpStream>>),
+    Ws(Box<WebSocketStream<Box<dyn WsIo>>>),
     Grpc {
         tx: Option<mpsc::Sender<pb::Frame>>,
         rx: Option<Box<tonic::Streaming<pb::Frame>>>,
@@ -173,6 +239,7 @@ pub struct Conn {
     closed: Option<CloseKind>,
     close_detail: String,
     queued: VecDeque<Event>,
+    peer_cert: PeerCert,
 }
 
 impl fmt::Debug for Conn {
@@ -223,6 +290,43 @@ impl Conn {
         }
     }
 
+    /// Like [`Conn::open`], over TLS to a station trusted through `tls`.
+    pub async fn open_tls(
+        transport: Transport,
+        addr: SocketAddr,
+        id: &str,
+        tls: &Tls,
+    ) -> Result<Conn, ConnectError> {
+        Conn::open_tls_from(transport, addr, id, None, tls).await
+    }
+
+    /// Like [`Conn::open_from`], over TLS.
+    pub async fn open_tls_from(
+        transport: Transport,
+        addr: SocketAddr,
+        id: &str,
+        local: Option<IpAddr>,
+        tls: &Tls,
+    ) -> Result<Conn, ConnectError> {
+        let path = format!("/v1/resources/{id}");
+        match transport {
+            Transport::Ws => Conn::ws_with(addr, &path, local, Some(tls)).await,
+            Transport::Grpc => Conn::grpc_with(addr, Some(id), local, Some(tls)).await,
+        }
+    }
+
+    /// Like [`Conn::connect`], over TLS.
+    pub async fn connect_tls(
+        transport: Transport,
+        addr: SocketAddr,
+        id: &ResourceId,
+        tls: &Tls,
+    ) -> Conn {
+        Conn::open_tls(transport, addr, id.as_str(), tls)
+            .await
+            .unwrap_or_else(|e| panic!("{transport:?} TLS connection for a valid id: {e}"))
+    }
+
     /// Connects for a valid identifier, failing the test if the connection is not set up.
     pub async fn connect(transport: Transport, addr: SocketAddr, id: &ResourceId) -> Conn {
         Conn::open(transport, addr, id.as_str())
@@ -250,13 +354,56 @@ impl Conn {
         path: &str,
         local: Option<IpAddr>,
     ) -> Result<Conn, ConnectError> {
-        let stream = tcp_from(addr, local).await?;
-        let url = format!("ws://{addr}{path}");
+        Conn::ws_with(addr, path, local, None).await
+    }
+
+    /// A WebSocket connection to `wss://SERVER_NAME:PORT/v1/resources/{id}`.
+    pub async fn ws_tls(addr: SocketAddr, id: &str, tls: &Tls) -> Result<Conn, ConnectError> {
+        Conn::ws_with(addr, &format!("/v1/resources/{id}"), None, Some(tls)).await
+    }
+
+    /// A WebSocket connection over TLS to an arbitrary path, from a chosen local address.
+    pub async fn ws_path_tls_from(
+        addr: SocketAddr,
+        path: &str,
+        local: Option<IpAddr>,
+        tls: &Tls,
+    ) -> Result<Conn, ConnectError> {
+        Conn::ws_with(addr, path, local, Some(tls)).await
+    }
+
+    // The TLS handshake is done here rather than by tokio-tungstenite so the client needs no
+    // TLS feature of it, uses the ring provider explicitly, and can keep the peer certificate.
+    async fn ws_with(
+        addr: SocketAddr,
+        path: &str,
+        local: Option<IpAddr>,
+        tls: Option<&Tls>,
+    ) -> Result<Conn, ConnectError> {
+        let (stream, url, peer): (Box<dyn WsIo>, _, _) = match tls {
+            None => (
+                Box::new(tcp_from(addr, local).await?),
+                format!("ws://{addr}{path}"),
+                None,
+            ),
+            Some(tls) => {
+                let (stream, leaf) = tls.dial(addr, local, b"http/1.1").await?;
+                (
+                    Box::new(stream),
+                    format!("wss://{}{path}", tls.authority(addr.port())),
+                    Some(leaf),
+                )
+            }
+        };
         let config = tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(CLIENT_MAX_MESSAGE))
             .max_frame_size(Some(CLIENT_MAX_MESSAGE));
         match tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await {
-            Ok((ws, _response)) => Ok(Conn::new(Transport::Ws, Inner::Ws(Box::new(ws)))),
+            Ok((ws, _response)) => {
+                let conn = Conn::new(Transport::Ws, Inner::Ws(Box::new(ws)));
+                *conn.peer_cert.lock().expect("peer certificate lock") = peer;
+                Ok(conn)
+            }
             Err(tungstenite::Error::Http(response)) => {
                 Err(ConnectError::Http(response.status().as_u16()))
             }
@@ -277,12 +424,71 @@ impl Conn {
         id: Option<&str>,
         local: Option<IpAddr>,
     ) -> Result<Conn, ConnectError> {
-        let failed = |e: &dyn fmt::Display| ConnectError::Failed(e.to_string());
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| failed(&e))?
-            .tcp_nodelay(true)
-            .local_address(local);
-        let channel = endpoint.connect().await.map_err(|e| failed(&e))?;
+        Conn::grpc_with(addr, id, local, None).await
+    }
+
+    /// A gRPC `Connect` stream over TLS (h2 by ALPN) with `zbase-resource-id: {id}`.
+    pub async fn grpc_tls(addr: SocketAddr, id: &str, tls: &Tls) -> Result<Conn, ConnectError> {
+        Conn::grpc_with(addr, Some(id), None, Some(tls)).await
+    }
+
+    /// Like [`Conn::grpc_from`], over TLS.
+    pub async fn grpc_tls_from(
+        addr: SocketAddr,
+        id: Option<&str>,
+        local: Option<IpAddr>,
+        tls: &Tls,
+    ) -> Result<Conn, ConnectError> {
+        Conn::grpc_with(addr, id, local, Some(tls)).await
+    }
+
+    async fn grpc_with(
+        addr: SocketAddr,
+        id: Option<&str>,
+        local: Option<IpAddr>,
+        tls: Option<&Tls>,
+    ) -> Result<Conn, ConnectError> {
+        let failed = |e: &dyn fmt::Display| ConnectError::Failed(format!("{e}"));
+        let peer_cert = PeerCert::default();
+        let channel = match tls {
+            None => {
+                Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| failed(&e))?
+                    .tcp_nodelay(true)
+                    .local_address(local)
+                    .connect()
+                    .await
+            }
+            Some(tls) => {
+                // Scheme `http` on purpose: the connector below does TLS itself, and with
+                // `https` tonic would insist on its own TLS whenever another crate in the
+                // build enables a tonic TLS feature.
+                let endpoint =
+                    Endpoint::from_shared(format!("http://{}", tls.authority(addr.port())))
+                        .map_err(|e| failed(&e))?;
+                let tls = tls.clone();
+                let seen = peer_cert.clone();
+                let connector = tower::service_fn(move |_uri: http::Uri| {
+                    let (tls, seen) = (tls.clone(), seen.clone());
+                    async move {
+                        let (stream, leaf) = tls.dial(addr, local, b"h2").await?;
+                        // tonic speaks HTTP/2 with prior knowledge; over TLS the station must
+                        // have agreed to it by ALPN, and a silent fallback would hide that.
+                        let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                        if alpn.as_deref() != Some(b"h2") {
+                            return Err(ConnectError::Failed(format!(
+                                "the station negotiated ALPN {:?}, not h2",
+                                alpn.map(|p| String::from_utf8_lossy(&p).into_owned())
+                            )));
+                        }
+                        *seen.lock().expect("peer certificate lock") = Some(leaf);
+                        Ok(hyper_util::rt::TokioIo::new(stream))
+                    }
+                });
+                endpoint.connect_with_connector(connector).await
+            }
+        }
+        .map_err(|e| failed(&DisplayChain(&e)))?;
         let mut client = StationClient::new(channel)
             .max_decoding_message_size(CLIENT_MAX_MESSAGE)
             .max_encoding_message_size(usize::MAX);
@@ -301,6 +507,7 @@ impl Conn {
                 rx: None,
             },
         );
+        conn.peer_cert = peer_cert;
         match client.connect(request).await {
             Ok(response) => {
                 if let Inner::Grpc { rx, .. } = &mut conn.inner {
@@ -319,7 +526,17 @@ impl Conn {
             closed: None,
             close_detail: String::new(),
             queued: VecDeque::new(),
+            peer_cert: PeerCert::default(),
         }
+    }
+
+    /// The leaf certificate (DER) the station presented, for a TLS connection; `None` in
+    /// plain text. For gRPC it is the one of the latest (re)connection of the channel.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        self.peer_cert
+            .lock()
+            .expect("peer certificate lock")
+            .clone()
     }
 
     fn set_closed(&mut self, kind: CloseKind, detail: String) {
@@ -582,6 +799,21 @@ impl Conn {
                 payload.len()
             )
         })
+    }
+}
+
+/// An error with its sources, since tonic's transport error says only "transport error".
+struct DisplayChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
     }
 }
 
