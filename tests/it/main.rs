@@ -7,5 +7,6 @@ mod pods;
 mod postgres;
 mod sqlite;
 mod telemetry;
+mod tls;
 mod tls_harness;
 mod wire;

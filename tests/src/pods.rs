@@ -31,6 +31,7 @@ const HAPROXY_INSTALL: &str = "the multi-pod tests need HAProxy as the virtual I
 pub struct Pods {
     pods: Vec<Station>,
     listen: Vec<SocketAddr>,
+    internal: Vec<SocketAddr>,
     vip: SocketAddr,
     url: String,
     haproxy: Child,
@@ -115,6 +116,10 @@ impl Pods {
             .iter()
             .map(|(ip, [public, _])| SocketAddr::new(*ip, *public))
             .collect();
+        let internal: Vec<SocketAddr> = ports
+            .iter()
+            .map(|(ip, [_, internal])| SocketAddr::new(*ip, *internal))
+            .collect();
         let mut pods = Vec::with_capacity(n);
         for (i, (ip, [public, internal])) in ports.iter().enumerate() {
             let pod = each(i, *ip)
@@ -134,6 +139,7 @@ impl Pods {
         let deployment = Pods {
             pods,
             listen,
+            internal,
             vip,
             url,
             haproxy,
@@ -146,6 +152,11 @@ impl Pods {
     /// The virtual IP (HAProxy's frontend).
     pub fn vip(&self) -> SocketAddr {
         self.vip
+    }
+
+    /// Pod `index`'s internal port, where other pods relay sessions to it.
+    pub fn internal_addr(&self, index: usize) -> SocketAddr {
+        self.internal[index]
     }
 
     /// The database URL every pod shares.

@@ -128,6 +128,19 @@ impl TestCa {
         )
     }
 
+    /// A pod's leaf (server and client authentication) for `sans`, valid now.
+    pub fn pod_leaf(&self, sans: &[&str], serial: u64) -> Leaf {
+        let (not_before, not_after) = valid_now();
+        self.leaf(sans, serial, not_before, not_after)
+    }
+
+    /// A pod's leaf for `sans` whose validity ended an hour ago.
+    pub fn expired_pod_leaf(&self, sans: &[&str], serial: u64) -> Leaf {
+        let now = SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        self.leaf(sans, serial, now - 2 * day, now - Duration::from_secs(3600))
+    }
+
     /// A server leaf valid now for `localhost` and 127.0.0.1.
     pub fn server_leaf(&self, serial: u64) -> Leaf {
         self.server_leaf_for(&LOCAL_NAMES, serial)
