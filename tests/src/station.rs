@@ -142,14 +142,7 @@ impl StationBuilder {
 
     /// Starts one station process, whatever the test topology.
     pub async fn start_process(self) -> Station {
-        let dir = tempfile::Builder::new()
-            .prefix("zbase-station-test-")
-            .tempdir()
-            .expect("create a temporary directory for the station");
-        let data_dir = match &self.data_dir {
-            Some(data_dir) => data_dir.clone(),
-            None => dir.path().join("data"),
-        };
+        let (dir, data_dir) = self.folders();
         let mut station = Station {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -169,14 +162,7 @@ impl StationBuilder {
     /// exit and returns its exit status and everything it wrote to stderr. Panics if it
     /// starts listening instead.
     pub async fn start_failure(self) -> (ExitStatus, String) {
-        let dir = tempfile::Builder::new()
-            .prefix("zbase-station-test-")
-            .tempdir()
-            .expect("create a temporary directory for the station");
-        let data_dir = match &self.data_dir {
-            Some(data_dir) => data_dir.clone(),
-            None => dir.path().join("data"),
-        };
+        let (dir, data_dir) = self.folders();
         let output = self
             .command(&data_dir)
             .stdin(Stdio::null())
@@ -197,6 +183,20 @@ impl StationBuilder {
             output.status,
             String::from_utf8_lossy(&output.stderr).into_owned(),
         )
+    }
+
+    /// A fresh temporary folder for one station, and its data directory (in it, unless one
+    /// was given).
+    fn folders(&self) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("zbase-station-test-")
+            .tempdir()
+            .expect("create a temporary directory for the station");
+        let data_dir = match &self.data_dir {
+            Some(data_dir) => data_dir.clone(),
+            None => dir.path().join("data"),
+        };
+        (dir, data_dir)
     }
 
     /// `zbase-station serve` on 127.0.0.1:0 and `data_dir`, with this builder's flags.
