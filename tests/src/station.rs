@@ -162,7 +162,8 @@ impl StationBuilder {
     /// exit and returns its exit status and everything it wrote to stderr. Panics if it
     /// starts listening instead.
     pub async fn start_failure(self) -> (ExitStatus, String) {
-        let (dir, data_dir) = self.folders();
+        // Held until the process has exited: its data directory may be in it.
+        let (_dir, data_dir) = self.folders();
         let output = self
             .command(&data_dir)
             .stdin(Stdio::null())
