@@ -517,6 +517,7 @@ async fn relayed_latency(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
                 room: room.clone(),
                 sender,
                 receivers: vec![receiver],
+                tls: None,
             };
             runs.push(fanout::latency_among(&peers, RELAYED_RATE, LATENCY_DURATION).await?);
         }
@@ -604,12 +605,14 @@ async fn pods_fanout(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
             room: room.clone(),
             sender: deployment.addr((h + 1) % FANOUT_PODS),
             receivers,
+            tls: None,
         };
         spread.push(fanout::throughput_among(&peers, &servers).await?);
         let peers = fanout::Peers {
             room,
             sender: deployment.addr(h),
             receivers: vec![deployment.addr(h); fanout::RECEIVERS],
+            tls: None,
         };
         home.push(fanout::throughput_among(&peers, &servers).await?);
     }
