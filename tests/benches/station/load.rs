@@ -106,19 +106,18 @@ pub async fn join_all(
     per_room: usize,
     concurrency: usize,
 ) -> anyhow::Result<Vec<Vec<Ws>>> {
-    let mut joined: Vec<(usize, Ws)> =
-        futures::stream::iter(
-            rooms
-                .iter()
-                .enumerate()
-                .flat_map(|(index, room)| std::iter::repeat_n((index, room), per_room)),
-        )
-        .map(|(index, room)| async move {
-            Ok::<_, anyhow::Error>((index, client::join(addr, tls, room).await?))
-        })
-        .buffer_unordered(concurrency.max(1))
-        .try_collect()
-        .await?;
+    let mut joined: Vec<(usize, Ws)> = futures::stream::iter(
+        rooms
+            .iter()
+            .enumerate()
+            .flat_map(|(index, room)| std::iter::repeat_n((index, room), per_room)),
+    )
+    .map(|(index, room)| async move {
+        Ok::<_, anyhow::Error>((index, client::join(addr, tls, room).await?))
+    })
+    .buffer_unordered(concurrency.max(1))
+    .try_collect()
+    .await?;
     let mut grouped: Vec<Vec<Ws>> = (0..rooms.len())
         .map(|_| Vec::with_capacity(per_room))
         .collect();
