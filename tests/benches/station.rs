@@ -24,11 +24,17 @@
 //! 8. `pods-fanout`: figure 1's room with its peers spread over three pods (baseline: every
 //!    peer on the home pod of the same deployment).
 //!
-//! Figures 6 to 8 need PostgreSQL's server binaries (as `make test` does).
+//! 9. `tls-fanout`: figure 1's fan-out throughput, and its p99 latency at a moderate rate, with
+//!    every peer on TLS (baseline: the same binary in plaintext, same load, same run).
+//! 10. `tls-handshakes`: full TLS handshakes per second, no resumption (baseline: a bare
+//!     tokio-rustls server with the same certificate and ALPN, see `tls.rs`).
+//!
+//! Figures 6 to 8 need PostgreSQL's server binaries (as `make test` does). Figures 9 and 10
+//! make a throwaway CA and a certificate for 127.0.0.1 in the bench's temporary directory.
 //!
 //! `cargo bench -p zbase-tests --bench station -- [fanout] [latency] [pairs] [snapshots]
-//! [memory] [handshakes] [pg-snapshots] [relayed-latency] [pods-fanout]` runs only the named
-//! figures.
+//! [memory] [handshakes] [pg-snapshots] [relayed-latency] [pods-fanout] [tls-fanout]
+//! [tls-handshakes]` runs only the named figures.
 
 // A crate root looks for modules beside itself; these live in `station/`.
 #[path = "station/bare.rs"]
@@ -53,6 +59,8 @@ mod procs;
 mod report;
 #[path = "station/snapshots.rs"]
 mod snapshots;
+#[path = "station/tls.rs"]
+mod tls;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -79,6 +87,9 @@ const ROUNDS: usize = 3;
 const RELAYED_RATE: u64 = 1_000;
 /// Pods of the pods fan-out figure: the multi-pod tests' deployment.
 const FANOUT_PODS: usize = 3;
+/// Offered load of the TLS latency figure, deltas per second to 100 receivers: figure 1's
+/// middle rate, which both sides sustain, so the figure is TLS's added latency, not queueing.
+const TLS_LATENCY_RATE: u64 = 1_000;
 
 fn main() -> anyhow::Result<()> {
     if std::env::var_os(bare::ROLE_ENV).is_some() {
@@ -86,6 +97,9 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::var_os(pairs::ROLE_ENV).is_some() {
         return pairs::client_main();
+    }
+    if std::env::var_os(tls::ROLE_ENV).is_some() {
+        return tls::main();
     }
     // Raised before any runtime thread or child exists, so every child inherits it.
     let nofile = procs::raise_nofile()?;
@@ -142,6 +156,12 @@ async fn run(wanted: Vec<String>, nofile: u64) -> anyhow::Result<()> {
     }
     if runs("pods-fanout") {
         figure("pods-fanout", &mut report, pods_fanout(dir.path())).await;
+    }
+    if runs("tls-fanout") {
+        figure("tls-fanout", &mut report, tls_fanout(dir.path())).await;
+    }
+    if runs("tls-handshakes") {
+        figure("tls-handshakes", &mut report, tls_handshakes(dir.path())).await;
     }
 
     report.print(started.elapsed());
@@ -517,6 +537,7 @@ async fn relayed_latency(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
                 room: room.clone(),
                 sender,
                 receivers: vec![receiver],
+                tls: None,
             };
             runs.push(fanout::latency_among(&peers, RELAYED_RATE, LATENCY_DURATION).await?);
         }
@@ -604,12 +625,14 @@ async fn pods_fanout(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
             room: room.clone(),
             sender: deployment.addr((h + 1) % FANOUT_PODS),
             receivers,
+            tls: None,
         };
         spread.push(fanout::throughput_among(&peers, &servers).await?);
         let peers = fanout::Peers {
             room,
             sender: deployment.addr(h),
             receivers: vec![deployment.addr(h); fanout::RECEIVERS],
+            tls: None,
         };
         home.push(fanout::throughput_among(&peers, &servers).await?);
     }
@@ -650,6 +673,146 @@ async fn pods_fanout(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
             efficiency(&home),
             lost(&spread),
             lost(&home)
+        )),
+    ])
+}
+
+/// Figure 9: figure 1's room on two stations of the same binary, one serving TLS and one
+/// plaintext, rounds alternating between them.
+async fn tls_fanout(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
+    let certs = tls::Certs::generate(&dir.join("tls-fanout-certs"))?;
+    let secure =
+        Target::station(procs::station(&dir.join("tls-fanout-tls"), &certs.station_flags()).await?)
+            .with_tls(certs.client()?);
+    let plain = start_station(dir, "tls-fanout-plain").await?;
+    let (mut st, mut sp) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        st.push(fanout::throughput(&secure).await?);
+        sp.push(fanout::throughput(&plain).await?);
+    }
+    let (mut lt, mut lp) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        lt.push(fanout::latency(&secure, TLS_LATENCY_RATE, LATENCY_DURATION).await?);
+        lp.push(fanout::latency(&plain, TLS_LATENCY_RATE, LATENCY_DURATION).await?);
+    }
+    secure.server.stop().await;
+    plain.server.stop().await;
+    let rate = |v: &[fanout::Throughput]| v.iter().map(|t| t.frames_per_s).collect::<Vec<_>>();
+    let cpu = |v: &[fanout::Throughput]| median(v.iter().map(|t| t.server_cpu).collect());
+    let efficiency = |v: &[fanout::Throughput]| {
+        median(v.iter().map(|t| t.frames_per_s / t.server_cpu).collect())
+    };
+    let lost = |v: &[fanout::Throughput]| v.iter().map(|t| t.lost).sum::<usize>();
+    let p50 = |v: &[fanout::Latency]| median_ms(v, |l| l.p50_us);
+    let p99 = |v: &[fanout::Latency]| median_ms(v, |l| l.p99_us);
+    let delivered =
+        |v: &[fanout::Latency]| v.iter().map(|l| l.delivered).fold(1.0, f64::min) * 100.0;
+    let frames = TLS_LATENCY_RATE * fanout::RECEIVERS as u64;
+    Ok(vec![
+        report::Row::higher(
+            format!(
+                "9. TLS fan-out 1->{} x 256 B, delivered frames/s (baseline: plaintext)",
+                fanout::RECEIVERS
+            ),
+            median(rate(&st)),
+            median(rate(&sp)),
+            None,
+        )
+        .note(format!(
+            "rounds: TLS {}, plaintext {}; station CPU (cores busy): TLS {:.2}, plaintext {:.2}; \
+             frames per station CPU-second: TLS {:.0}, plaintext {:.0}; receivers disconnected: \
+             TLS {}, plaintext {}",
+            rounds(&rate(&st)),
+            rounds(&rate(&sp)),
+            cpu(&st),
+            cpu(&sp),
+            efficiency(&st),
+            efficiency(&sp),
+            lost(&st),
+            lost(&sp)
+        ))
+        .note(
+            "the load generator shares the two cores and decrypts every TLS frame too, so the \
+             throughput ratio overstates the station's own cost; frames per station \
+             CPU-second is the station's side alone"
+                .to_owned(),
+        ),
+        report::Row::lower(
+            format!(
+                "9. TLS fan-out p99 latency @ {TLS_LATENCY_RATE} deltas/s ({frames} frames/s), ms"
+            ),
+            p99(&lt),
+            p99(&lp),
+            None,
+        )
+        .note(format!(
+            "@ {TLS_LATENCY_RATE}/s for {LATENCY_DURATION:?}, medians of {ROUNDS} rounds: p50 TLS \
+             {:.3} ms, plaintext {:.3} ms; p99 rounds TLS {} us, plaintext {} us; lowest \
+             delivered: TLS {:.1}%, plaintext {:.1}%",
+            p50(&lt),
+            p50(&lp),
+            rounds(&lt.iter().map(|l| f64::from(l.p99_us)).collect::<Vec<_>>()),
+            rounds(&lp.iter().map(|l| f64::from(l.p99_us)).collect::<Vec<_>>()),
+            delivered(&lt),
+            delivered(&lp),
+        )),
+    ])
+}
+
+/// Figure 10: full TLS handshakes per second against the station and against a bare
+/// tokio-rustls server with the same certificate, rounds alternating.
+async fn tls_handshakes(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
+    let certs = tls::Certs::generate(&dir.join("tls-handshakes-certs"))?;
+    let station = procs::station(&dir.join("tls-handshakes"), &certs.station_flags()).await?;
+    let bare = procs::bare_tls(&certs).await?;
+    let negotiated = (
+        tls::negotiated(&station, &certs.client()?).await?,
+        tls::negotiated(&bare, &certs.client()?).await?,
+    );
+    let (mut s, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        s.push(tls::run(&station, &certs).await?);
+        b.push(tls::run(&bare, &certs).await?);
+    }
+    station.stop().await;
+    bare.stop().await;
+    let per_s = |v: &[tls::Handshakes]| v.iter().map(|h| h.per_s).collect::<Vec<_>>();
+    let mean = |v: &[tls::Handshakes]| median(v.iter().map(|h| h.mean_ms).collect());
+    let cpu = |v: &[tls::Handshakes]| median(v.iter().map(|h| h.server_cpu).collect());
+    let per_cpu =
+        |v: &[tls::Handshakes]| median(v.iter().map(|h| h.per_s / h.server_cpu).collect());
+    Ok(vec![
+        report::Row::higher(
+            format!(
+                "10. full TLS handshakes/s, {} concurrent (baseline: bare rustls)",
+                tls::WORKERS
+            ),
+            median(per_s(&s)),
+            median(per_s(&b)),
+            None,
+        )
+        .note(format!(
+            "rounds: station {}, bare {}; mean handshake (connect to server's close): station \
+             {:.2} ms, bare {:.2} ms; server CPU (cores busy): station {:.2}, bare {:.2}; \
+             handshakes per server CPU-second: station {:.0}, bare {:.0}",
+            rounds(&per_s(&s)),
+            rounds(&per_s(&b)),
+            mean(&s),
+            mean(&b),
+            cpu(&s),
+            cpu(&b),
+            per_cpu(&s),
+            per_cpu(&b),
+        ))
+        .note(format!(
+            "unit: TCP connect + full TLS handshake (resumption disabled) + close_notify, then \
+             the server's close; no HTTP request, on the station either (a WebSocket upgrade \
+             is work the baseline lacks; figure 5 has it in plaintext); the load generator \
+             verifies the chain and the handshake signature (two ECDSA verifications, dearer \
+             than the server's one signature) on the same two cores, so it, not the server, \
+             bounds the rate: handshakes per server CPU-second compare the servers alone; \
+             negotiated: station {}, bare {}",
+            negotiated.0, negotiated.1
         )),
     ])
 }

@@ -5,6 +5,10 @@
 //! the same bytes either way (`[0x01][submit-delta][payload]`; the station answers with
 //! `forward-delta`, the bare server relays them verbatim) so both see the same sizes.
 //!
+//! A connection is plain TCP or TLS over TCP ([`Stream`]): the TLS handshake is this module's
+//! own (tokio-rustls, ALPN `http/1.1`), and the WebSocket runs over whichever stream results,
+//! so every figure measures TLS with the same code that measures plaintext.
+//!
 //! Every connection binds its own source address in 127.0.0.0/8: the station's per-IP limits
 //! stay at their defaults, and tens of thousands of connections (and the TIME_WAIT sockets of
 //! earlier figures) never exhaust one address's ephemeral ports.
@@ -19,16 +23,24 @@ use bytes::Bytes;
 use ed25519_dalek::{Signer as _, SigningKey};
 use futures::{SinkExt as _, StreamExt as _};
 use rand::RngCore as _;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::either::Either;
 use zbase_proto::wire::{
     Challenge, Code, Frame, ResourceId, config_message, encode_b64url, verify_message,
 };
 
+/// A client's byte stream: plain TCP, or TLS over TCP. One type for both, so the plaintext
+/// figures pay the same (one branch per read or write) as the TLS ones.
+pub type Stream = Either<TcpStream, TlsStream<TcpStream>>;
+
 /// A client WebSocket.
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<Stream>;
 
 /// Bytes of every delta's payload, as the issue asks.
 pub const DELTA_LEN: usize = 256;
@@ -102,23 +114,47 @@ pub async fn tcp(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     Ok(stream)
 }
 
+/// TCP to `addr` and, given a TLS configuration, a full TLS handshake over it. The server name
+/// is the address's IP: the bench's certificates name 127.0.0.1 (`tls.rs`).
+pub async fn connect(addr: SocketAddr, tls: Option<&Arc<ClientConfig>>) -> anyhow::Result<Stream> {
+    let stream = tcp(addr).await?;
+    let Some(config) = tls else {
+        return Ok(Either::Left(stream));
+    };
+    let name = ServerName::IpAddress(addr.ip().into());
+    let stream = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, stream)
+        .await
+        .context("TLS handshake")?;
+    Ok(Either::Right(stream))
+}
+
 /// Client buffers sized for small frames: the bench holds up to ~20,000 of these, and the
 /// library default (128 KiB read buffer each) would only cost the load generator memory.
 fn config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(8 * 1024)
 }
 
-/// TCP + WebSocket upgrade to `/v1/resources/{id}`.
-pub async fn open(addr: SocketAddr, id: &ResourceId) -> anyhow::Result<Ws> {
-    let stream = tcp(addr).await?;
-    let url = format!("ws://{addr}/v1/resources/{id}");
+/// TCP (+ TLS when `tls` is given) + WebSocket upgrade to `/v1/resources/{id}`.
+pub async fn open(
+    addr: SocketAddr,
+    tls: Option<&Arc<ClientConfig>>,
+    id: &ResourceId,
+) -> anyhow::Result<Ws> {
+    let stream = connect(addr, tls).await?;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let url = format!("{scheme}://{addr}/v1/resources/{id}");
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config())).await?;
     Ok(ws)
 }
 
 /// Opens a connection to `room` and, on the station, answers `require-verification`.
-pub async fn join(addr: SocketAddr, room: &Room) -> anyhow::Result<Ws> {
-    let mut ws = open(addr, &room.id).await?;
+pub async fn join(
+    addr: SocketAddr,
+    tls: Option<&Arc<ClientConfig>>,
+    room: &Room,
+) -> anyhow::Result<Ws> {
+    let mut ws = open(addr, tls, &room.id).await?;
     if let Some(key) = &room.key {
         let payload = expect(&mut ws, Code::RequireVerification).await?;
         let challenge = Challenge::try_from(&payload[..])?;
@@ -134,9 +170,13 @@ pub async fn join(addr: SocketAddr, room: &Room) -> anyhow::Result<Ws> {
 }
 
 /// Creates a station resource for `key` (configuration handshake) and returns it as a room.
-pub async fn create(addr: SocketAddr, key: &Arc<SigningKey>) -> anyhow::Result<Room> {
+pub async fn create(
+    addr: SocketAddr,
+    tls: Option<&Arc<ClientConfig>>,
+    key: &Arc<SigningKey>,
+) -> anyhow::Result<Room> {
     let proposed = random_id();
-    let mut ws = open(addr, &proposed).await?;
+    let mut ws = open(addr, tls, &proposed).await?;
     let payload = expect(&mut ws, Code::RequireConfig).await?;
     let challenge = Challenge::try_from(&payload[..])?;
     let proof = key.sign(&config_message(&challenge, &proposed));

@@ -8,7 +8,8 @@
 //!
 //! The same code measures a room whose peers are spread over several pods ([`Peers`] says
 //! where each one connects, and every pod's CPU is counted): figure 7 (one sender, one
-//! receiver, relayed or not) and figure 8 (figure 1's room across three pods).
+//! receiver, relayed or not) and figure 8 (figure 1's room across three pods). With a TLS
+//! client configuration in [`Peers`], every peer connects over TLS: figure 9.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use futures::{SinkExt as _, StreamExt as _, TryStreamExt as _};
+use rustls::ClientConfig;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +44,8 @@ pub struct Peers {
     pub sender: SocketAddr,
     /// Where each receiver connects, one entry per receiver.
     pub receivers: Vec<SocketAddr>,
+    /// The TLS client configuration every peer connects with; `None` for plaintext.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 impl Peers {
@@ -51,6 +55,7 @@ impl Peers {
             room: target.rooms(1).await?.remove(0),
             sender: target.addr(),
             receivers: vec![target.addr(); receivers],
+            tls: target.tls().cloned(),
         })
     }
 }
@@ -154,11 +159,11 @@ async fn setup(
 ) -> anyhow::Result<(Ws, Vec<tokio::task::JoinHandle<Vec<u32>>>)> {
     let room = &peers.room;
     let joined: Vec<Ws> = futures::stream::iter(&peers.receivers)
-        .map(|addr| client::join(*addr, room))
+        .map(|addr| client::join(*addr, peers.tls.as_ref(), room))
         .buffer_unordered(SETUP_CONCURRENCY)
         .try_collect()
         .await?;
-    let mut sender = client::join(peers.sender, room).await?;
+    let mut sender = client::join(peers.sender, peers.tls.as_ref(), room).await?;
     let tasks = joined
         .into_iter()
         .enumerate()

@@ -32,7 +32,7 @@ pub struct Handshakes {
 
 /// Makes `payload` the stored snapshot of `room` and waits until the station offers it back.
 async fn seed(target: &Target, room: &Room) -> anyhow::Result<()> {
-    let mut ws = client::join(target.addr(), room).await?;
+    let mut ws = client::join(target.addr(), target.tls(), room).await?;
     let payload = b"seed snapshot".to_vec();
     client::send(&mut ws, Code::SubmitSnapshot, payload.clone()).await?;
     client::send(&mut ws, Code::SubmitRequest, vec![1u8]).await?;
@@ -49,7 +49,7 @@ async fn seed(target: &Target, room: &Room) -> anyhow::Result<()> {
 }
 
 async fn one(target: &Target, room: &Room) -> anyhow::Result<()> {
-    let mut ws = client::join(target.addr(), room).await?;
+    let mut ws = client::join(target.addr(), target.tls(), room).await?;
     if target.station {
         client::expect(&mut ws, Code::OfferSnapshot).await?;
     }

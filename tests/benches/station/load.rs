@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use futures::{StreamExt as _, TryStreamExt as _};
+use rustls::ClientConfig;
 
 use crate::client::{self, Room, Ws};
 use crate::procs::Server;
@@ -21,6 +22,8 @@ pub struct Target {
     /// Whether it is the station (resources must be created and peers verified).
     pub station: bool,
     key: Arc<SigningKey>,
+    /// How clients reach it over TLS; `None` for plaintext.
+    tls: Option<Arc<ClientConfig>>,
 }
 
 impl Target {
@@ -30,6 +33,7 @@ impl Target {
             server,
             station: true,
             key: client::new_key(),
+            tls: None,
         }
     }
 
@@ -39,7 +43,19 @@ impl Target {
             server,
             station: false,
             key: client::new_key(),
+            tls: None,
         }
+    }
+
+    /// The same server, reached over TLS with `config` (it must serve TLS: `tls.rs`).
+    pub fn with_tls(mut self, config: Arc<ClientConfig>) -> Target {
+        self.tls = Some(config);
+        self
+    }
+
+    /// The TLS client configuration every connection to it uses; `None` for plaintext.
+    pub fn tls(&self) -> Option<&Arc<ClientConfig>> {
+        self.tls.as_ref()
     }
 
     /// Where it listens.
@@ -51,21 +67,22 @@ impl Target {
     /// neither knows nor cares about), or fresh room names on the bare server.
     pub async fn rooms(&self, count: usize) -> anyhow::Result<Vec<Room>> {
         let key = self.station.then(|| self.key.clone());
-        rooms(self.addr(), key, count, SETUP_CONCURRENCY).await
+        rooms(self.addr(), self.tls(), key, count, SETUP_CONCURRENCY).await
     }
 
     /// Opens `per_room` verified connections to each room, `SETUP_CONCURRENCY` at a time;
     /// returned grouped by room, in the rooms' order.
     pub async fn join_all(&self, rooms: &[Room], per_room: usize) -> anyhow::Result<Vec<Vec<Ws>>> {
-        join_all(self.addr(), rooms, per_room, SETUP_CONCURRENCY).await
+        join_all(self.addr(), self.tls(), rooms, per_room, SETUP_CONCURRENCY).await
     }
 }
 
-/// `count` rooms on the server at `addr`: station resources created with `key`, `concurrency`
+/// `count` rooms on the server at `addr` (over TLS when `tls` is given): station resources created with `key`, `concurrency`
 /// handshakes at a time, or (without a key) fresh bare-server room names. [`Target::rooms`]
 /// for a process that has no [`Target`] (a pairs client, `pairs.rs`).
 pub async fn rooms(
     addr: SocketAddr,
+    tls: Option<&Arc<ClientConfig>>,
     key: Option<Arc<SigningKey>>,
     count: usize,
     concurrency: usize,
@@ -74,7 +91,7 @@ pub async fn rooms(
         return Ok((0..count).map(|_| Room::bare()).collect());
     };
     futures::stream::iter(0..count)
-        .map(|_| client::create(addr, &key))
+        .map(|_| client::create(addr, tls, &key))
         .buffer_unordered(concurrency.max(1))
         .try_collect()
         .await
@@ -84,23 +101,23 @@ pub async fn rooms(
 /// room, in the rooms' order. [`Target::join_all`] for a process that has no [`Target`].
 pub async fn join_all(
     addr: SocketAddr,
+    tls: Option<&Arc<ClientConfig>>,
     rooms: &[Room],
     per_room: usize,
     concurrency: usize,
 ) -> anyhow::Result<Vec<Vec<Ws>>> {
-    let mut joined: Vec<(usize, Ws)> =
-        futures::stream::iter(
-            rooms
-                .iter()
-                .enumerate()
-                .flat_map(|(index, room)| std::iter::repeat_n((index, room), per_room)),
-        )
-        .map(|(index, room)| async move {
-            Ok::<_, anyhow::Error>((index, client::join(addr, room).await?))
-        })
-        .buffer_unordered(concurrency.max(1))
-        .try_collect()
-        .await?;
+    let mut joined: Vec<(usize, Ws)> = futures::stream::iter(
+        rooms
+            .iter()
+            .enumerate()
+            .flat_map(|(index, room)| std::iter::repeat_n((index, room), per_room)),
+    )
+    .map(|(index, room)| async move {
+        Ok::<_, anyhow::Error>((index, client::join(addr, tls, room).await?))
+    })
+    .buffer_unordered(concurrency.max(1))
+    .try_collect()
+    .await?;
     let mut grouped: Vec<Vec<Ws>> = (0..rooms.len())
         .map(|_| Vec::with_capacity(per_room))
         .collect();

@@ -1,4 +1,4 @@
-//! The processes under test: the real release station and the bare baseline server (this same
+//! The processes under test: the real release station and the bare baseline servers (this same
 //! bench binary, re-executed), each alone in its own process with its own tokio runtime, so
 //! the client load generator never shares a heap or a scheduler with the server it measures
 //! and each server's RSS is its own.
@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::bare as bare_server;
+use crate::tls;
 
 /// A server child process on 127.0.0.1:PORT, killed when dropped.
 pub struct Server {
@@ -64,6 +65,18 @@ pub async fn bare() -> anyhow::Result<Server> {
         .env(bare_server::ROLE_ENV, "1")
         .stderr(Stdio::inherit());
     spawn(command, bare_server::LISTENING_PREFIX).await
+}
+
+/// Starts the bare tokio-rustls server (figure 10's baseline) in a child process, serving the
+/// pair `certs` names.
+pub async fn bare_tls(certs: &tls::Certs) -> anyhow::Result<Server> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .env(tls::ROLE_ENV, "1")
+        .env(tls::CERT_ENV, &certs.cert)
+        .env(tls::KEY_ENV, &certs.key)
+        .stderr(Stdio::inherit());
+    spawn(command, tls::LISTENING_PREFIX).await
 }
 
 async fn spawn(mut command: Command, prefix: &str) -> anyhow::Result<Server> {

@@ -138,7 +138,8 @@ impl Report {
         println!(
             "baselines: bare tokio-tungstenite broadcast server (figures 1, 2, 4, 5), raw SQLite \
              via sqlx (figure 3), raw PostgreSQL via sqlx on the same server (figure 6), the same \
-             pods with every peer on the resource's home (figures 7, 8); ratio = station / \
+             pods with every peer on the resource's home (figures 7, 8), the same station in \
+             plaintext (figure 9), a bare tokio-rustls server (figure 10); ratio = station / \
              baseline; whole bench {:.0} s",
             took.as_secs_f64()
         );
