@@ -230,30 +230,25 @@ async fn fanout_throughput(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
     }
     station.server.stop().await;
     bare.server.stop().await;
-    let rate = |v: &[fanout::Throughput]| v.iter().map(|t| t.frames_per_s).collect::<Vec<_>>();
-    let efficiency = |v: &[fanout::Throughput]| {
-        median(v.iter().map(|t| t.frames_per_s / t.server_cpu).collect())
-    };
-    let lost = |v: &[fanout::Throughput]| v.iter().map(|t| t.lost).sum::<usize>();
     Ok(vec![
         report::Row::higher(
             format!(
                 "1. fan-out 1->{} x 256 B, delivered frames/s",
                 fanout::RECEIVERS
             ),
-            median(rate(&s)),
-            median(rate(&b)),
+            median(fanout::rates(&s)),
+            median(fanout::rates(&b)),
             Some(0.7),
         )
         .note(format!(
             "rounds: station {}, bare {}; frames per server CPU-second: station {:.0}, bare {:.0}; \
              receivers disconnected: station {}, bare {}",
-            rounds(&rate(&s)),
-            rounds(&rate(&b)),
-            efficiency(&s),
-            efficiency(&b),
-            lost(&s),
-            lost(&b)
+            rounds(&fanout::rates(&s)),
+            rounds(&fanout::rates(&b)),
+            fanout::efficiency(&s),
+            fanout::efficiency(&b),
+            fanout::lost(&s),
+            fanout::lost(&b)
         )),
     ])
 }
@@ -638,20 +633,14 @@ async fn pods_fanout(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
     }
     drop(servers);
     deployment.stop().await;
-    let rate = |v: &[fanout::Throughput]| v.iter().map(|t| t.frames_per_s).collect::<Vec<_>>();
-    let cpu = |v: &[fanout::Throughput]| median(v.iter().map(|t| t.server_cpu).collect());
-    let efficiency = |v: &[fanout::Throughput]| {
-        median(v.iter().map(|t| t.frames_per_s / t.server_cpu).collect())
-    };
-    let lost = |v: &[fanout::Throughput]| v.iter().map(|t| t.lost).sum::<usize>();
     Ok(vec![
         report::Row::higher(
             format!(
                 "8. fan-out 1->{} x 256 B over {FANOUT_PODS} pods, delivered frames/s",
                 fanout::RECEIVERS
             ),
-            median(rate(&spread)),
-            median(rate(&home)),
+            median(fanout::rates(&spread)),
+            median(fanout::rates(&home)),
             None,
         )
         .note(format!(
@@ -660,19 +649,19 @@ async fn pods_fanout(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
              peer on its home pod; rounds: spread {}, all on home {}",
             rounds(&relayed),
             fanout::RECEIVERS,
-            rounds(&rate(&spread)),
-            rounds(&rate(&home)),
+            rounds(&fanout::rates(&spread)),
+            rounds(&fanout::rates(&home)),
         ))
         .note(format!(
             "pods' CPU (cores busy, all pods): spread {:.2}, all on home {:.2}; frames per pod \
              CPU-second: spread {:.0}, all on home {:.0}; receivers disconnected: spread {}, all \
              on home {}",
-            cpu(&spread),
-            cpu(&home),
-            efficiency(&spread),
-            efficiency(&home),
-            lost(&spread),
-            lost(&home)
+            fanout::cpu(&spread),
+            fanout::cpu(&home),
+            fanout::efficiency(&spread),
+            fanout::efficiency(&home),
+            fanout::lost(&spread),
+            fanout::lost(&home)
         )),
     ])
 }
@@ -697,12 +686,6 @@ async fn tls_fanout(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
     }
     secure.server.stop().await;
     plain.server.stop().await;
-    let rate = |v: &[fanout::Throughput]| v.iter().map(|t| t.frames_per_s).collect::<Vec<_>>();
-    let cpu = |v: &[fanout::Throughput]| median(v.iter().map(|t| t.server_cpu).collect());
-    let efficiency = |v: &[fanout::Throughput]| {
-        median(v.iter().map(|t| t.frames_per_s / t.server_cpu).collect())
-    };
-    let lost = |v: &[fanout::Throughput]| v.iter().map(|t| t.lost).sum::<usize>();
     let p50 = |v: &[fanout::Latency]| median_ms(v, |l| l.p50_us);
     let p99 = |v: &[fanout::Latency]| median_ms(v, |l| l.p99_us);
     let delivered =
@@ -714,22 +697,22 @@ async fn tls_fanout(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
                 "9. TLS fan-out 1->{} x 256 B, delivered frames/s (baseline: plaintext)",
                 fanout::RECEIVERS
             ),
-            median(rate(&st)),
-            median(rate(&sp)),
+            median(fanout::rates(&st)),
+            median(fanout::rates(&sp)),
             None,
         )
         .note(format!(
             "rounds: TLS {}, plaintext {}; station CPU (cores busy): TLS {:.2}, plaintext {:.2}; \
              frames per station CPU-second: TLS {:.0}, plaintext {:.0}; receivers disconnected: \
              TLS {}, plaintext {}",
-            rounds(&rate(&st)),
-            rounds(&rate(&sp)),
-            cpu(&st),
-            cpu(&sp),
-            efficiency(&st),
-            efficiency(&sp),
-            lost(&st),
-            lost(&sp)
+            rounds(&fanout::rates(&st)),
+            rounds(&fanout::rates(&sp)),
+            fanout::cpu(&st),
+            fanout::cpu(&sp),
+            fanout::efficiency(&st),
+            fanout::efficiency(&sp),
+            fanout::lost(&st),
+            fanout::lost(&sp)
         ))
         .note(
             "the load generator shares the two cores and decrypts every TLS frame too, so the \

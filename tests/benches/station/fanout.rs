@@ -329,3 +329,29 @@ pub async fn latency_among(
         lost: fan.lost.load(Ordering::Relaxed),
     })
 }
+
+/// Delivered frames per second of each round.
+pub fn rates(rounds: &[Throughput]) -> Vec<f64> {
+    rounds.iter().map(|t| t.frames_per_s).collect()
+}
+
+/// Median cores the servers kept busy over the rounds.
+pub fn cpu(rounds: &[Throughput]) -> f64 {
+    crate::median(rounds.iter().map(|t| t.server_cpu).collect())
+}
+
+/// Median frames delivered per server CPU-second: the servers' own cost, whatever the load
+/// generator could drive.
+pub fn efficiency(rounds: &[Throughput]) -> f64 {
+    crate::median(
+        rounds
+            .iter()
+            .map(|t| t.frames_per_s / t.server_cpu)
+            .collect(),
+    )
+}
+
+/// Receivers disconnected over all rounds.
+pub fn lost(rounds: &[Throughput]) -> usize {
+    rounds.iter().map(|t| t.lost).sum()
+}
