@@ -96,7 +96,8 @@ impl Pebble {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("pebble did not come up within 10 s");
+        let error = pebble.root().await.unwrap_err();
+        panic!("pebble did not come up within 10 s: {error:#}");
     }
 
     /// The root pebble issues under (it changes with every pebble start), PEM.
@@ -117,7 +118,7 @@ impl Pebble {
         let (head, body) = response
             .split_once("\r\n\r\n")
             .ok_or_else(|| anyhow::anyhow!("no HTTP body"))?;
-        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+        anyhow::ensure!(head.split_whitespace().nth(1) == Some("200"), "{head}");
         Ok(body.to_owned())
     }
 }
