@@ -261,26 +261,38 @@ fn create_dir(dir: &Path) -> Result<(), AcmeError> {
     })
 }
 
-/// Writes key then chain, each atomically. The reloader reads both files and refuses a
-/// mismatched pair, so between the two renames it keeps serving the previous certificate.
+/// Writes key and chain, each atomically: both are written and synced to temporary files
+/// first, then renamed back to back. The reloader refuses a mismatched pair, so this keeps
+/// the window in which it could see a new key with the old chain (and log a refusal) to the
+/// time between two renames.
 fn write_pair(pair: &PairFiles, chain: &str, key: &str) -> Result<(), AcmeError> {
-    write_atomically(&pair.key, key.as_bytes(), true)?;
-    write_atomically(&pair.cert, chain.as_bytes(), false)
+    let key_temp = write_temp(&pair.key, key.as_bytes(), true)?;
+    let chain_temp = write_temp(&pair.cert, chain.as_bytes(), false)?;
+    rename(&key_temp, &pair.key)?;
+    rename(&chain_temp, &pair.cert)
 }
 
-/// Writes `path` through a temporary file and a rename, so no reader sees half a file;
-/// secrets get mode 0600 before any byte is written.
+/// Writes `path` through a temporary file and a rename, so no reader sees half a file.
 fn write_atomically(path: &Path, bytes: &[u8], secret: bool) -> Result<(), AcmeError> {
+    let temp = write_temp(path, bytes, secret)?;
+    rename(&temp, path)
+}
+
+/// Writes and syncs `bytes` to `path` + `.tmp`; secrets get mode 0600 before any byte is
+/// written.
+fn write_temp(path: &Path, bytes: &[u8], secret: bool) -> Result<PathBuf, AcmeError> {
     use std::io::Write as _;
-    let io = |source| AcmeError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let mut temp = path.as_os_str().to_owned();
     temp.push(".tmp");
     let temp = PathBuf::from(temp);
+    let io = |source| AcmeError::Io {
+        path: temp.clone(),
+        source,
+    };
+    // A leftover temporary file from a crash keeps its old mode; start afresh.
+    let _ = std::fs::remove_file(&temp);
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
@@ -289,6 +301,12 @@ fn write_atomically(path: &Path, bytes: &[u8], secret: bool) -> Result<(), AcmeE
     let mut file = options.open(&temp).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&temp, path).map_err(io)
+    Ok(temp)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), AcmeError> {
+    std::fs::rename(from, to).map_err(|source| AcmeError::Io {
+        path: to.to_path_buf(),
+        source,
+    })
 }
