@@ -8,6 +8,7 @@
 //! `transport` (WebSocket and gRPC on one port). `config` turns flags, environment and a YAML
 //! file into [`config::Settings`]; `main.rs` wires it together.
 
+pub mod acme;
 pub mod cluster;
 pub mod config;
 pub mod limits;

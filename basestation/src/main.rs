@@ -14,7 +14,7 @@ use zbase_basestation::config::{RawSettings, Settings, StoreBackend};
 use zbase_basestation::relay::{Relay, RelayParts};
 use zbase_basestation::store::{Fence, PostgresOptions, PostgresStore, SqliteStore, Store};
 use zbase_basestation::telemetry::{Metrics, init_telemetry};
-use zbase_basestation::tls::Watched;
+use zbase_basestation::tls::{Challenges, Watched};
 use zbase_basestation::{shutdown, transport};
 
 /// The zbase base station: a zero-knowledge relay and store for encrypted resources.
@@ -91,10 +91,21 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     // Certificates are checked before anything else starts: a station never comes up with
     // a certificate it would refuse on reload.
+    let challenges = settings.acme.as_ref().map(|_| Challenges::default());
+    if let Some(acme) = &settings.acme {
+        zbase_basestation::acme::prepare(acme).context("preparing the ACME certificate files")?;
+    }
     let public_tls = match &settings.tls {
         Some(tls) => Some(Arc::new(
-            Watched::load(tls.clone(), "public", metrics.clone())
-                .context("the public port's TLS certificate (--tls-cert, --tls-key)")?,
+            Watched::load_with_challenges(
+                tls.clone(),
+                "public",
+                metrics.clone(),
+                challenges.clone(),
+            )
+            .context(
+                "the public port's TLS certificate (--tls-cert, --tls-key, or --data-dir/acme)",
+            )?,
         )),
         None => None,
     };
@@ -133,6 +144,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     for watched in public_tls.iter().chain(&internal_tls) {
         let every = settings.tls_reload_interval;
         tokio::spawn(Arc::clone(watched).watch(every, reload_stop.clone()));
+    }
+    if let (Some(acme), Some(challenges)) = (&settings.acme, challenges) {
+        tokio::spawn(zbase_basestation::acme::maintain(
+            acme.clone(),
+            challenges,
+            metrics.clone(),
+            reload_stop.clone(),
+        ));
     }
     let grace = settings.limits.shutdown_grace;
     let signal = CancellationToken::new();

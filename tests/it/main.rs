@@ -1,6 +1,7 @@
 //! One integration test binary; a module per feature, each test named for the rule it checks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod acme;
 mod browser;
 mod durability;
 mod pods;

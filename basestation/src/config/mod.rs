@@ -5,6 +5,7 @@
 //! Precedence: flag, then environment variable (clap reads both), then the YAML file, then the
 //! default. Pure: no file is read here except the one named by `--config`, by the caller.
 
+use crate::acme::AcmeSettings;
 use crate::limits::Limits;
 use crate::telemetry::LogFormat;
 use crate::tls::{PairFiles, TlsFiles};
@@ -136,6 +137,30 @@ pub struct RawSettings {
     #[arg(long, env = "ZBASE_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
     pub tls_reload_interval: Option<Duration>,
+
+    /// ACME directory URL (e.g. https://acme-v02.api.letsencrypt.org/directory): the station
+    /// obtains and renews the public port's certificate itself, answering TLS-ALPN-01 on the
+    /// public port, and keeps it under --data-dir/acme/. Excludes --tls-cert and --tls-key.
+    #[arg(long, env = "ZBASE_ACME_DIRECTORY", value_name = "URL")]
+    pub acme_directory: Option<String>,
+
+    /// The domain the ACME certificate is for (the name clients connect to).
+    #[arg(long, env = "ZBASE_ACME_DOMAIN", value_name = "NAME")]
+    pub acme_domain: Option<String>,
+
+    /// Contact address given to the ACME server for expiry notices. [default: none]
+    #[arg(long, env = "ZBASE_ACME_EMAIL", value_name = "ADDR")]
+    pub acme_email: Option<String>,
+
+    /// PEM root certificate(s) to trust for the ACME directory's HTTPS, for a private ACME
+    /// server. [default: the system's roots]
+    #[arg(long, env = "ZBASE_ACME_CA", value_name = "FILE")]
+    pub acme_ca: Option<PathBuf>,
+
+    /// Renew the ACME certificate when it expires within this long. [default: 30d]
+    #[arg(long, env = "ZBASE_ACME_RENEW_BEFORE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[serde(default, with = "humantime_serde")]
+    pub acme_renew_before: Option<Duration>,
 
     /// PEM certificate this pod presents on the internal port, as server and as client; with
     /// --internal-tls-key and --internal-ca the internal port requires mutual TLS.
@@ -298,6 +323,8 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// How often every TLS port's files are checked for a replacement.
     pub tls_reload_interval: Duration,
+    /// The public certificate obtained over ACME; `tls` then names its files.
+    pub acme: Option<AcmeSettings>,
 }
 
 impl RawSettings {
@@ -358,6 +385,11 @@ impl RawSettings {
             internal_tls_cert: self.internal_tls_cert.or(fallback.internal_tls_cert),
             internal_tls_key: self.internal_tls_key.or(fallback.internal_tls_key),
             internal_ca: self.internal_ca.or(fallback.internal_ca),
+            acme_directory: self.acme_directory.or(fallback.acme_directory),
+            acme_domain: self.acme_domain.or(fallback.acme_domain),
+            acme_email: self.acme_email.or(fallback.acme_email),
+            acme_ca: self.acme_ca.or(fallback.acme_ca),
+            acme_renew_before: self.acme_renew_before.or(fallback.acme_renew_before),
         }
     }
 
@@ -483,6 +515,29 @@ impl RawSettings {
                 });
             }
         };
+        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from("data"));
+        let acme = acme(
+            self.acme_directory,
+            self.acme_domain,
+            self.acme_email,
+            self.acme_ca,
+            self.acme_renew_before,
+            &data_dir,
+        )?;
+        let tls = match (&acme, tls) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Range {
+                    name: "acme-directory",
+                    value: "set with --tls-cert".into(),
+                    expected: "either --acme-directory (the station gets its certificate) or --tls-cert and --tls-key (you provide it), not both",
+                });
+            }
+            (Some(acme), None) => Some(TlsFiles {
+                pair: acme.pair(),
+                ca: None,
+            }),
+            (None, tls) => tls,
+        };
         let internal_tls = match (
             self.internal_tls_cert,
             self.internal_tls_key,
@@ -520,13 +575,72 @@ impl RawSettings {
             listen: self
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            data_dir,
+            acme,
             log_format: self.log_format.unwrap_or(LogFormat::Text),
             log: self.log.unwrap_or_else(|| "info".to_string()),
             otlp_endpoint: self.otlp_endpoint.filter(|endpoint| !endpoint.is_empty()),
             limits,
         })
     }
+}
+
+/// The ACME settings, if `directory` turns ACME on.
+fn acme(
+    directory: Option<String>,
+    domain: Option<String>,
+    email: Option<String>,
+    ca: Option<PathBuf>,
+    renew_before: Option<Duration>,
+    data_dir: &Path,
+) -> Result<Option<AcmeSettings>, ConfigError> {
+    let Some(directory) = directory.filter(|url| !url.trim().is_empty()) else {
+        if domain.is_some() || email.is_some() || ca.is_some() || renew_before.is_some() {
+            return Err(ConfigError::Range {
+                name: "acme-directory",
+                value: "missing".into(),
+                expected: "the --acme-* settings take effect only with --acme-directory URL; give it, or drop them",
+            });
+        }
+        return Ok(None);
+    };
+    if !directory.starts_with("https://") {
+        return Err(ConfigError::Range {
+            name: "acme-directory",
+            value: directory,
+            expected: "an https:// URL of the ACME server's directory",
+        });
+    }
+    let domain = domain
+        .map(|domain| domain.trim().trim_end_matches('.').to_ascii_lowercase())
+        .filter(|domain| !domain.is_empty());
+    let Some(domain) = domain else {
+        return Err(ConfigError::Range {
+            name: "acme-domain",
+            value: "missing".into(),
+            expected: "the name clients connect to, e.g. --acme-domain relay.example.org",
+        });
+    };
+    if domain.starts_with('*') || rustls::pki_types::ServerName::try_from(domain.as_str()).is_err()
+    {
+        return Err(ConfigError::Range {
+            name: "acme-domain",
+            value: domain,
+            expected: "one DNS name (no wildcard: TLS-ALPN-01 cannot validate wildcards)",
+        });
+    }
+    Ok(Some(AcmeSettings {
+        directory,
+        domain,
+        email: email.filter(|email| !email.trim().is_empty()),
+        ca,
+        renew_before: positive(
+            "acme-renew-before",
+            renew_before,
+            Duration::from_secs(30 * 24 * 3600),
+        )?,
+        dir: data_dir.join("acme"),
+    }))
 }
 
 fn range<T: PartialOrd + std::fmt::Display>(
@@ -677,6 +791,50 @@ mod tests {
         }
         let plain = StoreUrl("postgres://zbase@db/zbase".into());
         assert_eq!(plain.to_string(), "postgres://zbase@db/zbase");
+    }
+
+    #[test]
+    fn acme_turns_on_with_a_directory_and_excludes_tls_files() {
+        let raw = RawSettings::from_yaml(
+            "acme-directory: https://acme.test/dir\nacme-domain: Relay.Example.org\ndata-dir: /d\n",
+        )
+        .unwrap();
+        let settings = raw.clone().resolve().unwrap();
+        let acme = settings.acme.unwrap();
+        assert_eq!(acme.domain, "relay.example.org");
+        assert_eq!(acme.renew_before, Duration::from_secs(30 * 24 * 3600));
+        let tls = settings.tls.unwrap();
+        assert_eq!(tls.pair.cert, PathBuf::from("/d/acme/tls.crt"));
+        assert_eq!(tls.pair.key, PathBuf::from("/d/acme/tls.key"));
+
+        let both = RawSettings {
+            tls_cert: Some("c".into()),
+            tls_key: Some("k".into()),
+            ..raw.clone()
+        };
+        let error = both.resolve().unwrap_err().to_string();
+        assert!(error.contains("not both"), "{error}");
+        let no_domain = RawSettings {
+            acme_domain: None,
+            ..raw.clone()
+        };
+        assert!(
+            no_domain
+                .resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("acme-domain")
+        );
+        let stray = RawSettings {
+            acme_domain: Some("x.org".into()),
+            ..Default::default()
+        };
+        assert!(stray.resolve().is_err());
+        let plain_http = RawSettings {
+            acme_directory: Some("http://acme.test/dir".into()),
+            ..raw
+        };
+        assert!(plain_http.resolve().is_err());
     }
 
     #[test]

@@ -88,6 +88,15 @@ pub struct Metrics {
     pub tls_expiry: Family<PortLabel, Gauge>,
     /// Changed TLS files noticed, by port and outcome.
     pub tls_reloads: Family<ReloadLabel, Counter>,
+    /// ACME certificate orders, by outcome (`issued` or `failed`).
+    pub acme_orders: Family<ResultLabel, Counter>,
+}
+
+/// The outcome of one attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// What came of it.
+    pub result: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,6 +134,7 @@ impl Metrics {
             relayed_frames: Family::default(),
             tls_expiry: Family::default(),
             tls_reloads: Family::default(),
+            acme_orders: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -206,6 +216,11 @@ impl Metrics {
             "tls_reloads",
             "Changed TLS files noticed, by port and outcome (loaded or refused)",
             metrics.tls_reloads.clone(),
+        );
+        registry.register(
+            "acme_orders",
+            "ACME certificate orders, by outcome (issued or failed)",
+            metrics.acme_orders.clone(),
         );
         Metrics {
             registry,

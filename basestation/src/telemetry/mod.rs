@@ -9,8 +9,8 @@ mod metrics;
 
 pub use logs::{LogFormat, Telemetry, init as init_telemetry};
 pub use metrics::{
-    CodeLabel, DirectionLabel, Metrics, PortLabel, ReasonLabel, ReloadLabel, StoreTimer,
-    TransportLabel,
+    CodeLabel, DirectionLabel, Metrics, PortLabel, ReasonLabel, ReloadLabel, ResultLabel,
+    StoreTimer, TransportLabel,
 };
 
 use rand::RngCore;

@@ -10,8 +10,10 @@
 //! inotify, because Kubernetes updates a mounted Secret by swapping a symlink two levels up,
 //! which a watch on the files themselves does not see.
 
+mod challenge;
 mod pair;
 
+pub use challenge::{ACME_TLS_ALPN, Challenges};
 pub use pair::{Pair, PairError, PairFiles, check, read_files};
 
 use crate::telemetry::{Metrics, PortLabel, ReloadLabel};
@@ -111,16 +113,33 @@ struct Built {
 /// ALPN for the public port: HTTP/2 for gRPC, HTTP/1.1 for WebSocket upgrades and probes.
 const PUBLIC_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-fn build(files: &TlsFiles, cert: &[u8], key: &[u8], ca: Option<&[u8]>) -> Result<Built, TlsError> {
+fn build(
+    files: &TlsFiles,
+    cert: &[u8],
+    key: &[u8],
+    ca: Option<&[u8]>,
+    challenges: Option<&Challenges>,
+) -> Result<Built, TlsError> {
     let provider = provider();
     let pair = check(&files.pair, cert, key, &provider, SystemTime::now())?;
     let versions = rustls::DEFAULT_VERSIONS;
     let (Some(ca_path), Some(ca)) = (&files.ca, ca) else {
+        // A resolver rather than a single certificate, so that ACME validation handshakes
+        // can be answered with a challenge certificate on the same port.
+        let resolver = challenge::PublicResolver {
+            current: Arc::clone(&pair.key),
+            challenges: challenges.cloned(),
+        };
         let mut server = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)?
             .with_no_client_auth()
-            .with_single_cert(pair.chain.clone(), pair.private.clone_key())?;
+            .with_cert_resolver(Arc::new(resolver));
         server.alpn_protocols = PUBLIC_ALPN.iter().map(|p| p.to_vec()).collect();
+        if challenges.is_some() {
+            // Last: rustls picks the first of these the client offers, and validators offer
+            // only this one, while browsers never offer it.
+            server.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         return Ok(Built {
             server,
             client: None,
@@ -233,6 +252,8 @@ pub struct Watched {
     server: ServerTls,
     client: Option<ClientTls>,
     metrics: Arc<Metrics>,
+    /// TLS-ALPN-01 challenges served on this port (the public port with ACME on).
+    challenges: Option<Challenges>,
     /// The bytes the current configuration was built from (or last refused), so an unchanged
     /// file is not checked again every poll.
     seen: Mutex<Vec<Vec<u8>>>,
@@ -246,12 +267,24 @@ impl Watched {
         port: &'static str,
         metrics: Arc<Metrics>,
     ) -> Result<Watched, TlsError> {
+        Self::load_with_challenges(files, port, metrics, None)
+    }
+
+    /// [`Watched::load`] for a port that also answers ACME TLS-ALPN-01 validation with the
+    /// certificates in `challenges` (public port only; ignored with mutual TLS).
+    pub fn load_with_challenges(
+        files: TlsFiles,
+        port: &'static str,
+        metrics: Arc<Metrics>,
+        challenges: Option<Challenges>,
+    ) -> Result<Watched, TlsError> {
         let contents = read(&files)?;
         let built = build(
             &files,
             &contents[0],
             &contents[1],
             contents.get(2).map(Vec::as_slice),
+            challenges.as_ref(),
         )?;
         tracing::info!(port, serial = %built.pair.serial, not_after = built.pair.not_after, "TLS certificate loaded");
         let watched = Watched {
@@ -264,6 +297,7 @@ impl Watched {
             files,
             port,
             metrics,
+            challenges,
             seen: Mutex::new(contents),
         };
         watched.record(&built.pair);
@@ -316,6 +350,7 @@ impl Watched {
             &contents[0],
             &contents[1],
             contents.get(2).map(Vec::as_slice),
+            self.challenges.as_ref(),
         );
         *seen = contents;
         drop(seen);

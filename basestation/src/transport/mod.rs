@@ -11,7 +11,7 @@ mod http;
 mod ws;
 
 use crate::relay::{Origin, Relay};
-use crate::tls::ServerTls;
+use crate::tls::{ACME_TLS_ALPN, ServerTls};
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -137,6 +137,14 @@ async fn accept(listener: TcpListener, port: Port, relay: Relay, grace: Duration
                         return;
                     }
                 };
+            if stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                // An ACME server validating TLS-ALPN-01: the handshake was the whole answer
+                // (RFC 8737), and this connection must never reach HTTP.
+                tracing::debug!(%addr, "answered an ACME TLS-ALPN-01 validation");
+                let mut stream = stream;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                return;
+            }
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
