@@ -25,9 +25,10 @@ build:
 ## Every test: unit, property, store conformance, and end-to-end through the real binary;
 ## then the wire contract again, judged through HAProxy in front of three pods on PostgreSQL
 ## (all but per-IP limits and one process's SIGTERM drain, which are per pod by design).
+## `--workspace` again so features unify as in the first run and nothing is rebuilt.
 test: build
 	$(CARGO) test --workspace --no-fail-fast
-	ZBASE_TEST_TOPOLOGY=pods $(CARGO) test -p zbase-tests --test it -- wire:: \
+	ZBASE_TEST_TOPOLOGY=pods $(CARGO) test --workspace --test it -- wire:: \
 	  --skip s9_connections_per_ip --skip s9_failed_handshakes --skip s8_sigterm_drains
 
 ## Formatting and lints, as CI would want them.
