@@ -1,0 +1,1 @@
+//! The zbase operator: reconciles `BaseStation` resources into the objects a site needs.

@@ -1,0 +1,2 @@
+//! `zbase-operator`: the controller binary.
+fn main() {}
