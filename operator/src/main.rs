@@ -1,2 +1,5 @@
 //! `zbase-operator`: the controller binary.
-fn main() {}
+fn main() -> anyhow::Result<()> {
+    print!("{}", zbase_operator::crd::crd_yaml()?);
+    Ok(())
+}

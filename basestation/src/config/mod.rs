@@ -9,7 +9,7 @@ use crate::acme::AcmeSettings;
 use crate::limits::Limits;
 use crate::telemetry::LogFormat;
 use crate::tls::{PairFiles, TlsFiles};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,7 +20,7 @@ const MIN_FRAME_BYTES: usize = 8 * 1024 + 2;
 const MAX_FRAME_BYTES: usize = 256 * 1024 * 1024;
 
 /// What `serve` accepts, each field optional so that sources can be merged.
-#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[derive(Debug, Default, Clone, clap::Args, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawSettings {
     /// YAML file with any of these settings as keys (e.g. `frame-max-bytes: 65536`).
@@ -30,149 +30,181 @@ pub struct RawSettings {
 
     /// Address of the public port (WebSocket, gRPC, health, metrics). [default: 127.0.0.1:8080]
     #[arg(long, env = "ZBASE_LISTEN", value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
 
     /// Directory of the embedded SQLite store. [default: ./data]
     #[arg(long, env = "ZBASE_DATA_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
 
     /// Where resources are stored: `sqlite` (a file under --data-dir) or a PostgreSQL URL,
     /// `postgres://user@host:5432/db`, for several pods on one database. [default: sqlite]
     #[arg(long, env = "ZBASE_STORE", value_name = "sqlite|URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
 
     /// File whose content (trimmed) is the PostgreSQL password, e.g. a mounted Kubernetes
     /// Secret; it replaces any password in --store.
     #[arg(long, env = "ZBASE_STORE_PASSWORD_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub store_password_file: Option<PathBuf>,
 
     /// Log line format. [default: text]
     #[arg(long, env = "ZBASE_LOG_FORMAT", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
 
     /// Log filter in RUST_LOG syntax. [default: info]
     #[arg(long, env = "ZBASE_LOG", value_name = "FILTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
 
     /// OTLP/gRPC endpoint to export traces to, e.g. http://127.0.0.1:4317. [default: off]
     #[arg(long, env = "ZBASE_OTLP_ENDPOINT", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
 
     /// Largest frame accepted, in bytes, header included. [default: 8388608]
     #[arg(long, env = "ZBASE_FRAME_MAX_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub frame_max_bytes: Option<usize>,
 
     /// Time a client has to answer the handshake. [default: 10s]
     #[arg(long, env = "ZBASE_HANDSHAKE_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<Duration>,
 
     /// Verified peers per resource. [default: 1024]
     #[arg(long, env = "ZBASE_PEERS_PER_RESOURCE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peers_per_resource: Option<usize>,
 
     /// Open connections per client IP. [default: 256]
     #[arg(long, env = "ZBASE_CONNECTIONS_PER_IP", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connections_per_ip: Option<usize>,
 
     /// Failed handshakes per client IP within a minute before it is refused. [default: 20]
     #[arg(long, env = "ZBASE_FAILED_HANDSHAKES_PER_MINUTE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_handshakes_per_minute: Option<u32>,
 
     /// How long a client IP over its failed handshakes is refused. [default: 60s]
     #[arg(long, env = "ZBASE_FAILED_HANDSHAKE_BAN", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub failed_handshake_ban: Option<Duration>,
 
     /// Frames queued towards one peer before it is disconnected. [default: 1024]
     #[arg(long, env = "ZBASE_PEER_QUEUE_FRAMES", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_queue_frames: Option<usize>,
 
     /// How long a requester waits for the next snapshot as forward-response. [default: 30s]
     #[arg(long, env = "ZBASE_PENDING_REQUEST_WINDOW", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_request_window: Option<Duration>,
 
     /// How long a resource without peers stays in memory. [default: 30s]
     #[arg(long, env = "ZBASE_RESOURCE_IDLE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_idle: Option<Duration>,
 
     /// How long SIGTERM waits for connections and writes to finish. [default: 10s]
     #[arg(long, env = "ZBASE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<Duration>,
 
     /// This pod's name among the pods sharing a PostgreSQL store; unique per pod (a
     /// StatefulSet pod name). [default: $HOSTNAME]
     #[arg(long, env = "ZBASE_POD_ID", value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_id: Option<String>,
 
     /// Address of the internal port, where other pods relay sessions of resources homed here
     /// (PostgreSQL store only; never expose it publicly). [default: 127.0.0.1:0]
     #[arg(long, env = "ZBASE_INTERNAL_LISTEN", value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub internal_listen: Option<SocketAddr>,
 
     /// Address other pods reach the internal port at, e.g. the pod IP and port.
     /// [default: the bound internal address, when it is not 0.0.0.0]
     #[arg(long, env = "ZBASE_INTERNAL_ADVERTISE", value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub internal_advertise: Option<String>,
 
     /// How long a pod's membership lasts without renewal: a killed pod's resources move to
     /// other pods after about this long. [default: 5s]
     #[arg(long, env = "ZBASE_LEASE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lease: Option<Duration>,
 
     /// PEM certificate chain (leaf first) for the public port; with --tls-key the port serves
     /// TLS only (ALPN h2 and http/1.1). [default: plain HTTP]
     #[arg(long, env = "ZBASE_TLS_CERT", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of --tls-cert.
     #[arg(long, env = "ZBASE_TLS_KEY", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
 
     /// How often the TLS files are checked for a replacement (a renewed Secret). [default: 5s]
     #[arg(long, env = "ZBASE_TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_reload_interval: Option<Duration>,
 
     /// ACME directory URL (e.g. https://acme-v02.api.letsencrypt.org/directory): the station
     /// obtains and renews the public port's certificate itself, answering TLS-ALPN-01 on the
     /// public port, and keeps it under --data-dir/acme/. Excludes --tls-cert and --tls-key.
     #[arg(long, env = "ZBASE_ACME_DIRECTORY", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub acme_directory: Option<String>,
 
     /// The domain the ACME certificate is for (the name clients connect to).
     #[arg(long, env = "ZBASE_ACME_DOMAIN", value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub acme_domain: Option<String>,
 
     /// Contact address given to the ACME server for expiry notices. [default: none]
     #[arg(long, env = "ZBASE_ACME_EMAIL", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub acme_email: Option<String>,
 
     /// PEM root certificate(s) to trust for the ACME directory's HTTPS, for a private ACME
     /// server. [default: the system's roots]
     #[arg(long, env = "ZBASE_ACME_CA", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub acme_ca: Option<PathBuf>,
 
     /// Renew the ACME certificate when it expires within this long. [default: 30d]
     #[arg(long, env = "ZBASE_ACME_RENEW_BEFORE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub acme_renew_before: Option<Duration>,
 
     /// PEM certificate this pod presents on the internal port, as server and as client; with
     /// --internal-tls-key and --internal-ca the internal port requires mutual TLS.
     #[arg(long, env = "ZBASE_INTERNAL_TLS_CERT", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub internal_tls_cert: Option<PathBuf>,
 
     /// PEM private key of --internal-tls-cert.
     #[arg(long, env = "ZBASE_INTERNAL_TLS_KEY", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub internal_tls_key: Option<PathBuf>,
 
     /// PEM bundle of the site CA(s): every pod's internal certificate must chain to one.
     #[arg(long, env = "ZBASE_INTERNAL_CA", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub internal_ca: Option<PathBuf>,
 }
 
@@ -835,6 +867,30 @@ mod tests {
             ..raw
         };
         assert!(plain_http.resolve().is_err());
+    }
+
+    #[test]
+    fn written_settings_read_back_the_same() {
+        // The operator writes station configuration files through this type.
+        let raw = RawSettings::from_yaml(
+            "listen: 0.0.0.0:8080\ndata-dir: /var/lib/zbase\nlog-format: json\n\
+             handshake-timeout: 3s\nfrac: 1\n",
+        );
+        assert!(raw.is_err(), "unknown keys are refused");
+        let raw = RawSettings::from_yaml(
+            "listen: 0.0.0.0:8080\ndata-dir: /var/lib/zbase\nlog-format: json\n\
+             handshake-timeout: 3s\nlease: 2s 500ms\npeers-per-resource: 9\n",
+        )
+        .unwrap();
+        let text = serde_yaml::to_string(&raw).unwrap();
+        assert!(!text.contains("null"), "unset settings are left out: {text}");
+        let again = RawSettings::from_yaml(&text).unwrap();
+        assert_eq!(again.handshake_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(again.lease, Some(Duration::from_millis(2500)));
+        assert_eq!(again.peers_per_resource, Some(9));
+        assert_eq!(again.log_format, Some(LogFormat::Json));
+        assert_eq!(again.listen, raw.listen);
+        assert_eq!(again.data_dir, raw.data_dir);
     }
 
     #[test]

@@ -1,0 +1,421 @@
+//! The `BaseStation` custom resource: what a user writes (spec) and what the operator reports
+//! (status). The CRD is generated from these types (`zbase-operator crd`), so a field's doc
+//! comment is its `kubectl explain` text and its schema attributes are what the API server
+//! validates before the operator ever sees an object.
+
+mod status;
+
+pub use status::{BaseStationStatus, ConditionType};
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The API group of every zbase resource.
+pub const GROUP: &str = "zbase.dev";
+
+/// The desired state of one zbase base station: a StatefulSet of station pods behind one
+/// Service, with its configuration, store, TLS and policies.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "zbase.dev",
+    version = "v1alpha1",
+    kind = "BaseStation",
+    namespaced,
+    status = "BaseStationStatus",
+    shortname = "zbs",
+    category = "zbase",
+    doc = "A zbase base station: a zero-knowledge relay and store for encrypted resources, run as a StatefulSet behind one Service.",
+    annotation("helm.sh/resource-policy", "keep"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Pods", type_ = "integer", json_path = ".status.readyReplicas", description = "Pods ready to serve"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(name = "Cert-Expiry", type_ = "date", json_path = ".status.certificateExpiry", priority = 1),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("self.replicas <= 1 || has(self.store.postgres)").message("more than one replica needs a PostgreSQL store: set spec.store.postgres, or spec.replicas: 1"))]
+#[x_kube(validation = Rule::new("!has(self.tls.acme) || self.replicas <= 1").message("ACME issuance runs in the station and serves one pod only: set spec.replicas: 1, or use spec.tls.certManager"))]
+#[serde(rename_all = "camelCase")]
+pub struct BaseStationSpec {
+    /// Number of station pods. More than one needs `store.postgres`.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 64))]
+    pub replicas: i32,
+
+    /// Stop reconciling: nothing is created, changed or deleted; status is still reported.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub paused: bool,
+
+    /// Scale the station to zero pods, keeping its volumes, Services and configuration.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stopped: bool,
+
+    /// The station image. [default: the image the operator was installed with]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// When the kubelet pulls the image: Always, IfNotPresent or Never. [default: IfNotPresent]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self in ['Always', 'IfNotPresent', 'Never']").message("imagePullPolicy is one of Always, IfNotPresent, Never"))]
+    pub image_pull_policy: Option<String>,
+
+    /// Names of Secrets in this namespace used to pull the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
+
+    /// Where resources are stored. [default: SQLite on a PersistentVolumeClaim]
+    #[serde(default)]
+    pub store: StoreSpec,
+
+    /// The data volume of each pod (the SQLite file, ACME account and certificate).
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// TLS on the public port. [default: plain HTTP, e.g. behind a TLS-terminating proxy]
+    #[serde(default)]
+    pub tls: TlsSpec,
+
+    /// The public Service: the station's virtual IP.
+    #[serde(default)]
+    pub service: ServiceSpec,
+
+    /// Station settings: limits and logging.
+    #[serde(default)]
+    pub station: StationSettings,
+
+    /// CPU and memory of each station container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Where the pods may run.
+    #[serde(default)]
+    pub scheduling: SchedulingSpec,
+
+    /// Labels added to each pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+
+    /// Annotations added to each pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+
+    /// A partial pod template merged over the one the operator builds, for fields this
+    /// resource does not expose. Objects merge key by key, containers merge by name, other
+    /// lists replace. Example: `{spec: {containers: [{name: station, securityContext: {...}}]}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub pod_overrides: Option<serde_json::Value>,
+
+    /// Create a NetworkPolicy that admits the public port from anywhere and the internal port
+    /// only from this station's pods. [default: true]
+    #[serde(default = "default_true")]
+    pub network_policy: bool,
+}
+
+/// Where resources are stored.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreSpec {
+    /// PostgreSQL, needed for more than one pod. Absent: SQLite on each pod's volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresStore>,
+}
+
+/// A PostgreSQL database, named by a connection Secret or a CloudNativePG Cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.secret) != has(self.cloudNativePG)").message("set exactly one of store.postgres.secret and store.postgres.cloudNativePG"))]
+pub struct PostgresStore {
+    /// A Secret in this namespace holding a connection URL (`postgres://user:password@host:5432/db`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretKeyRef>,
+
+    /// A CloudNativePG `Cluster` in this namespace: the station uses its `<cluster>-app` Secret.
+    #[serde(default, rename = "cloudNativePG", skip_serializing_if = "Option::is_none")]
+    pub cloud_native_pg: Option<CloudNativePgRef>,
+}
+
+/// One key of a Secret in the station's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key whose value is the connection URL. [default: uri]
+    #[serde(default = "default_uri_key")]
+    pub key: String,
+}
+
+/// A CloudNativePG `Cluster` (postgresql.cnpg.io/v1) in the station's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudNativePgRef {
+    /// The Cluster's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub cluster: String,
+}
+
+/// The data volume of each pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each pod's PersistentVolumeClaim. [default: 1Gi]
+    #[serde(default = "default_storage_size")]
+    pub size: String,
+
+    /// StorageClass of the claims. [default: the cluster's default, local-path on k3s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+
+    /// What happens to the claims when this BaseStation is deleted: Retain keeps the data
+    /// (delete the claims by hand), Delete removes it. [default: Retain]
+    #[serde(default = "default_retain")]
+    #[x_kube(validation = Rule::new("self in ['Retain', 'Delete']").message("storage.whenDeleted is Retain or Delete"))]
+    pub when_deleted: String,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_storage_size(),
+            storage_class_name: None,
+            when_deleted: default_retain(),
+        }
+    }
+}
+
+/// TLS on the public port: at most one source of the certificate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.secretName) ? 1 : 0) + (has(self.certManager) ? 1 : 0) + (has(self.acme) ? 1 : 0) <= 1").message("set at most one of tls.secretName, tls.certManager and tls.acme"))]
+pub struct TlsSpec {
+    /// A `kubernetes.io/tls` Secret you manage (keys `tls.crt`, `tls.key`); a renewed Secret
+    /// is picked up without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// A cert-manager `Certificate` created by the operator; cert-manager keeps it renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager: Option<CertManagerTls>,
+
+    /// The station obtains and renews its certificate over ACME (TLS-ALPN-01 on the public
+    /// port, which must be reachable on 443 under the domain). One pod only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeTls>,
+}
+
+/// A cert-manager certificate for the public port.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManagerTls {
+    /// The issuer cert-manager signs with.
+    pub issuer_ref: IssuerRef,
+    /// Names clients connect to; the first is the common name.
+    #[schemars(length(min = 1))]
+    pub dns_names: Vec<String>,
+    /// Certificate lifetime, e.g. `2160h`. [default: cert-manager's, 90 days]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// How long before expiry cert-manager renews, e.g. `720h`. [default: cert-manager's]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<String>,
+}
+
+/// A cert-manager issuer.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// The issuer's name.
+    pub name: String,
+    /// Issuer or ClusterIssuer. [default: Issuer]
+    #[serde(default = "default_issuer_kind")]
+    pub kind: String,
+    /// The issuer's API group. [default: cert-manager.io]
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+/// ACME issuance by the station itself.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AcmeTls {
+    /// The ACME directory URL. [default: Let's Encrypt production]
+    #[serde(default = "default_acme_directory")]
+    pub directory: String,
+    /// The domain of the certificate, resolving to this station's Service.
+    #[schemars(length(min = 1, max = 253))]
+    pub domain: String,
+    /// Contact address for expiry notices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+/// The public Service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// LoadBalancer (k3s ServiceLB, MetalLB, kube-vip), NodePort or ClusterIP. [default: LoadBalancer]
+    #[serde(default = "default_service_type", rename = "type")]
+    #[x_kube(validation = Rule::new("self in ['LoadBalancer', 'NodePort', 'ClusterIP']").message("service.type is LoadBalancer, NodePort or ClusterIP"))]
+    pub type_: String,
+    /// The Service port. [default: 443 with TLS, 80 without]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// A fixed node port, with type NodePort or LoadBalancer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub node_port: Option<i32>,
+    /// A fixed virtual IP, for load balancers that honour `spec.loadBalancerIP` (MetalLB,
+    /// kube-vip); others take an annotation instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_ip: Option<String>,
+    /// The load balancer implementation to use, where several are installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_class: Option<String>,
+    /// Cluster or Local; Local keeps the client's source IP, which per-IP limits use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<String>,
+    /// Annotations of the Service, e.g. for MetalLB address pools.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec {
+            type_: default_service_type(),
+            port: None,
+            node_port: None,
+            load_balancer_ip: None,
+            load_balancer_class: None,
+            external_traffic_policy: None,
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// Station settings passed through to its configuration file; absent ones keep the
+/// station's defaults (see `zbase-station serve --help`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StationSettings {
+    /// Log filter in RUST_LOG syntax. [default: info]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// Largest frame accepted, in bytes. [station default: 8388608]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8194, max = 268435456))]
+    pub frame_max_bytes: Option<u64>,
+    /// Time a client has to answer the handshake, e.g. `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<String>,
+    /// Verified peers per resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub peers_per_resource: Option<u64>,
+    /// Open connections per client IP (per pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub connections_per_ip: Option<u64>,
+    /// Failed handshakes per client IP within a minute before it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub failed_handshakes_per_minute: Option<u32>,
+    /// Frames queued towards one peer before it is disconnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub peer_queue_frames: Option<u64>,
+    /// How long a resource without peers stays in memory, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_idle: Option<String>,
+    /// How long a stopping pod waits for connections and writes, e.g. `10s`; the pod's
+    /// termination grace period is this plus 5 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<String>,
+    /// Membership lease between pods on PostgreSQL, e.g. `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+}
+
+/// Where the pods may run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulingSpec {
+    /// Node labels a pod's node must have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "free_form_list")]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod affinity. [default: prefer spreading pods over nodes]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub affinity: Option<Affinity>,
+    /// How pods spread over zones or nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "free_form_list")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// The pods' PriorityClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn default_uri_key() -> String {
+    "uri".into()
+}
+fn default_storage_size() -> String {
+    "1Gi".into()
+}
+fn default_retain() -> String {
+    "Retain".into()
+}
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
+}
+fn default_acme_directory() -> String {
+    "https://acme-v02.api.letsencrypt.org/directory".into()
+}
+fn default_service_type() -> String {
+    "LoadBalancer".into()
+}
+
+/// Kubernetes' own schemas for affinity, tolerations and pod templates are large; the CRD
+/// keeps them open (the API server still checks them when the operator applies the
+/// StatefulSet, and the operator reports that error) so it stays far below the size limit.
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+fn free_form_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true }
+    })
+}
+
+/// The CRD as YAML, as `zbase-operator crd` prints it and the chart ships it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let header = "# Generated by `zbase-operator crd` from operator/src/crd; do not edit.\n";
+    Ok(format!("{header}{}", serde_yaml::to_string(&BaseStation::crd())?))
+}
