@@ -5,7 +5,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
 
-.PHONY: run demo build test lint fmt bench clean
+.PHONY: run demo build test lint fmt bench clean crds
 
 ## Start a station on the embedded SQLite store, plain HTTP on $(LISTEN).
 run:
@@ -30,6 +30,10 @@ test: build
 	$(CARGO) test --workspace --no-fail-fast
 	ZBASE_TEST_TOPOLOGY=pods $(CARGO) test --workspace --test it -- wire:: \
 	  --skip s9_connections_per_ip --skip s9_failed_handshakes --skip s8_sigterm_drains
+
+## Regenerate the BaseStation CRD the chart ships, from the operator's Rust types.
+crds:
+	$(CARGO) run -q -p zbase-operator -- crd > charts/zbase-operator/files/crds/basestations.zbase.dev.yaml
 
 ## Formatting and lints, as CI would want them.
 lint:

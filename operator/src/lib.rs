@@ -1,7 +1,12 @@
 //! The zbase operator: reconciles `BaseStation` resources into the objects a site needs.
 //!
 //! `crd` is the resource; `reconcile` is the pipeline (validate, build, apply, report), whose
-//! validation and builders are pure; `leader` keeps two operator replicas from acting at once;
-//! `telemetry` serves health and metrics.
+//! validation and builders are pure; `controller` runs it for every BaseStation in the
+//! watched namespaces; `leader` keeps two operator replicas from acting at once; `telemetry`
+//! serves health and metrics.
 
+pub mod controller;
 pub mod crd;
+pub mod leader;
+pub mod reconcile;
+pub mod telemetry;

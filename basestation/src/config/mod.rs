@@ -883,7 +883,10 @@ mod tests {
         )
         .unwrap();
         let text = serde_yaml::to_string(&raw).unwrap();
-        assert!(!text.contains("null"), "unset settings are left out: {text}");
+        assert!(
+            !text.contains("null"),
+            "unset settings are left out: {text}"
+        );
         let again = RawSettings::from_yaml(&text).unwrap();
         assert_eq!(again.handshake_timeout, Some(Duration::from_secs(3)));
         assert_eq!(again.lease, Some(Duration::from_millis(2500)));

@@ -1,0 +1,160 @@
+//! Every object a station needs, built from a validated [`Station`] with no client and no
+//! clock: the same station always gives the same objects, so each builder is a golden test.
+//!
+//! Every object carries the station's labels (which the prune step selects by) and an owner
+//! reference to the BaseStation, so Kubernetes deletes them with it, and volumes are kept or
+//! deleted by the StatefulSet's own claim retention policy: no finalizer is needed.
+
+mod certificate;
+pub use certificate::certificate_resource;
+mod config;
+mod merge;
+mod policy;
+mod services;
+mod statefulset;
+
+pub use config::{CONFIG_FILE, CONFIG_KEY, INTERNAL_PORT, PUBLIC_PORT, station_config};
+pub use merge::merge_pod_template;
+pub use services::public_port;
+
+use super::validate::Station;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::DynamicObject;
+use std::collections::BTreeMap;
+
+/// The label every object of a station carries with the station's name.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// The label naming who manages an object.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// This operator's name, as field manager and in `managed-by`.
+pub const MANAGER: &str = "zbase-operator";
+/// The pod template annotation holding the configuration's hash: a config change rolls the
+/// pods, and nothing else in the ConfigMap's life does.
+pub const CONFIG_HASH_ANNOTATION: &str = "zbase.dev/config-hash";
+
+/// Everything one station consists of. Destructured without `..` where applied and pruned,
+/// so a new kind of object cannot be forgotten in either place.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// The pods' identity (no API access: its token is not even mounted).
+    pub service_account: ServiceAccount,
+    /// The station's YAML configuration.
+    pub config_map: ConfigMap,
+    /// The public Service: the virtual IP clients connect to.
+    pub public_service: Service,
+    /// The headless Service that gives each pod a DNS name for the internal port.
+    pub headless_service: Service,
+    /// The internal (admin) Service: cluster-only, for replication and backups.
+    pub internal_service: Service,
+    /// The pods.
+    pub stateful_set: StatefulSet,
+    /// At most one pod down at a time through voluntary disruptions.
+    pub pod_disruption_budget: PodDisruptionBudget,
+    /// Who may reach which port; `None` when the spec turns it off.
+    pub network_policy: Option<NetworkPolicy>,
+    /// The cert-manager Certificate, in that TLS mode.
+    pub certificate: Option<DynamicObject>,
+    /// The rendered configuration's hash, also on the pod template.
+    pub config_hash: String,
+}
+
+/// A failure to build, which only a user's pod overrides can cause.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The merged pod template is not a pod template.
+    #[error("spec.podOverrides does not merge into a valid pod template: {0}")]
+    PodOverrides(String),
+    /// The station configuration cannot be written (an impossible value).
+    #[error("the station configuration cannot be written: {0}")]
+    Config(String),
+}
+
+/// Builds every object of `station`.
+pub fn build(station: &Station) -> Result<Desired, BuildError> {
+    let (config_map, config_hash) = config::config_map(station)?;
+    Ok(Desired {
+        service_account: ServiceAccount {
+            metadata: metadata(station, &station.name),
+            automount_service_account_token: Some(false),
+            ..Default::default()
+        },
+        config_map,
+        public_service: services::public(station),
+        headless_service: services::headless(station),
+        internal_service: services::internal(station),
+        stateful_set: statefulset::stateful_set(station, &config_hash)?,
+        pod_disruption_budget: policy::pod_disruption_budget(station),
+        network_policy: station
+            .network_policy
+            .then(|| policy::network_policy(station)),
+        certificate: certificate::certificate(station),
+        config_hash,
+    })
+}
+
+/// Labels that select a station's pods; never changed after creation (a StatefulSet's
+/// selector is immutable).
+pub fn selector_labels(station: &Station) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "zbase-station".to_owned(),
+        ),
+        (INSTANCE_LABEL.to_owned(), station.name.clone()),
+    ])
+}
+
+/// Labels on every object: the selector labels, who manages it, and what it is part of.
+pub fn labels(station: &Station) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(station);
+    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGER.to_owned());
+    labels.insert("app.kubernetes.io/part-of".to_owned(), "zbase".to_owned());
+    labels
+}
+
+/// The label selector that finds every object of a station, for pruning.
+pub fn prune_selector(station_name: &str) -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGER},{INSTANCE_LABEL}={station_name}")
+}
+
+/// The owner reference to the BaseStation: deleting it deletes its objects.
+pub fn owner_reference(station: &Station) -> OwnerReference {
+    OwnerReference {
+        api_version: format!("{}/v1alpha1", crate::crd::GROUP),
+        kind: "BaseStation".into(),
+        name: station.name.clone(),
+        uid: station.uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Metadata for an object of `station` called `name`.
+fn metadata(station: &Station, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(station.namespace.clone()),
+        labels: Some(labels(station)),
+        owner_references: Some(vec![owner_reference(station)]),
+        ..Default::default()
+    }
+}
+
+/// The headless Service's name, which is also the StatefulSet's `serviceName`.
+pub fn headless_name(station: &str) -> String {
+    format!("{station}-pods")
+}
+
+/// The internal Service's name.
+pub fn internal_name(station: &str) -> String {
+    format!("{station}-internal")
+}
+
+/// The ConfigMap's name.
+pub fn config_name(station: &str) -> String {
+    format!("{station}-config")
+}

@@ -1,0 +1,249 @@
+//! One reconcile of one `BaseStation`, as a pipeline: read what the spec refers to,
+//! **validate** into a [`Station`], **build** every object (pure), **apply** them with
+//! server-side apply and prune the rest, then **report** status and Events from what the API
+//! server returned. A spec that fails validation or building applies nothing.
+
+pub mod apply;
+pub mod build;
+pub mod status;
+pub mod validate;
+
+use crate::crd::BaseStation;
+use crate::telemetry::Metrics;
+use build::{Desired, MANAGER};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use status::{Observed, Outcome};
+use std::sync::Arc;
+use std::time::Duration;
+use validate::{Defaults, References, Station};
+
+/// How often a steady station is looked at again, to refresh certificate expiry and to notice
+/// Secrets the spec names (they are not watched).
+pub const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a refused spec is looked at again: a missing Secret may have been created.
+pub const RETRY_INVALID: Duration = Duration::from_secs(30);
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// The operator's defaults for stations.
+    pub defaults: Defaults,
+    /// Publishes Events on BaseStations.
+    pub recorder: Recorder,
+    /// Operator metrics.
+    pub metrics: Metrics,
+}
+
+/// Why a reconcile failed; the variant name is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the spec's references failed.
+    #[error("reading references: {0}")]
+    References(#[source] kube::Error),
+    /// The API server refused an object.
+    #[error(transparent)]
+    Apply(#[from] apply::ApplyError),
+    /// Writing status failed.
+    #[error("writing status: {0}")]
+    Status(#[source] kube::Error),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::References(_) => "references",
+            Error::Apply(_) => "apply",
+            Error::Status(_) => "status",
+        }
+    }
+}
+
+/// Reconciles one BaseStation.
+pub async fn reconcile(bs: Arc<BaseStation>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_timer();
+    // Deletion is Kubernetes' job: owner references remove the objects, the StatefulSet's
+    // retention policy keeps or removes the volumes.
+    if bs.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = bs.namespace().unwrap_or_default();
+    let client = &ctx.client;
+
+    if bs.spec.paused {
+        let observed = observe(client, &ns, &bs.name_any(), None).await;
+        report(&ctx, &bs, &Outcome::Paused, &observed).await?;
+        return Ok(Action::requeue(RESYNC));
+    }
+
+    let refs = read_references(client, &bs)
+        .await
+        .map_err(Error::References)?;
+    let built = validate::validate(&bs, &ctx.defaults, &refs)
+        .map_err(|invalid| invalid.to_string())
+        .and_then(|station| {
+            let desired = build::build(&station).map_err(|e| e.to_string())?;
+            Ok((station, desired))
+        });
+    let (station, desired): (Station, Desired) = match built {
+        Ok(pair) => pair,
+        Err(message) => {
+            let observed = observe(client, &ns, &bs.name_any(), None).await;
+            report(&ctx, &bs, &Outcome::Invalid(message), &observed).await?;
+            return Ok(Action::requeue(RETRY_INVALID));
+        }
+    };
+
+    match apply::apply(client, &station, &desired).await {
+        Ok(applied) => {
+            for gone in &applied.pruned {
+                tracing::info!(station = %bs.name_any(), namespace = %ns, object = %gone, "pruned an object no longer in the spec");
+            }
+            let mut observed =
+                observe(client, &ns, &bs.name_any(), station.tls.secret_name()).await;
+            observed.stateful_set = Some(applied.stateful_set);
+            observed.service = Some(applied.service);
+            observed.config_hash = Some(desired.config_hash.clone());
+            report(&ctx, &bs, &Outcome::Applied(&station), &observed).await?;
+            Ok(Action::requeue(RESYNC))
+        }
+        Err(e) => {
+            let observed = observe(client, &ns, &bs.name_any(), station.tls.secret_name()).await;
+            report(
+                &ctx,
+                &bs,
+                &Outcome::ApplyFailed(&station, e.to_string()),
+                &observed,
+            )
+            .await?;
+            Err(e.into())
+        }
+    }
+}
+
+/// After a failed reconcile: try again soon, and count it.
+pub fn error_policy(bs: Arc<BaseStation>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.label());
+    tracing::warn!(station = %bs.name_any(), namespace = %bs.namespace().unwrap_or_default(), error = %error, "reconcile failed; retrying in 10s");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Reads the Secrets and CloudNativePG Cluster the spec names.
+async fn read_references(client: &Client, bs: &BaseStation) -> Result<References, kube::Error> {
+    let ns = bs.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let mut refs = References::default();
+    for name in validate::referenced_secrets(bs) {
+        if let Some(secret) = secrets.get_opt(&name).await? {
+            let mut keys: Vec<String> = secret.data.unwrap_or_default().into_keys().collect();
+            keys.extend(secret.string_data.unwrap_or_default().into_keys());
+            refs.secrets.insert(name, keys);
+        }
+    }
+    if let Some(cnpg) = bs
+        .spec
+        .store
+        .postgres
+        .as_ref()
+        .and_then(|p| p.cloud_native_pg.as_ref())
+    {
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("postgresql.cnpg.io", "v1", "Cluster"),
+            "clusters",
+        );
+        let clusters: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+        // A list rather than a get tells "CloudNativePG is not installed" (404 on the kind)
+        // from "no such Cluster" (an empty list).
+        refs.cnpg_cluster = match clusters
+            .list(&ListParams::default().fields(&format!("metadata.name={}", cnpg.cluster)))
+            .await
+        {
+            Ok(list) => Some(list.items.iter().any(|c| c.name_any() == cnpg.cluster)),
+            Err(kube::Error::Api(status)) if status.code == 404 => None,
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(refs)
+}
+
+/// What the API server shows now; a failed read leaves that part unknown.
+async fn observe(client: &Client, ns: &str, name: &str, tls_secret: Option<&str>) -> Observed {
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let svc: Api<Service> = Api::namespaced(client.clone(), ns);
+    let mut observed = Observed {
+        stateful_set: sts.get_opt(name).await.ok().flatten(),
+        service: svc.get_opt(name).await.ok().flatten(),
+        ..Default::default()
+    };
+    if let Some(secret) = tls_secret {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        if let Ok(Some(secret)) = secrets.get_opt(secret).await {
+            observed.certificate_expiry = secret
+                .data
+                .and_then(|d| d.get("tls.crt").cloned())
+                .and_then(|pem| certificate_expiry(&pem.0));
+        }
+    }
+    observed
+}
+
+/// The leaf's `notAfter` of a PEM chain.
+pub fn certificate_expiry(pem: &[u8]) -> Option<Timestamp> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    let cert = block.parse_x509().ok()?;
+    Timestamp::from_second(cert.validity().not_after.timestamp()).ok()
+}
+
+/// Writes status and emits Events for what changed.
+async fn report(
+    ctx: &Context,
+    bs: &BaseStation,
+    outcome: &Outcome<'_>,
+    observed: &Observed,
+) -> Result<(), Error> {
+    let new = status::status(bs, outcome, observed, Timestamp::now());
+    if bs.status.as_ref() != Some(&new) {
+        let api: Api<BaseStation> =
+            Api::namespaced(ctx.client.clone(), &bs.namespace().unwrap_or_default());
+        api.patch_status(
+            &bs.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": BaseStation::api_version(&()),
+                "kind": BaseStation::kind(&()),
+                "status": new,
+            })),
+        )
+        .await
+        .map_err(Error::Status)?;
+    }
+    let reference = bs.object_ref(&());
+    for (warning, reason, note) in status::events(bs.status.as_ref(), &new) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason,
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        // An Event is a courtesy: failing to publish one must not fail the reconcile.
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %e, "could not publish an event");
+        }
+    }
+    Ok(())
+}

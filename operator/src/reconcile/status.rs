@@ -1,0 +1,368 @@
+//! What the station's status says, computed from the outcome of a reconcile and what the API
+//! server reported back. Pure: the caller reads the objects and the clock.
+
+use super::build::public_port;
+use super::validate::{Station, Tls};
+use crate::crd::{BaseStation, BaseStationStatus, ConditionType};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+/// A certificate expiring within this long makes the TLS condition False.
+pub const EXPIRY_WARNING: SignedDuration = SignedDuration::from_hours(7 * 24);
+
+/// How the reconcile went.
+#[derive(Debug, Clone)]
+pub enum Outcome<'a> {
+    /// Every object applied.
+    Applied(&'a Station),
+    /// The spec was refused before anything was applied.
+    Invalid(String),
+    /// The API server refused an object.
+    ApplyFailed(&'a Station, String),
+    /// `spec.paused`: nothing applied.
+    Paused,
+}
+
+/// What the API server shows of the station's objects.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// The StatefulSet as it is now.
+    pub stateful_set: Option<StatefulSet>,
+    /// The public Service as it is now.
+    pub service: Option<Service>,
+    /// The served certificate's expiry, read from its Secret.
+    pub certificate_expiry: Option<Timestamp>,
+    /// The configuration hash applied, if any was.
+    pub config_hash: Option<String>,
+}
+
+/// The new status of `bs`.
+pub fn status(
+    bs: &BaseStation,
+    outcome: &Outcome<'_>,
+    observed: &Observed,
+    now: Timestamp,
+) -> BaseStationStatus {
+    let old = bs.status.clone().unwrap_or_default();
+    let generation = bs.metadata.generation;
+    let sts_status = observed
+        .stateful_set
+        .as_ref()
+        .and_then(|s| s.status.clone());
+    let replicas = sts_status.as_ref().map_or(0, |s| s.replicas);
+    let ready = sts_status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let updated = sts_status
+        .as_ref()
+        .and_then(|s| s.updated_replicas)
+        .unwrap_or(0);
+    let sts_current = observed.stateful_set.as_ref().is_some_and(|s| {
+        s.status.as_ref().and_then(|st| st.observed_generation) >= s.metadata.generation
+    });
+    let wanted = if bs.spec.stopped { 0 } else { bs.spec.replicas };
+    let rolled_out = sts_current && ready >= wanted && updated >= wanted && replicas == wanted;
+
+    let mut conditions = Vec::new();
+    let mut set = |kind: ConditionType, ok: bool, reason: &str, message: String| {
+        conditions.push(condition(
+            &old.conditions,
+            kind,
+            ok,
+            reason,
+            message,
+            generation,
+            now,
+        ));
+    };
+
+    set(
+        ConditionType::Paused,
+        matches!(outcome, Outcome::Paused),
+        if matches!(outcome, Outcome::Paused) {
+            "Paused"
+        } else {
+            "Reconciling"
+        },
+        if matches!(outcome, Outcome::Paused) {
+            "spec.paused is true: nothing is created, changed or deleted; set it to false to resume"
+                .into()
+        } else {
+            "the operator keeps the station's objects as the spec describes".into()
+        },
+    );
+    let (degraded, degraded_reason, degraded_message) = match outcome {
+        Outcome::Invalid(message) => (true, "InvalidSpec", message.clone()),
+        Outcome::ApplyFailed(_, message) => (true, "ApplyFailed", message.clone()),
+        Outcome::Applied(_) | Outcome::Paused => (false, "AsExpected", "no problem found".into()),
+    };
+    set(
+        ConditionType::Degraded,
+        degraded,
+        degraded_reason,
+        degraded_message.clone(),
+    );
+
+    let (progressing_reason, progressing_message) = if rolled_out {
+        (
+            "Stable",
+            format!("{ready} of {wanted} pods ready and up to date"),
+        )
+    } else if bs.spec.stopped && replicas > 0 {
+        ("Stopping", format!("stopping: {replicas} pods left"))
+    } else if updated < wanted && replicas >= wanted {
+        (
+            "RollingOut",
+            format!("{updated} of {wanted} pods up to date, {ready} ready"),
+        )
+    } else {
+        ("Scaling", format!("{ready} of {wanted} pods ready"))
+    };
+    set(
+        ConditionType::Progressing,
+        !rolled_out,
+        progressing_reason,
+        progressing_message,
+    );
+
+    let store_problem = match outcome {
+        Outcome::Invalid(m) if m.contains("store.") => Some(m.clone()),
+        _ => None,
+    };
+    let station = match outcome {
+        Outcome::Applied(s) | Outcome::ApplyFailed(s, _) => Some(*s),
+        _ => None,
+    };
+    set(
+        ConditionType::Store,
+        store_problem.is_none(),
+        if store_problem.is_some() {
+            "ReferenceMissing"
+        } else if bs.spec.store.postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
+        store_problem.unwrap_or_else(|| match &bs.spec.store.postgres {
+            None => "SQLite on each pod's volume".into(),
+            Some(pg) => match (&pg.secret, &pg.cloud_native_pg) {
+                (_, Some(c)) => format!("PostgreSQL of CloudNativePG Cluster '{}'", c.cluster),
+                (Some(s), _) => format!("PostgreSQL from Secret '{}' key '{}'", s.name, s.key),
+                _ => "PostgreSQL".into(),
+            },
+        }),
+    );
+
+    let (tls_ok, tls_reason, tls_message) =
+        tls_condition(bs, station, observed.certificate_expiry, now);
+    set(ConditionType::Tls, tls_ok, tls_reason, tls_message);
+
+    let (ready_ok, ready_reason, ready_message) = if degraded {
+        (false, degraded_reason, degraded_message)
+    } else if matches!(outcome, Outcome::Paused) {
+        (
+            rolled_out && wanted > 0,
+            "Paused",
+            format!("paused; {ready} of {wanted} pods ready"),
+        )
+    } else if bs.spec.stopped {
+        (
+            false,
+            "Stopped",
+            "spec.stopped is true: no pods run; data and Services are kept".into(),
+        )
+    } else if rolled_out {
+        (
+            true,
+            "AllPodsReady",
+            format!("{ready} of {wanted} pods ready"),
+        )
+    } else {
+        (
+            false,
+            "PodsNotReady",
+            format!("{ready} of {wanted} pods ready"),
+        )
+    };
+    set(ConditionType::Ready, ready_ok, ready_reason, ready_message);
+
+    BaseStationStatus {
+        observed_generation: generation,
+        conditions,
+        replicas,
+        ready_replicas: ready,
+        endpoint: station
+            .map(|s| endpoint(s, observed.service.as_ref()))
+            .or(old.endpoint),
+        certificate_expiry: observed
+            .certificate_expiry
+            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        config_hash: observed.config_hash.clone().or(old.config_hash),
+    }
+}
+
+fn tls_condition(
+    bs: &BaseStation,
+    station: Option<&Station>,
+    expiry: Option<Timestamp>,
+    now: Timestamp,
+) -> (bool, &'static str, String) {
+    let tls = match station {
+        Some(s) => &s.tls,
+        None => {
+            return (
+                true,
+                "NotChecked",
+                "the spec is not applied; nothing to check".into(),
+            );
+        }
+    };
+    match (tls, expiry) {
+        (Tls::Plain, _) => (
+            true,
+            "PlainHTTP",
+            "the public port serves plain HTTP (spec.tls is empty)".into(),
+        ),
+        (Tls::Acme(a), _) => (
+            true,
+            "StationACME",
+            format!(
+                "the station obtains and renews the certificate for {} itself; its expiry is the metric zbase_tls_certificate_expiry_timestamp_seconds",
+                a.domain
+            ),
+        ),
+        (_, None) => (
+            false,
+            "CertificatePending",
+            format!(
+                "waiting for Secret '{}' to hold a certificate (tls.crt)",
+                tls.secret_name().unwrap_or_default()
+            ),
+        ),
+        (_, Some(at)) if at <= now => (
+            false,
+            "CertificateExpired",
+            format!(
+                "the certificate expired at {at}: renew Secret '{}'",
+                tls.secret_name().unwrap_or_default()
+            ),
+        ),
+        (_, Some(at)) if at.duration_since(now) < EXPIRY_WARNING => (
+            false,
+            "CertificateExpiringSoon",
+            format!(
+                "the certificate expires at {at}, within 7 days: renew Secret '{}'{}",
+                tls.secret_name().unwrap_or_default(),
+                if bs.spec.tls.cert_manager.is_some() {
+                    " (cert-manager should have renewed it; check the Certificate's events)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (_, Some(at)) => (
+            true,
+            "CertificateValid",
+            format!("the certificate is valid until {at}"),
+        ),
+    }
+}
+
+/// Where clients connect.
+fn endpoint(station: &Station, service: Option<&Service>) -> String {
+    let scheme = if station.tls.is_on() { "wss" } else { "ws" };
+    let port = public_port(station);
+    let host = match &station.tls {
+        Tls::CertManager { spec, .. } if !spec.dns_names.is_empty() => {
+            Some(spec.dns_names[0].clone())
+        }
+        Tls::Acme(acme) => Some(acme.domain.clone()),
+        _ => None,
+    }
+    .or_else(|| {
+        let ingress = service?
+            .status
+            .as_ref()?
+            .load_balancer
+            .as_ref()?
+            .ingress
+            .as_ref()?
+            .first()?
+            .clone();
+        ingress.hostname.or(ingress.ip)
+    })
+    .unwrap_or_else(|| format!("{}.{}.svc", station.name, station.namespace));
+    let default_port = if station.tls.is_on() { 443 } else { 80 };
+    if port == default_port {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}:{port}")
+    }
+}
+
+/// A condition that keeps its transition time while its status stays the same.
+fn condition(
+    old: &[Condition],
+    kind: ConditionType,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = old
+        .iter()
+        .find(|c| c.type_ == kind.as_str() && c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: kind.as_str().into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// A condition of `status` by type.
+pub fn find(status: &BaseStationStatus, kind: ConditionType) -> Option<&Condition> {
+    status.conditions.iter().find(|c| c.type_ == kind.as_str())
+}
+
+/// The Kubernetes Events worth emitting for the change from `old` to `new`: one per condition
+/// that changed status, so a steady station emits nothing.
+pub fn events(
+    old: Option<&BaseStationStatus>,
+    new: &BaseStationStatus,
+) -> Vec<(bool, String, String)> {
+    let mut out = Vec::new();
+    for kind in [
+        ConditionType::Degraded,
+        ConditionType::Ready,
+        ConditionType::Paused,
+        ConditionType::Tls,
+    ] {
+        let Some(now) = find(new, kind) else { continue };
+        let before = old.and_then(|o| find(o, kind));
+        let changed = before.is_none_or(|b| b.status != now.status || b.reason != now.reason);
+        // A first status that is already fine is no news.
+        let news = match kind {
+            ConditionType::Degraded | ConditionType::Paused => now.status == "True",
+            ConditionType::Ready => before.is_some() || now.status == "True",
+            _ => now.status == "False",
+        };
+        if changed && (news || before.is_some()) {
+            let warning = match kind {
+                ConditionType::Degraded => now.status == "True",
+                ConditionType::Tls => now.status == "False",
+                _ => false,
+            };
+            out.push((warning, now.reason.clone(), now.message.clone()));
+        }
+    }
+    out
+}

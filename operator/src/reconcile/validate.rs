@@ -1,0 +1,468 @@
+//! From what the user wrote to what the builders need: every default resolved, every
+//! cross-field rule checked, every reference looked up. Pure: the references are read by the
+//! caller and handed in as [`References`], so each rule is a plain unit test.
+//!
+//! The CRD's schema refuses most of these mistakes before they are stored; they are checked
+//! again here because older API servers skip CEL rules and references cannot be checked there.
+
+use crate::crd::{
+    AcmeTls, BaseStation, CertManagerTls, SchedulingSpec, ServiceSpec, StationSettings,
+};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::ResourceExt;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// What the operator itself brings to every station.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// The station image when the spec names none.
+    pub station_image: String,
+}
+
+/// What the spec refers to, as read from the API just before validation.
+#[derive(Debug, Clone, Default)]
+pub struct References {
+    /// Secrets of the station's namespace that the spec names, with the keys each holds;
+    /// a name absent here does not exist.
+    pub secrets: BTreeMap<String, Vec<String>>,
+    /// Whether the CloudNativePG Cluster the spec names exists: `None` when CloudNativePG is
+    /// not installed at all.
+    pub cnpg_cluster: Option<bool>,
+}
+
+/// A station ready to be built: validated, defaulted, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Station {
+    /// The BaseStation's name, also the prefix of every object built for it.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its uid, for owner references.
+    pub uid: String,
+    /// Pods to run (0 when stopped).
+    pub replicas: i32,
+    /// The container image.
+    pub image: String,
+    /// The image pull policy.
+    pub image_pull_policy: String,
+    /// Secrets to pull the image with.
+    pub image_pull_secrets: Vec<String>,
+    /// Where resources are stored.
+    pub store: Store,
+    /// The data volume: a claim per pod, or scratch space.
+    pub volume: DataVolume,
+    /// The public port's certificate.
+    pub tls: Tls,
+    /// The public Service.
+    pub service: ServiceSpec,
+    /// Settings passed to the station, with durations checked.
+    pub settings: StationSettings,
+    /// The station's shutdown grace, which sets the pods' termination grace period.
+    pub shutdown_grace: Duration,
+    /// Container resources.
+    pub resources: Option<ResourceRequirements>,
+    /// Scheduling knobs.
+    pub scheduling: SchedulingSpec,
+    /// Extra pod labels.
+    pub pod_labels: BTreeMap<String, String>,
+    /// Extra pod annotations.
+    pub pod_annotations: BTreeMap<String, String>,
+    /// A partial pod template merged over the built one.
+    pub pod_overrides: Option<serde_json::Value>,
+    /// Whether to create the NetworkPolicy.
+    pub network_policy: bool,
+}
+
+/// Where resources are stored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Store {
+    /// SQLite on each pod's volume (one pod).
+    Sqlite,
+    /// PostgreSQL; the connection URL is this Secret key, handed to the station as
+    /// `ZBASE_STORE` so it never appears in a ConfigMap.
+    Postgres {
+        /// The Secret.
+        secret: String,
+        /// Its key holding the URL.
+        key: String,
+    },
+}
+
+/// The pods' data directory.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataVolume {
+    /// A PersistentVolumeClaim per pod, from the StatefulSet's claim template.
+    Claim {
+        /// Requested size.
+        size: String,
+        /// StorageClass, or the cluster default.
+        storage_class_name: Option<String>,
+        /// `Retain` or `Delete` when the BaseStation is deleted.
+        when_deleted: String,
+    },
+    /// An emptyDir: PostgreSQL holds the data, nothing on the pod outlives it.
+    Scratch,
+}
+
+/// The public port's certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tls {
+    /// Plain HTTP (behind a terminating proxy, or for trying it out).
+    Plain,
+    /// A `kubernetes.io/tls` Secret mounted into the pods.
+    Secret(String),
+    /// A cert-manager Certificate writing the named Secret.
+    CertManager {
+        /// The Secret cert-manager writes and the pods mount.
+        secret: String,
+        /// The Certificate's parameters.
+        spec: CertManagerTls,
+    },
+    /// The station's own ACME client.
+    Acme(AcmeTls),
+}
+
+impl Tls {
+    /// The Secret holding the served certificate, if the operator can read it.
+    pub fn secret_name(&self) -> Option<&str> {
+        match self {
+            Tls::Secret(name) | Tls::CertManager { secret: name, .. } => Some(name),
+            Tls::Plain | Tls::Acme(_) => None,
+        }
+    }
+
+    /// Whether the public port speaks TLS.
+    pub fn is_on(&self) -> bool {
+        !matches!(self, Tls::Plain)
+    }
+}
+
+/// A spec the operator refuses: every problem found, each naming the field and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// One sentence per problem.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problems.join("; "))
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// The Secret cert-manager writes for a station.
+pub fn cert_manager_secret(station: &str) -> String {
+    format!("{station}-tls")
+}
+
+/// The Secret CloudNativePG creates for a Cluster's application user.
+pub fn cnpg_app_secret(cluster: &str) -> String {
+    format!("{cluster}-app")
+}
+
+/// Checks `bs` against every rule, using `refs` for what it names.
+pub fn validate(
+    bs: &BaseStation,
+    defaults: &Defaults,
+    refs: &References,
+) -> Result<Station, Invalid> {
+    let spec = &bs.spec;
+    let mut problems = Vec::new();
+    let name = bs.name_any();
+    // Objects are named `<name>-pods` and pods `<name>-N`, and Service names are DNS labels.
+    if name.len() > 52 {
+        problems.push(format!(
+            "metadata.name '{name}' is {} characters: a BaseStation name is at most 52, so the \
+             names of its Services and pods fit; recreate it under a shorter name",
+            name.len()
+        ));
+    }
+
+    let store = match &spec.store.postgres {
+        None => Store::Sqlite,
+        Some(pg) => match (&pg.secret, &pg.cloud_native_pg) {
+            (Some(secret), None) => {
+                check_secret_key(
+                    refs,
+                    &secret.name,
+                    &secret.key,
+                    "store.postgres.secret",
+                    &mut problems,
+                );
+                Store::Postgres {
+                    secret: secret.name.clone(),
+                    key: secret.key.clone(),
+                }
+            }
+            (None, Some(cnpg)) => {
+                let secret = cnpg_app_secret(&cnpg.cluster);
+                match refs.cnpg_cluster {
+                    None => problems.push(format!(
+                        "store.postgres.cloudNativePG names Cluster '{}', but CloudNativePG is \
+                         not installed in this cluster: install it, or use store.postgres.secret",
+                        cnpg.cluster
+                    )),
+                    Some(false) => problems.push(format!(
+                        "store.postgres.cloudNativePG names Cluster '{}', which does not exist in \
+                         namespace '{}': create it, or fix the name",
+                        cnpg.cluster,
+                        bs.namespace().unwrap_or_default()
+                    )),
+                    // CloudNativePG writes the app Secret once the cluster has bootstrapped;
+                    // until then the pods wait for it rather than the spec being refused.
+                    Some(true) => {}
+                }
+                Store::Postgres {
+                    secret,
+                    key: "uri".into(),
+                }
+            }
+            _ => {
+                problems.push(
+                    "store.postgres needs exactly one of 'secret' and 'cloudNativePG'".into(),
+                );
+                Store::Sqlite
+            }
+        },
+    };
+
+    if spec.replicas < 0 {
+        problems.push(format!(
+            "spec.replicas is {}: it must be 0 or more (or set spec.stopped)",
+            spec.replicas
+        ));
+    }
+    if spec.replicas > 1 && store == Store::Sqlite {
+        problems.push(format!(
+            "spec.replicas is {} but the store is SQLite, which serves one pod only: set \
+             spec.store.postgres (a Secret or a CloudNativePG Cluster), or spec.replicas: 1",
+            spec.replicas
+        ));
+    }
+
+    let tls_sources = [
+        spec.tls.secret_name.is_some(),
+        spec.tls.cert_manager.is_some(),
+        spec.tls.acme.is_some(),
+    ];
+    let tls = if tls_sources.iter().filter(|on| **on).count() > 1 {
+        problems.push(
+            "spec.tls names more than one certificate source: keep one of secretName, \
+             certManager and acme"
+                .into(),
+        );
+        Tls::Plain
+    } else if let Some(secret) = &spec.tls.secret_name {
+        check_secret_key(refs, secret, "tls.crt", "tls.secretName", &mut problems);
+        check_secret_key(refs, secret, "tls.key", "tls.secretName", &mut problems);
+        Tls::Secret(secret.clone())
+    } else if let Some(cm) = &spec.tls.cert_manager {
+        if cm.dns_names.is_empty() {
+            problems.push("tls.certManager.dnsNames is empty: name at least one host".into());
+        }
+        if !["Issuer", "ClusterIssuer"].contains(&cm.issuer_ref.kind.as_str()) {
+            problems.push(format!(
+                "tls.certManager.issuerRef.kind is '{}': use Issuer or ClusterIssuer",
+                cm.issuer_ref.kind
+            ));
+        }
+        Tls::CertManager {
+            secret: cert_manager_secret(&name),
+            spec: cm.clone(),
+        }
+    } else if let Some(acme) = &spec.tls.acme {
+        if spec.replicas > 1 {
+            problems.push(format!(
+                "spec.tls.acme with spec.replicas {}: the station's ACME client answers \
+                 challenges on its own pod only, so it serves one pod; use tls.certManager for \
+                 several pods",
+                spec.replicas
+            ));
+        }
+        if !acme.directory.starts_with("https://") {
+            problems.push(format!(
+                "tls.acme.directory '{}' is not an https:// URL",
+                acme.directory
+            ));
+        }
+        Tls::Acme(acme.clone())
+    } else {
+        Tls::Plain
+    };
+
+    let volume = if store == Store::Sqlite || matches!(tls, Tls::Acme(_)) {
+        if !is_quantity(&spec.storage.size) {
+            problems.push(format!(
+                "storage.size '{}' is not a quantity: write e.g. 1Gi or 500Mi",
+                spec.storage.size
+            ));
+        }
+        if !["Retain", "Delete"].contains(&spec.storage.when_deleted.as_str()) {
+            problems.push(format!(
+                "storage.whenDeleted is '{}': use Retain or Delete",
+                spec.storage.when_deleted
+            ));
+        }
+        DataVolume::Claim {
+            size: spec.storage.size.clone(),
+            storage_class_name: spec.storage.storage_class_name.clone(),
+            when_deleted: spec.storage.when_deleted.clone(),
+        }
+    } else {
+        DataVolume::Scratch
+    };
+
+    let service = &spec.service;
+    if !["LoadBalancer", "NodePort", "ClusterIP"].contains(&service.type_.as_str()) {
+        problems.push(format!(
+            "service.type is '{}': use LoadBalancer, NodePort or ClusterIP",
+            service.type_
+        ));
+    }
+    if service.node_port.is_some() && service.type_ == "ClusterIP" {
+        problems.push("service.nodePort needs service.type NodePort or LoadBalancer".into());
+    }
+    if let Some(policy) = &service.external_traffic_policy
+        && !["Cluster", "Local"].contains(&policy.as_str())
+    {
+        problems.push(format!(
+            "service.externalTrafficPolicy is '{policy}': use Cluster or Local"
+        ));
+    }
+
+    let settings = &spec.station;
+    let mut duration = |field: &str, value: &Option<String>| -> Option<Duration> {
+        let text = value.as_ref()?;
+        match humantime::parse_duration(text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problems.push(format!(
+                    "station.{field} '{text}' is not a duration ({e}): write e.g. 10s or 1m30s"
+                ));
+                None
+            }
+        }
+    };
+    duration("handshakeTimeout", &settings.handshake_timeout);
+    duration("resourceIdle", &settings.resource_idle);
+    duration("lease", &settings.lease);
+    let shutdown_grace =
+        duration("shutdownGrace", &settings.shutdown_grace).unwrap_or(Duration::from_secs(10));
+
+    let pull_policy = spec
+        .image_pull_policy
+        .clone()
+        .unwrap_or_else(|| "IfNotPresent".into());
+    if !["Always", "IfNotPresent", "Never"].contains(&pull_policy.as_str()) {
+        problems.push(format!(
+            "imagePullPolicy is '{pull_policy}': use Always, IfNotPresent or Never"
+        ));
+    }
+    if let Some(overrides) = &spec.pod_overrides
+        && !overrides.is_object()
+    {
+        problems.push("podOverrides must be an object (a partial pod template)".into());
+    }
+
+    if !problems.is_empty() {
+        return Err(Invalid { problems });
+    }
+    Ok(Station {
+        name,
+        namespace: bs.namespace().unwrap_or_default(),
+        uid: bs.uid().unwrap_or_default(),
+        replicas: if spec.stopped { 0 } else { spec.replicas },
+        image: spec
+            .image
+            .clone()
+            .unwrap_or_else(|| defaults.station_image.clone()),
+        image_pull_policy: pull_policy,
+        image_pull_secrets: spec.image_pull_secrets.clone(),
+        store,
+        volume,
+        tls,
+        service: spec.service.clone(),
+        settings: spec.station.clone(),
+        shutdown_grace,
+        resources: spec.resources.clone(),
+        scheduling: spec.scheduling.clone(),
+        pod_labels: spec.pod_labels.clone(),
+        pod_annotations: spec.pod_annotations.clone(),
+        pod_overrides: spec.pod_overrides.clone(),
+        network_policy: spec.network_policy,
+    })
+}
+
+/// The Secrets a spec names, so the caller knows what to read.
+pub fn referenced_secrets(bs: &BaseStation) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Some(pg) = &bs.spec.store.postgres
+        && let Some(secret) = &pg.secret
+    {
+        names.push(secret.name.clone());
+    }
+    if let Some(secret) = &bs.spec.tls.secret_name {
+        names.push(secret.clone());
+    }
+    names
+}
+
+fn check_secret_key(
+    refs: &References,
+    secret: &str,
+    key: &str,
+    field: &str,
+    problems: &mut Vec<String>,
+) {
+    match refs.secrets.get(secret) {
+        None => problems.push(format!(
+            "{field} names Secret '{secret}', which does not exist in this namespace: create it \
+             (key '{key}'), or fix the name"
+        )),
+        Some(keys) if !keys.iter().any(|k| k == key) => problems.push(format!(
+            "{field} names Secret '{secret}', which has no key '{key}' (it has: {}): add the key",
+            if keys.is_empty() {
+                "none".to_owned()
+            } else {
+                keys.join(", ")
+            }
+        )),
+        Some(_) => {}
+    }
+}
+
+/// A Kubernetes quantity such as `1Gi`, `500M` or `1e3`: digits, an optional fraction and
+/// one known suffix.
+fn is_quantity(text: &str) -> bool {
+    let number_end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(number_end);
+    if number.is_empty() || number.starts_with('.') || number.matches('.').count() > 1 {
+        return false;
+    }
+    const SUFFIXES: [&str; 14] = [
+        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E", "m",
+    ];
+    SUFFIXES.contains(&suffix)
+        || (suffix.starts_with(['e', 'E']) && suffix[1..].parse::<i32>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        for good in ["1Gi", "500Mi", "1", "1.5Gi", "10G", "1e3"] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in ["", "Gi", "1GB", "1..2Gi", ".5Gi", "ten", "1 Gi", "-1Gi"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Golden tests of the pure builders: each fixture BaseStation in `tests/fixtures/` is
+//! validated and built, and every object must equal `tests/golden/<fixture>.yaml`. After an
+//! intended change, `ZBASE_BLESS=1 cargo test -p zbase-operator --test builders` rewrites the
+//! golden files; review their diff like code.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use zbase_operator::crd::BaseStation;
+use zbase_operator::reconcile::build::{self, CONFIG_HASH_ANNOTATION, Desired};
+use zbase_operator::reconcile::validate::{self, Defaults, References, Station};
+
+fn dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(name)
+}
+
+fn fixture(name: &str) -> BaseStation {
+    let text = std::fs::read_to_string(dir("fixtures").join(format!("{name}.yaml"))).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        station_image: "ghcr.io/zbase-dev/zbase-station:0.1.0".into(),
+    }
+}
+
+/// Every reference a fixture may name exists.
+fn all_present() -> References {
+    References {
+        secrets: [
+            ("home-cert", vec!["tls.crt", "tls.key", "ca.crt"]),
+            ("relay-db", vec!["url"]),
+        ]
+        .into_iter()
+        .map(|(n, keys)| (n.to_owned(), keys.into_iter().map(String::from).collect()))
+        .collect(),
+        cnpg_cluster: Some(true),
+    }
+}
+
+fn station(bs: &BaseStation) -> Station {
+    validate::validate(bs, &defaults(), &all_present()).unwrap()
+}
+
+fn render(desired: &Desired) -> String {
+    let Desired {
+        service_account,
+        config_map,
+        public_service,
+        headless_service,
+        internal_service,
+        stateful_set,
+        pod_disruption_budget,
+        network_policy,
+        certificate,
+        config_hash: _,
+    } = desired;
+    let mut docs = vec![
+        serde_yaml::to_string(service_account).unwrap(),
+        serde_yaml::to_string(config_map).unwrap(),
+        serde_yaml::to_string(public_service).unwrap(),
+        serde_yaml::to_string(headless_service).unwrap(),
+        serde_yaml::to_string(internal_service).unwrap(),
+        serde_yaml::to_string(stateful_set).unwrap(),
+        serde_yaml::to_string(pod_disruption_budget).unwrap(),
+    ];
+    docs.extend(
+        network_policy
+            .iter()
+            .map(|p| serde_yaml::to_string(p).unwrap()),
+    );
+    docs.extend(
+        certificate
+            .iter()
+            .map(|c| serde_yaml::to_string(c).unwrap()),
+    );
+    docs.join("---\n")
+}
+
+#[test]
+fn every_fixture_builds_its_golden_objects() {
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(dir("fixtures")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        let desired = build::build(&station(&fixture(&name))).unwrap();
+        let text = render(&desired);
+        let golden = dir("golden").join(format!("{name}.yaml"));
+        if std::env::var_os("ZBASE_BLESS").is_some() {
+            std::fs::write(&golden, &text).unwrap();
+            continue;
+        }
+        match std::fs::read_to_string(&golden) {
+            Ok(expected) if expected == text => {}
+            Ok(_) => failures.push(format!("{name}: differs from {}", golden.display())),
+            Err(_) => failures.push(format!("{name}: no golden file {}", golden.display())),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\nrun `ZBASE_BLESS=1 cargo test -p zbase-operator --test builders` and review the diff",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn a_config_change_changes_the_pod_template_hash_and_nothing_else_does() {
+    let base = fixture("minimal");
+    let hash = |bs: &BaseStation| {
+        let desired = build::build(&station(bs)).unwrap();
+        let annotations = desired
+            .stateful_set
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap();
+        assert_eq!(annotations[CONFIG_HASH_ANNOTATION], desired.config_hash);
+        desired.config_hash
+    };
+    let original = hash(&base);
+
+    let mut tuned = base.clone();
+    tuned.spec.station.peers_per_resource = Some(10);
+    assert_ne!(hash(&tuned), original, "a station setting is in the file");
+
+    let mut scaled = base.clone();
+    scaled
+        .spec
+        .service
+        .annotations
+        .insert("a".into(), "b".into());
+    scaled.spec.pod_labels.insert("x".into(), "y".into());
+    scaled.metadata.generation = Some(9);
+    assert_eq!(
+        hash(&scaled),
+        original,
+        "service and pod metadata are not configuration"
+    );
+}
+
+#[test]
+fn the_rendered_config_is_one_the_station_reads() {
+    for name in [
+        "minimal",
+        "sqlite-tls-secret",
+        "postgres-three-pods",
+        "acme-nodeport",
+    ] {
+        let desired = build::build(&station(&fixture(name))).unwrap();
+        let text = &desired.config_map.data.unwrap()[build::CONFIG_KEY];
+        let raw = zbase_basestation::config::RawSettings::from_yaml(text)
+            .unwrap_or_else(|e| panic!("{name}: the station refuses its config: {e}\n{text}"));
+        assert_eq!(raw.listen.unwrap().port() as i32, build::PUBLIC_PORT);
+        assert_eq!(
+            raw.internal_listen.unwrap().port() as i32,
+            build::INTERNAL_PORT
+        );
+        assert!(
+            !text.contains("postgres://"),
+            "no database URL (it may hold a password) in a ConfigMap"
+        );
+    }
+}
+
+#[test]
+fn stopping_scales_to_zero_and_keeps_the_claims_policy() {
+    let s = station(&fixture("cloudnativepg-stopped"));
+    assert_eq!(s.replicas, 0);
+    let desired = build::build(&s).unwrap();
+    assert_eq!(
+        desired.stateful_set.spec.as_ref().unwrap().replicas,
+        Some(0)
+    );
+    assert!(desired.network_policy.is_none());
+    let env = desired
+        .stateful_set
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let store = env.iter().find(|e| e.name == "ZBASE_STORE").unwrap();
+    let secret = store
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (secret.name.as_str(), secret.key.as_str()),
+        ("lab-db-app", "uri")
+    );
+}
+
+#[test]
+fn volumes_are_retained_by_default_and_deleted_only_when_asked() {
+    let policy = |name: &str| {
+        build::build(&station(&fixture(name)))
+            .unwrap()
+            .stateful_set
+            .spec
+            .unwrap()
+            .persistent_volume_claim_retention_policy
+            .unwrap()
+    };
+    let kept = policy("minimal");
+    assert_eq!(kept.when_deleted.as_deref(), Some("Retain"));
+    assert_eq!(kept.when_scaled.as_deref(), Some("Retain"));
+    assert_eq!(
+        policy("sqlite-tls-secret").when_deleted.as_deref(),
+        Some("Delete")
+    );
+}
+
+#[test]
+fn pod_overrides_reach_the_container_and_cannot_break_the_selector() {
+    let mut bs = fixture("postgres-three-pods");
+    let desired = build::build(&station(&bs)).unwrap();
+    let pod = desired.stateful_set.spec.unwrap().template;
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    let env = spec.containers[0].env.clone().unwrap();
+    assert!(env.iter().any(|e| e.name == "RUST_BACKTRACE"));
+    assert!(
+        env.iter().any(|e| e.name == "ZBASE_POD_ID"),
+        "the built env is kept"
+    );
+
+    bs.spec.pod_overrides =
+        Some(serde_json::json!({"metadata": {"labels": {"app.kubernetes.io/instance": "other"}}}));
+    let labels = build::build(&station(&bs))
+        .unwrap()
+        .stateful_set
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .labels
+        .unwrap();
+    assert_eq!(labels["app.kubernetes.io/instance"], "relay");
+
+    bs.spec.pod_overrides = Some(serde_json::json!({"spec": {"containers": "not a list"}}));
+    let err = build::build(&station(&bs)).unwrap_err();
+    assert!(err.to_string().contains("spec.podOverrides"), "{err}");
+}
+
+fn problems(bs: &BaseStation, refs: &References) -> String {
+    validate::validate(bs, &defaults(), refs)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn invalid_specs_are_refused_with_what_to_change() {
+    let mut sqlite3 = fixture("minimal");
+    sqlite3.spec.replicas = 3;
+    let message = problems(&sqlite3, &all_present());
+    assert!(
+        message.contains("spec.replicas is 3 but the store is SQLite"),
+        "{message}"
+    );
+    assert!(message.contains("set spec.store.postgres"), "{message}");
+
+    let mut two_certs = fixture("sqlite-tls-secret");
+    two_certs.spec.tls.acme = fixture("acme-nodeport").spec.tls.acme;
+    assert!(problems(&two_certs, &all_present()).contains("more than one certificate source"));
+
+    let mut acme3 = fixture("postgres-three-pods");
+    acme3.spec.tls = fixture("acme-nodeport").spec.tls;
+    assert!(problems(&acme3, &all_present()).contains("use tls.certManager for several pods"));
+
+    let mut bad = fixture("minimal");
+    bad.spec.storage.size = "lots".into();
+    bad.spec.station.handshake_timeout = Some("soon".into());
+    bad.spec.service.type_ = "Ingress".into();
+    let message = problems(&bad, &all_present());
+    for part in [
+        "storage.size 'lots'",
+        "station.handshakeTimeout 'soon'",
+        "service.type is 'Ingress'",
+    ] {
+        assert!(message.contains(part), "{part} missing from: {message}");
+    }
+
+    let mut long = fixture("minimal");
+    long.metadata.name = Some("x".repeat(53));
+    assert!(problems(&long, &all_present()).contains("at most 52"));
+}
+
+#[test]
+fn missing_references_are_named() {
+    let none = References::default();
+    let message = problems(&fixture("sqlite-tls-secret"), &none);
+    assert!(
+        message.contains("tls.secretName names Secret 'home-cert', which does not exist"),
+        "{message}"
+    );
+
+    let wrong_key = References {
+        secrets: [("relay-db".to_owned(), vec!["uri".to_owned()])].into(),
+        ..Default::default()
+    };
+    let message = problems(&fixture("postgres-three-pods"), &wrong_key);
+    assert!(
+        message.contains("has no key 'url' (it has: uri)"),
+        "{message}"
+    );
+
+    let message = problems(
+        &fixture("cloudnativepg-stopped"),
+        &References {
+            cnpg_cluster: None,
+            ..Default::default()
+        },
+    );
+    assert!(
+        message.contains("CloudNativePG is not installed"),
+        "{message}"
+    );
+    let message = problems(
+        &fixture("cloudnativepg-stopped"),
+        &References {
+            cnpg_cluster: Some(false),
+            ..Default::default()
+        },
+    );
+    assert!(
+        message.contains("Cluster 'lab-db', which does not exist"),
+        "{message}"
+    );
+}
