@@ -44,8 +44,14 @@ fn the_schema_carries_the_rules_kubernetes_can_check() {
         rules.contains(&"self.replicas <= 1 || has(self.store.postgres)"),
         "{rules:?}"
     );
-    assert_eq!(spec["properties"]["replicas"]["minimum"].as_f64(), Some(0.0));
-    assert_eq!(spec["properties"]["replicas"]["maximum"].as_f64(), Some(64.0));
+    assert_eq!(
+        spec["properties"]["replicas"]["minimum"].as_f64(),
+        Some(0.0)
+    );
+    assert_eq!(
+        spec["properties"]["replicas"]["maximum"].as_f64(),
+        Some(64.0)
+    );
     let columns: Vec<&str> = version["additionalPrinterColumns"]
         .as_array()
         .unwrap()

@@ -4,6 +4,7 @@
 mod acme;
 mod browser;
 mod durability;
+mod operator;
 mod pods;
 mod postgres;
 mod sqlite;

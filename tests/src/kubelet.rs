@@ -1,0 +1,166 @@
+//! A stand-in kubelet: runs the container of a pod template the operator rendered as a local
+//! process, so a test proves that the command, arguments, environment and mounted files the
+//! operator writes start the real binary (a renamed flag or key on either side fails it).
+//!
+//! What it does as a kubelet would: the files of each volume appear at their mount path
+//! (under a private root, and every path in arguments and mounted files is rewritten to that
+//! root); `fieldRef` variables get the pod's name, namespace and IP; `$(VAR)` references to
+//! earlier variables are expanded. What it cannot do: container ports are moved to free
+//! loopback ports (rewritten the same way), and images are not pulled (the binary is given).
+
+use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Files to put in a volume: file name to contents.
+pub type VolumeFiles = BTreeMap<String, Vec<u8>>;
+
+/// A container of a pod template running as a local process; killed on drop.
+pub struct LocalPod {
+    child: Child,
+    root: tempfile::TempDir,
+    ports: BTreeMap<String, SocketAddr>,
+}
+
+impl LocalPod {
+    /// Starts container `container` of `template` from `binary`, with `volumes` (volume name
+    /// to files) mounted where the container's volumeMounts say.
+    pub fn start(
+        template: &PodTemplateSpec,
+        container: &str,
+        binary: &Path,
+        volumes: &BTreeMap<String, VolumeFiles>,
+        pod_name: &str,
+        namespace: &str,
+    ) -> LocalPod {
+        let spec = template.spec.as_ref().expect("a pod template has a spec");
+        let c: &Container = spec
+            .containers
+            .iter()
+            .find(|c| c.name == container)
+            .unwrap_or_else(|| panic!("no container named {container}"));
+        let root = tempfile::tempdir().expect("pod root");
+
+        // Ports first: every file and argument is rewritten with them.
+        let mut ports = BTreeMap::new();
+        let mut rewrites: Vec<(String, String)> = Vec::new();
+        for port in c.ports.iter().flatten() {
+            let free = TcpListener::bind("127.0.0.1:0")
+                .expect("free port")
+                .local_addr()
+                .expect("addr");
+            let name = port
+                .name
+                .clone()
+                .unwrap_or_else(|| port.container_port.to_string());
+            ports.insert(name, free);
+            rewrites.push((format!("0.0.0.0:{}", port.container_port), free.to_string()));
+        }
+        let mounts: Vec<(String, String)> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.clone(), m.mount_path.clone()))
+            .collect();
+        for (_, path) in &mounts {
+            rewrites.push((
+                path.clone(),
+                host_path(root.path(), path).display().to_string(),
+            ));
+        }
+        let rewrite = |text: &str| {
+            rewrites
+                .iter()
+                .fold(text.to_owned(), |acc, (from, to)| acc.replace(from, to))
+        };
+
+        for (volume, path) in &mounts {
+            let dir = host_path(root.path(), path);
+            std::fs::create_dir_all(&dir).expect("mount dir");
+            for (file, contents) in volumes.get(volume).into_iter().flatten() {
+                let contents = match std::str::from_utf8(contents) {
+                    Ok(text) => rewrite(text).into_bytes(),
+                    Err(_) => contents.clone(),
+                };
+                std::fs::write(dir.join(file), contents).expect("volume file");
+            }
+        }
+
+        let mut env: Vec<(String, String)> = Vec::new();
+        for var in c.env.iter().flatten() {
+            let value = match (&var.value, &var.value_from) {
+                (Some(v), _) => expand(v, &env),
+                (None, Some(from)) => {
+                    match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                        Some("metadata.name") => pod_name.to_owned(),
+                        Some("metadata.namespace") => namespace.to_owned(),
+                        Some("status.podIP") => "127.0.0.1".to_owned(),
+                        other => panic!(
+                            "the stand-in kubelet cannot resolve {} from {other:?}",
+                            var.name
+                        ),
+                    }
+                }
+                (None, None) => String::new(),
+            };
+            env.push((var.name.clone(), rewrite(&value)));
+        }
+
+        let args: Vec<String> = c
+            .command
+            .iter()
+            .flatten()
+            .skip(1)
+            .chain(c.args.iter().flatten())
+            .map(|a| rewrite(&expand(a, &env)))
+            .collect();
+        let child = Command::new(binary)
+            .args(&args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.path().join("stderr.log")).expect("log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        LocalPod { child, root, ports }
+    }
+
+    /// Where the named container port is reachable.
+    pub fn port(&self, name: &str) -> SocketAddr {
+        *self
+            .ports
+            .get(name)
+            .unwrap_or_else(|| panic!("no container port named {name}"))
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr_log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for LocalPod {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn host_path(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+/// Expands `$(NAME)` references to earlier variables, as the kubelet does.
+fn expand(text: &str, env: &[(String, String)]) -> String {
+    env.iter().fold(text.to_owned(), |acc, (k, v)| {
+        acc.replace(&format!("$({k})"), v)
+    })
+}
