@@ -1,9 +1,11 @@
 //! Test harness for the real zbase binaries: start a station in a fresh directory on port 0,
 //! talk to it over WebSocket and gRPC as an independent client would, kill it for real; and
 //! throwaway PostgreSQL servers for the store tests of both crates, and several pods on one
-//! of them behind HAProxy; and a throwaway PKI for TLS tests.
+//! of them behind HAProxy; and a throwaway PKI for TLS tests; and the operator's Helm chart
+//! linted and rendered by the real Helm engine.
 
 pub mod client;
+pub mod helm;
 pub mod pods;
 pub mod postgres;
 pub mod station;
