@@ -5,7 +5,11 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
 
-.PHONY: run demo build test lint fmt bench clean crds
+.PHONY: run demo build test lint fmt bench clean helm-venv crds
+
+# The real Helm engine for the chart tests: Helm's Go SDK (v4) as PyPI's helm-python-sdk.
+HELM_VENV ?= target/helm-venv
+HELM_PYTHON_SDK_VERSION := 0.2.2
 
 ## Start a station on the embedded SQLite store, plain HTTP on $(LISTEN).
 run:
@@ -26,7 +30,7 @@ build:
 ## then the wire contract again, judged through HAProxy in front of three pods on PostgreSQL
 ## (all but per-IP limits and one process's SIGTERM drain, which are per pod by design).
 ## `--workspace` again so features unify as in the first run and nothing is rebuilt.
-test: build
+test: build helm-venv
 	$(CARGO) test --workspace --no-fail-fast
 	ZBASE_TEST_TOPOLOGY=pods $(CARGO) test --workspace --test it -- wire:: \
 	  --skip s9_connections_per_ip --skip s9_failed_handshakes --skip s8_sigterm_drains
@@ -34,6 +38,17 @@ test: build
 ## Regenerate the BaseStation CRD the chart ships, from the operator's Rust types.
 crds:
 	$(CARGO) run -q -p zbase-operator -- crd > charts/zbase-operator/files/crds/basestations.zbase.dev.yaml
+
+## The Python venv the chart tests render charts/zbase-operator with (no `helm` binary needed);
+## made once, and again when the pinned version changes.
+helm-venv: $(HELM_VENV)/.helm-python-sdk-$(HELM_PYTHON_SDK_VERSION)
+
+$(HELM_VENV)/.helm-python-sdk-$(HELM_PYTHON_SDK_VERSION):
+	rm -rf $(HELM_VENV)
+	python3 -m venv $(HELM_VENV)
+	$(HELM_VENV)/bin/pip install --quiet --disable-pip-version-check \
+	  helm-python-sdk==$(HELM_PYTHON_SDK_VERSION)
+	touch $@
 
 ## Formatting and lints, as CI would want them.
 lint:

@@ -3,6 +3,7 @@
 
 mod acme;
 mod browser;
+mod chart;
 mod durability;
 mod operator;
 mod pods;
