@@ -340,3 +340,25 @@ fn missing_references_are_named() {
         "{message}"
     );
 }
+
+#[test]
+fn every_deploy_example_validates_and_builds() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut seen = 0;
+    for example in std::fs::read_dir(&deploy).unwrap() {
+        let path = example.unwrap().path().join("basestation.yaml");
+        if !path.is_file() {
+            continue;
+        }
+        let mut bs: BaseStation = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        bs.metadata.namespace = Some("zbase".into());
+        bs.metadata.uid = Some("uid".into());
+        let refs = References { cnpg_cluster: Some(true), ..all_present() };
+        let station = validate::validate(&bs, &defaults(), &refs)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        build::build(&station).unwrap();
+        seen += 1;
+    }
+    assert!(seen >= 2, "the deploy examples were not found under {}", deploy.display());
+}

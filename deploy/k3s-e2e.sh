@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The operator's end-to-end scenario on a real k3s cluster: build and import the images,
+# install the chart, apply the one-node example, wait for Ready, connect a client, then check
+# that the operator restores a deleted child and that a config change rolls the pod.
+#
+# Needs: kubectl pointing at the cluster, helm 3 or 4, podman or docker, and this repository
+# with Rust (for the demo client). On the k3s node itself the images are imported with
+# `k3s ctr`; elsewhere set IMAGE_REGISTRY to a registry the cluster pulls from.
+#
+#   deploy/k3s-e2e.sh            # run it
+#   KEEP=1 deploy/k3s-e2e.sh     # leave everything installed afterwards
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NS=${NS:-zbase-e2e}
+OPERATOR_NS=${OPERATOR_NS:-zbase-system}
+VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/zbase-operator/Chart.yaml)
+REGISTRY=${IMAGE_REGISTRY:-ghcr.io/zbase-dev}
+BUILD=$(command -v podman || command -v docker || true)
+
+step() { printf '\n== %s\n' "$*"; }
+fail() { echo "k3s-e2e: FAILED: $*" >&2; kubectl -n "$NS" get all,basestations -o wide >&2 || true; exit 1; }
+cleanup() {
+  if [ -z "${KEEP:-}" ]; then
+    kubectl delete namespace "$NS" --ignore-not-found --wait=false >/dev/null
+    helm uninstall zbase -n "$OPERATOR_NS" >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+step "images $REGISTRY/zbase-{station,operator}:$VERSION"
+if [ -n "$BUILD" ] && [ -z "${SKIP_BUILD:-}" ]; then
+  for target in station operator; do
+    "$BUILD" build -f deploy/images/Containerfile --target "$target" -t "$REGISTRY/zbase-$target:$VERSION" .
+    if [ -n "${IMAGE_REGISTRY:-}" ]; then
+      "$BUILD" push "$REGISTRY/zbase-$target:$VERSION"
+    elif command -v k3s >/dev/null; then
+      "$BUILD" save "$REGISTRY/zbase-$target:$VERSION" | sudo k3s ctr images import -
+    fi
+  done
+fi
+
+step "install the chart"
+helm upgrade --install zbase charts/zbase-operator -n "$OPERATOR_NS" --create-namespace \
+  -f deploy/one-node-sqlite/values.yaml --set image.pullPolicy=IfNotPresent --wait --timeout 3m
+kubectl -n "$OPERATOR_NS" rollout status deploy -l app.kubernetes.io/name=zbase-operator --timeout=2m
+
+step "apply the one-node example"
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n "$NS" apply -f deploy/one-node-sqlite/basestation.yaml
+kubectl -n "$NS" wait basestation/home --for=condition=Ready --timeout=5m || fail "the station never became Ready"
+kubectl -n "$NS" get basestations
+
+step "connect a client through the Service"
+kubectl -n "$NS" port-forward svc/home 18080:80 >/dev/null 2>&1 &
+PF=$!
+sleep 2
+cargo run -q -p zbase-tests --example quickstart -- 127.0.0.1:18080 || { kill $PF; fail "the demo client failed"; }
+kill $PF
+
+step "a deleted child is restored"
+kubectl -n "$NS" delete service home-internal --wait=true
+for _ in $(seq 30); do kubectl -n "$NS" get service home-internal >/dev/null 2>&1 && break; sleep 1; done
+kubectl -n "$NS" get service home-internal >/dev/null || fail "the operator did not restore Service home-internal"
+
+step "a config change rolls the pod"
+before=$(kubectl -n "$NS" get pod home-0 -o jsonpath='{.metadata.uid}')
+kubectl -n "$NS" patch basestation home --type merge -p '{"spec":{"station":{"peersPerResource":512}}}'
+kubectl -n "$NS" rollout status statefulset/home --timeout=3m
+after=$(kubectl -n "$NS" get pod home-0 -o jsonpath='{.metadata.uid}')
+[ "$before" != "$after" ] || fail "the pod was not replaced after a configuration change"
+kubectl -n "$NS" wait basestation/home --for=condition=Ready --timeout=3m
+
+step "passed"
