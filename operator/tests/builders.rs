@@ -354,11 +354,18 @@ fn every_deploy_example_validates_and_builds() {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         bs.metadata.namespace = Some("zbase".into());
         bs.metadata.uid = Some("uid".into());
-        let refs = References { cnpg_cluster: Some(true), ..all_present() };
+        let refs = References {
+            cnpg_cluster: Some(true),
+            ..all_present()
+        };
         let station = validate::validate(&bs, &defaults(), &refs)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         build::build(&station).unwrap();
         seen += 1;
     }
-    assert!(seen >= 2, "the deploy examples were not found under {}", deploy.display());
+    assert!(
+        seen >= 2,
+        "the deploy examples were not found under {}",
+        deploy.display()
+    );
 }

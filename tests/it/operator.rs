@@ -79,6 +79,7 @@ async fn start(bs: &BaseStation, refs: &References, tls: Option<VolumeFiles>) ->
         &volumes,
         &format!("{}-0", station.name),
         &station.namespace,
+        &[],
     )
 }
 

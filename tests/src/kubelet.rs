@@ -8,6 +8,9 @@
 //! earlier variables are expanded. What it cannot do: container ports are moved to free
 //! loopback ports (rewritten the same way), and images are not pulled (the binary is given).
 
+// A test harness: a failure to set up the pod is the test's failure, said where it happens.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -34,6 +37,7 @@ impl LocalPod {
         volumes: &BTreeMap<String, VolumeFiles>,
         pod_name: &str,
         namespace: &str,
+        extra_env: &[(&str, String)],
     ) -> LocalPod {
         let spec = template.spec.as_ref().expect("a pod template has a spec");
         let c: &Container = spec
@@ -121,6 +125,7 @@ impl LocalPod {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(root.path().join("stderr.log")).expect("log file"))
             .spawn()

@@ -19,6 +19,8 @@ pub const GROUP: &str = "zbase.dev";
 
 /// The desired state of one zbase base station: a StatefulSet of station pods behind one
 /// Service, with its configuration, store, TLS and policies.
+// Each printer column repeats `type_ = ...`, which clippy takes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "zbase.dev",

@@ -1,0 +1,401 @@
+//! The real `zbase-operator` binary reconciling against the stand-in API server
+//! (`zbase_tests::apiserver`): create, update, scale, an invalid spec, pause, an owned object
+//! deleted by hand, a configuration change, status and Events, leader election, and the
+//! chart's own Deployment command.
+//!
+//! Nothing runs pods here, so the tests play the kubelet and StatefulSet controller: they
+//! write the StatefulSet's status to say how many pods are ready.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use zbase_operator::crd::BaseStation;
+use zbase_operator::reconcile::build::CONFIG_HASH_ANNOTATION;
+use zbase_tests::apiserver::ApiServer;
+
+const NS: &str = "zbase";
+
+fn operator_bin() -> PathBuf {
+    let path = std::env::var_os("ZBASE_OPERATOR_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/zbase-operator")
+    });
+    assert!(path.is_file(), "{} does not exist; build it first: cargo build -p zbase-operator (make test does this)", path.display());
+    path
+}
+
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// An operator process; killed on drop, its log kept for failure messages.
+struct Operator {
+    child: Child,
+    listen: std::net::SocketAddr,
+    log: tempfile::NamedTempFile,
+}
+
+impl Operator {
+    fn start(api: &ApiServer, identity: &str) -> Operator {
+        let listen = free_port();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(operator_bin())
+            .args(["run", "--listen", &listen.to_string(), "--log", "info,zbase_operator=debug"])
+            .env("KUBECONFIG", api.kubeconfig())
+            .env("POD_NAMESPACE", "zbase-system")
+            .env("POD_NAME", identity)
+            .env("ZBASE_OPERATOR_STATION_IMAGE", "zbase-station:test")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        Operator { child, listen, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let body = reqwest::get(format!("http://{}/metrics", self.listen)).await.ok()?.text().await.ok()?;
+        body.lines().find(|l| l.starts_with(name))?.rsplit(' ').next()?.parse().ok()
+    }
+
+    fn sigterm(&self) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The API server with the chart's CRD installed, as `helm install` leaves a cluster.
+async fn cluster() -> (ApiServer, Client) {
+    let api = ApiServer::start().await;
+    let client = api.client();
+    let crd: CustomResourceDefinition = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/zbase-operator/files/crds/basestations.zbase.dev.yaml")).unwrap(),
+    )
+    .unwrap();
+    Api::<CustomResourceDefinition>::all(client.clone()).create(&PostParams::default(), &crd).await.unwrap();
+    (api, client)
+}
+
+async fn create(client: &Client, yaml: &str) -> BaseStation {
+    let bs: BaseStation = serde_yaml::from_str(yaml).unwrap();
+    Api::<BaseStation>::namespaced(client.clone(), NS).create(&PostParams::default(), &bs).await.unwrap()
+}
+
+async fn patch_spec(client: &Client, name: &str, spec: serde_json::Value) {
+    Api::<BaseStation>::namespaced(client.clone(), NS)
+        .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec })))
+        .await
+        .unwrap();
+}
+
+/// Polls `check` until it gives a value, failing with the operator's log after 20 s.
+async fn eventually<T, F, Fut>(op: &Operator, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..400 {
+        if let Some(value) = check().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never: {what}\noperator log:\n{}", op.log());
+}
+
+async fn station(client: &Client, name: &str) -> BaseStation {
+    Api::<BaseStation>::namespaced(client.clone(), NS).get(name).await.unwrap()
+}
+
+fn condition(bs: &BaseStation, kind: &str) -> Option<(String, String, String)> {
+    let c = bs.status.as_ref()?.conditions.iter().find(|c| c.type_ == kind)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn sts(client: &Client, name: &str) -> Option<StatefulSet> {
+    Api::<StatefulSet>::namespaced(client.clone(), NS).get_opt(name).await.unwrap()
+}
+
+fn config_hash(sts: &StatefulSet) -> String {
+    sts.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[CONFIG_HASH_ANNOTATION].clone()
+}
+
+/// Plays the StatefulSet controller and kubelets: `ready` pods of the current template.
+async fn pods_ready(client: &Client, name: &str, ready: i32) {
+    let current = sts(client, name).await.unwrap();
+    Api::<StatefulSet>::namespaced(client.clone(), NS)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "observedGeneration": current.metadata.generation,
+                "replicas": ready, "readyReplicas": ready, "updatedReplicas": ready, "availableReplicas": ready
+            }})),
+        )
+        .await
+        .unwrap();
+}
+
+async fn events(client: &Client) -> Vec<(String, String)> {
+    Api::<Event>::namespaced(client.clone(), NS)
+        .list(&Default::default())
+        .await
+        .map(|l| l.items.into_iter().map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default())).collect())
+        .unwrap_or_default()
+}
+
+const MINIMAL: &str = "apiVersion: zbase.dev/v1alpha1\nkind: BaseStation\nmetadata: {name: home, namespace: zbase}\nspec: {}\n";
+
+#[tokio::test]
+async fn a_new_station_gets_every_object_then_ready_status_and_events() {
+    let (api, client) = cluster().await;
+    let op = Operator::start(&api, "op-a");
+    let bs = create(&client, MINIMAL).await;
+
+    let set = eventually(&op, "the StatefulSet exists", || async { sts(&client, "home").await }).await;
+    assert_eq!(set.spec.as_ref().unwrap().replicas, Some(1));
+    assert_eq!(set.owner_references()[0].uid, bs.uid().unwrap());
+    let image = set.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.clone();
+    assert_eq!(image.as_deref(), Some("zbase-station:test"), "the operator's --station-image");
+    for name in ["home", "home-pods", "home-internal"] {
+        assert!(Api::<Service>::namespaced(client.clone(), NS).get_opt(name).await.unwrap().is_some(), "Service {name}");
+    }
+    assert!(Api::<ConfigMap>::namespaced(client.clone(), NS).get_opt("home-config").await.unwrap().is_some());
+    assert!(Api::<ServiceAccount>::namespaced(client.clone(), NS).get_opt("home").await.unwrap().is_some());
+    assert!(Api::<PodDisruptionBudget>::namespaced(client.clone(), NS).get_opt("home").await.unwrap().is_some());
+    assert!(Api::<NetworkPolicy>::namespaced(client.clone(), NS).get_opt("home").await.unwrap().is_some());
+
+    let status = eventually(&op, "status reports pods not ready", || async {
+        let bs = station(&client, "home").await;
+        (condition(&bs, "Ready")?.1 == "PodsNotReady").then_some(bs)
+    })
+    .await;
+    let st = status.status.as_ref().unwrap();
+    assert_eq!(st.observed_generation, status.metadata.generation);
+    assert_eq!(st.endpoint.as_deref(), Some("ws://home.zbase.svc"));
+    assert_eq!(condition(&status, "Progressing").unwrap().0, "True");
+    assert_eq!(condition(&status, "Degraded").unwrap().0, "False");
+    assert_eq!(condition(&status, "Store").unwrap().1, "SQLite");
+
+    pods_ready(&client, "home", 1).await;
+    eventually(&op, "Ready turns True once the pod is ready", || async {
+        let bs = station(&client, "home").await;
+        (condition(&bs, "Ready")?.0 == "True" && bs.status?.ready_replicas == 1).then_some(())
+    })
+    .await;
+    eventually(&op, "a Normal event says the station is ready", || async {
+        events(&client).await.contains(&("Normal".into(), "AllPodsReady".into())).then_some(())
+    })
+    .await;
+    assert_eq!(op.metric("zbase_operator_leader").await, Some(1.0));
+}
+
+#[tokio::test]
+async fn scaling_does_not_roll_the_pods_and_a_config_change_does() {
+    let (api, client) = cluster().await;
+    let op = Operator::start(&api, "op-a");
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "db", "namespace": NS}, "stringData": {"uri": "postgres://zbase:pw@db:5432/zbase"}})).unwrap();
+    Api::<Secret>::namespaced(client.clone(), NS).create(&PostParams::default(), &secret).await.unwrap();
+    create(&client, "apiVersion: zbase.dev/v1alpha1\nkind: BaseStation\nmetadata: {name: relay, namespace: zbase}\nspec:\n  replicas: 2\n  store: {postgres: {secret: {name: db}}}\n").await;
+    let first = eventually(&op, "the StatefulSet exists", || async { sts(&client, "relay").await }).await;
+    assert_eq!(first.spec.as_ref().unwrap().replicas, Some(2));
+    let env = first.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    assert!(env.iter().any(|e| e.name == "ZBASE_STORE"), "the URL comes from the Secret");
+    let hash = config_hash(&first);
+
+    patch_spec(&client, "relay", json!({"replicas": 3, "service": {"annotations": {"a": "b"}}})).await;
+    let scaled = eventually(&op, "scaled to 3", || async {
+        sts(&client, "relay").await.filter(|s| s.spec.as_ref().unwrap().replicas == Some(3))
+    })
+    .await;
+    assert_eq!(config_hash(&scaled), hash, "scaling does not change the pod template");
+    assert_eq!(scaled.spec.as_ref().unwrap().template, first.spec.as_ref().unwrap().template, "nothing rolls");
+
+    patch_spec(&client, "relay", json!({"station": {"peersPerResource": 64}})).await;
+    let changed = eventually(&op, "the config hash changes", || async {
+        sts(&client, "relay").await.filter(|s| config_hash(s) != hash)
+    })
+    .await;
+    let config = Api::<ConfigMap>::namespaced(client.clone(), NS).get("relay-config").await.unwrap();
+    assert!(config.data.unwrap()["station.yaml"].contains("peers-per-resource: 64"));
+    assert_ne!(changed.spec.as_ref().unwrap().template, first.spec.as_ref().unwrap().template, "the pods roll");
+}
+
+#[tokio::test]
+async fn an_invalid_spec_applies_nothing_and_says_what_to_change() {
+    let (api, client) = cluster().await;
+    let op = Operator::start(&api, "op-a");
+    // The CRD's CEL rule refuses this on a real API server; the operator refuses it too.
+    create(&client, "apiVersion: zbase.dev/v1alpha1\nkind: BaseStation\nmetadata: {name: home, namespace: zbase}\nspec: {replicas: 3}\n").await;
+    let bs = eventually(&op, "Degraded InvalidSpec", || async {
+        let bs = station(&client, "home").await;
+        (condition(&bs, "Degraded")?.1 == "InvalidSpec").then_some(bs)
+    })
+    .await;
+    let (ready, reason, message) = condition(&bs, "Ready").unwrap();
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    assert!(message.contains("spec.replicas is 3 but the store is SQLite"), "{message}");
+    assert!(sts(&client, "home").await.is_none(), "nothing half-applied");
+    assert!(Api::<ConfigMap>::namespaced(client.clone(), NS).get_opt("home-config").await.unwrap().is_none());
+    eventually(&op, "a Warning event", || async {
+        events(&client).await.contains(&("Warning".into(), "InvalidSpec".into())).then_some(())
+    })
+    .await;
+
+    patch_spec(&client, "home", json!({"replicas": 1})).await;
+    eventually(&op, "fixed, it is applied", || async { sts(&client, "home").await }).await;
+    eventually(&op, "Degraded clears", || async {
+        (condition(&station(&client, "home").await, "Degraded")?.0 == "False").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_paused_station_is_reported_but_not_touched() {
+    let (api, client) = cluster().await;
+    let op = Operator::start(&api, "op-a");
+    create(&client, MINIMAL).await;
+    let before = eventually(&op, "the StatefulSet exists", || async { sts(&client, "home").await }).await;
+
+    patch_spec(&client, "home", json!({"paused": true})).await;
+    eventually(&op, "Paused is reported", || async {
+        (condition(&station(&client, "home").await, "Paused")?.0 == "True").then_some(())
+    })
+    .await;
+    api.clear_requests();
+    patch_spec(&client, "home", json!({"station": {"peersPerResource": 5}, "networkPolicy": false})).await;
+    Api::<Service>::namespaced(client.clone(), NS).delete("home-internal", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_write())
+        .map(|r| format!("{} {}", r.method, r.path))
+        .filter(|w| !w.contains("/basestations") && !w.contains("/events"))
+        .filter(|w| !w.ends_with("/services/home-internal") || !w.starts_with("DELETE"))
+        .collect();
+    assert!(writes.is_empty(), "a paused station's objects were written: {writes:?}");
+    assert_eq!(sts(&client, "home").await.unwrap().spec, before.spec);
+    assert!(Api::<NetworkPolicy>::namespaced(client.clone(), NS).get_opt("home").await.unwrap().is_some());
+
+    patch_spec(&client, "home", json!({"paused": false})).await;
+    eventually(&op, "resumed: the change is applied and the Service restored", || async {
+        let gone = Api::<NetworkPolicy>::namespaced(client.clone(), NS).get_opt("home").await.unwrap().is_none();
+        let back = Api::<Service>::namespaced(client.clone(), NS).get_opt("home-internal").await.unwrap().is_some();
+        (gone && back).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_owned_object_deleted_or_edited_by_hand_is_put_back() {
+    let (api, client) = cluster().await;
+    let op = Operator::start(&api, "op-a");
+    create(&client, MINIMAL).await;
+    eventually(&op, "the StatefulSet exists", || async { sts(&client, "home").await }).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let old = services.get("home-internal").await.unwrap().uid();
+    services.delete("home-internal", &DeleteParams::default()).await.unwrap();
+    eventually(&op, "the Service is recreated", || async {
+        services.get_opt("home-internal").await.unwrap().filter(|s| s.uid() != old)
+    })
+    .await;
+
+    Api::<StatefulSet>::namespaced(client.clone(), NS)
+        .patch("home", &PatchParams::apply("someone").force(), &Patch::Apply(json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "home"}, "spec": {"replicas": 5}
+        })))
+        .await
+        .unwrap();
+    eventually(&op, "the replica count is put back", || async {
+        sts(&client, "home").await.filter(|s| s.spec.as_ref().unwrap().replicas == Some(1))
+    })
+    .await;
+
+    // Deleting the BaseStation deletes its objects (owner references); the claims' fate is
+    // the StatefulSet's retention policy.
+    Api::<BaseStation>::namespaced(client.clone(), NS).delete("home", &DeleteParams::default()).await.unwrap();
+    eventually(&op, "children are garbage-collected", || async {
+        sts(&client, "home").await.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_operators_elect_one_leader_and_a_stopping_leader_hands_over() {
+    let (api, client) = cluster().await;
+    let a = Operator::start(&api, "op-a");
+    eventually(&a, "a leads", || async { (a.metric("zbase_operator_leader").await == Some(1.0)).then_some(()) }).await;
+    let b = Operator::start(&api, "op-b");
+    eventually(&b, "b is up", || async { b.metric("zbase_operator_leader").await }).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(b.metric("zbase_operator_leader").await, Some(0.0), "only one leads");
+    let ready = reqwest::get(format!("http://{}/readyz", b.listen)).await.unwrap().status();
+    assert_eq!(ready, 200, "a standby is ready to take over");
+
+    a.sigterm();
+    eventually(&b, "b leads after a stops", || async { (b.metric("zbase_operator_leader").await == Some(1.0)).then_some(()) }).await;
+    create(&client, MINIMAL).await;
+    eventually(&b, "the new leader reconciles", || async { sts(&client, "home").await }).await;
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), "zbase-system")
+        .get("zbase-operator")
+        .await
+        .unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("op-b"));
+}
+
+#[tokio::test]
+async fn the_charts_deployment_command_starts_the_real_operator() {
+    let rendered = zbase_tests::helm::Chart::operator().release("zbase", "zbase-system").render().unwrap();
+    let deployment = rendered.get("Deployment", "zbase-operator").unwrap();
+    let template: k8s_openapi::api::core::v1::PodTemplateSpec =
+        serde_json::from_value(deployment["spec"]["template"].clone()).unwrap();
+    let (api, client) = cluster().await;
+    let container = template.spec.as_ref().unwrap().containers[0].name.clone();
+    let mut pod = zbase_tests::kubelet::LocalPod::start(
+        &template,
+        &container,
+        &operator_bin(),
+        &BTreeMap::new(),
+        "zbase-operator-6d4f-x",
+        "zbase-system",
+        &[("KUBECONFIG", api.kubeconfig().display().to_string())],
+    );
+    let port = template.spec.as_ref().unwrap().containers[0].ports.as_ref().unwrap()[0].name.clone().unwrap();
+    let addr = pod.port(&port);
+    for _ in 0..200 {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(!pod.exited(), "the operator exited:\n{}", pod.stderr_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    create(&client, MINIMAL).await;
+    for _ in 0..200 {
+        if sts(&client, "home").await.is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the chart's operator never reconciled:\n{}", pod.stderr_log());
+}
