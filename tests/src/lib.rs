@@ -1,8 +1,10 @@
 //! Test harness for the real zbase binaries: start a station in a fresh directory on port 0,
 //! talk to it over WebSocket and gRPC as an independent client would, kill it for real; and
 //! throwaway PostgreSQL servers for the store tests of both crates, and several pods on one
-//! of them behind HAProxy; and a throwaway PKI for TLS tests.
+//! of them behind HAProxy; a throwaway PKI for TLS tests; and an in-memory stand-in
+//! Kubernetes API server over HTTP for the operator's tests.
 
+pub mod apiserver;
 pub mod client;
 pub mod pods;
 pub mod postgres;
