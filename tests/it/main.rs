@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod acme;
+mod apiserver;
 mod browser;
 mod durability;
 mod pods;
