@@ -2,10 +2,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod acme;
+mod apiserver;
 mod browser;
 mod chart;
 mod durability;
 mod operator;
+mod operator_reconcile;
 mod pods;
 mod postgres;
 mod sqlite;

@@ -26,15 +26,24 @@ use zbase_tests::apiserver::ApiServer;
 const NS: &str = "zbase";
 
 fn operator_bin() -> PathBuf {
-    let path = std::env::var_os("ZBASE_OPERATOR_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/zbase-operator")
-    });
-    assert!(path.is_file(), "{} does not exist; build it first: cargo build -p zbase-operator (make test does this)", path.display());
+    let path = std::env::var_os("ZBASE_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/zbase-operator")
+        });
+    assert!(
+        path.is_file(),
+        "{} does not exist; build it first: cargo build -p zbase-operator (make test does this)",
+        path.display()
+    );
     path
 }
 
 fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// An operator process; killed on drop, its log kept for failure messages.
@@ -49,7 +58,13 @@ impl Operator {
         let listen = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(operator_bin())
-            .args(["run", "--listen", &listen.to_string(), "--log", "info,zbase_operator=debug"])
+            .args([
+                "run",
+                "--listen",
+                &listen.to_string(),
+                "--log",
+                "info,zbase_operator=debug",
+            ])
             .env("KUBECONFIG", api.kubeconfig())
             .env("POD_NAMESPACE", "zbase-system")
             .env("POD_NAME", identity)
@@ -66,12 +81,26 @@ impl Operator {
     }
 
     async fn metric(&self, name: &str) -> Option<f64> {
-        let body = reqwest::get(format!("http://{}/metrics", self.listen)).await.ok()?.text().await.ok()?;
-        body.lines().find(|l| l.starts_with(name))?.rsplit(' ').next()?.parse().ok()
+        let body = reqwest::get(format!("http://{}/metrics", self.listen))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        body.lines()
+            .find(|l| l.starts_with(name))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
     }
 
     fn sigterm(&self) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
     }
 }
 
@@ -86,22 +115,44 @@ impl Drop for Operator {
 async fn cluster() -> (ApiServer, Client) {
     let api = ApiServer::start().await;
     let client = api.client();
+    for ns in [NS, "zbase-system"] {
+        let namespace: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap();
+    }
     let crd: CustomResourceDefinition = serde_yaml::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/zbase-operator/files/crds/basestations.zbase.dev.yaml")).unwrap(),
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../charts/zbase-operator/files/crds/basestations.zbase.dev.yaml"),
+        )
+        .unwrap(),
     )
     .unwrap();
-    Api::<CustomResourceDefinition>::all(client.clone()).create(&PostParams::default(), &crd).await.unwrap();
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &crd)
+        .await
+        .unwrap();
     (api, client)
 }
 
 async fn create(client: &Client, yaml: &str) -> BaseStation {
     let bs: BaseStation = serde_yaml::from_str(yaml).unwrap();
-    Api::<BaseStation>::namespaced(client.clone(), NS).create(&PostParams::default(), &bs).await.unwrap()
+    Api::<BaseStation>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &bs)
+        .await
+        .unwrap()
 }
 
 async fn patch_spec(client: &Client, name: &str, spec: serde_json::Value) {
     Api::<BaseStation>::namespaced(client.clone(), NS)
-        .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": spec })))
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": spec })),
+        )
         .await
         .unwrap();
 }
@@ -122,20 +173,41 @@ where
 }
 
 async fn station(client: &Client, name: &str) -> BaseStation {
-    Api::<BaseStation>::namespaced(client.clone(), NS).get(name).await.unwrap()
+    Api::<BaseStation>::namespaced(client.clone(), NS)
+        .get(name)
+        .await
+        .unwrap()
 }
 
 fn condition(bs: &BaseStation, kind: &str) -> Option<(String, String, String)> {
-    let c = bs.status.as_ref()?.conditions.iter().find(|c| c.type_ == kind)?;
+    let c = bs
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)?;
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 async fn sts(client: &Client, name: &str) -> Option<StatefulSet> {
-    Api::<StatefulSet>::namespaced(client.clone(), NS).get_opt(name).await.unwrap()
+    Api::<StatefulSet>::namespaced(client.clone(), NS)
+        .get_opt(name)
+        .await
+        .unwrap()
 }
 
 fn config_hash(sts: &StatefulSet) -> String {
-    sts.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[CONFIG_HASH_ANNOTATION].clone()
+    sts.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap()[CONFIG_HASH_ANNOTATION]
+        .clone()
 }
 
 /// Plays the StatefulSet controller and kubelets: `ready` pods of the current template.
@@ -158,7 +230,12 @@ async fn events(client: &Client) -> Vec<(String, String)> {
     Api::<Event>::namespaced(client.clone(), NS)
         .list(&Default::default())
         .await
-        .map(|l| l.items.into_iter().map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default())).collect())
+        .map(|l| {
+            l.items
+                .into_iter()
+                .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -170,18 +247,66 @@ async fn a_new_station_gets_every_object_then_ready_status_and_events() {
     let op = Operator::start(&api, "op-a");
     let bs = create(&client, MINIMAL).await;
 
-    let set = eventually(&op, "the StatefulSet exists", || async { sts(&client, "home").await }).await;
+    let set = eventually(&op, "the StatefulSet exists", || async {
+        sts(&client, "home").await
+    })
+    .await;
     assert_eq!(set.spec.as_ref().unwrap().replicas, Some(1));
     assert_eq!(set.owner_references()[0].uid, bs.uid().unwrap());
-    let image = set.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.clone();
-    assert_eq!(image.as_deref(), Some("zbase-station:test"), "the operator's --station-image");
+    let image = set
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .image
+        .clone();
+    assert_eq!(
+        image.as_deref(),
+        Some("zbase-station:test"),
+        "the operator's --station-image"
+    );
     for name in ["home", "home-pods", "home-internal"] {
-        assert!(Api::<Service>::namespaced(client.clone(), NS).get_opt(name).await.unwrap().is_some(), "Service {name}");
+        assert!(
+            Api::<Service>::namespaced(client.clone(), NS)
+                .get_opt(name)
+                .await
+                .unwrap()
+                .is_some(),
+            "Service {name}"
+        );
     }
-    assert!(Api::<ConfigMap>::namespaced(client.clone(), NS).get_opt("home-config").await.unwrap().is_some());
-    assert!(Api::<ServiceAccount>::namespaced(client.clone(), NS).get_opt("home").await.unwrap().is_some());
-    assert!(Api::<PodDisruptionBudget>::namespaced(client.clone(), NS).get_opt("home").await.unwrap().is_some());
-    assert!(Api::<NetworkPolicy>::namespaced(client.clone(), NS).get_opt("home").await.unwrap().is_some());
+    assert!(
+        Api::<ConfigMap>::namespaced(client.clone(), NS)
+            .get_opt("home-config")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        Api::<ServiceAccount>::namespaced(client.clone(), NS)
+            .get_opt("home")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        Api::<PodDisruptionBudget>::namespaced(client.clone(), NS)
+            .get_opt("home")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        Api::<NetworkPolicy>::namespaced(client.clone(), NS)
+            .get_opt("home")
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     let status = eventually(&op, "status reports pods not ready", || async {
         let bs = station(&client, "home").await;
@@ -202,7 +327,10 @@ async fn a_new_station_gets_every_object_then_ready_status_and_events() {
     })
     .await;
     eventually(&op, "a Normal event says the station is ready", || async {
-        events(&client).await.contains(&("Normal".into(), "AllPodsReady".into())).then_some(())
+        events(&client)
+            .await
+            .contains(&("Normal".into(), "AllPodsReady".into()))
+            .then_some(())
     })
     .await;
     assert_eq!(op.metric("zbase_operator_leader").await, Some(1.0));
@@ -213,30 +341,79 @@ async fn scaling_does_not_roll_the_pods_and_a_config_change_does() {
     let (api, client) = cluster().await;
     let op = Operator::start(&api, "op-a");
     let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "db", "namespace": NS}, "stringData": {"uri": "postgres://zbase:pw@db:5432/zbase"}})).unwrap();
-    Api::<Secret>::namespaced(client.clone(), NS).create(&PostParams::default(), &secret).await.unwrap();
+    Api::<Secret>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
     create(&client, "apiVersion: zbase.dev/v1alpha1\nkind: BaseStation\nmetadata: {name: relay, namespace: zbase}\nspec:\n  replicas: 2\n  store: {postgres: {secret: {name: db}}}\n").await;
-    let first = eventually(&op, "the StatefulSet exists", || async { sts(&client, "relay").await }).await;
+    let first = eventually(&op, "the StatefulSet exists", || async {
+        sts(&client, "relay").await
+    })
+    .await;
     assert_eq!(first.spec.as_ref().unwrap().replicas, Some(2));
-    let env = first.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
-    assert!(env.iter().any(|e| e.name == "ZBASE_STORE"), "the URL comes from the Secret");
+    let env = first
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert!(
+        env.iter().any(|e| e.name == "ZBASE_STORE"),
+        "the URL comes from the Secret"
+    );
     let hash = config_hash(&first);
 
-    patch_spec(&client, "relay", json!({"replicas": 3, "service": {"annotations": {"a": "b"}}})).await;
+    patch_spec(
+        &client,
+        "relay",
+        json!({"replicas": 3, "service": {"annotations": {"a": "b"}}}),
+    )
+    .await;
     let scaled = eventually(&op, "scaled to 3", || async {
-        sts(&client, "relay").await.filter(|s| s.spec.as_ref().unwrap().replicas == Some(3))
+        sts(&client, "relay")
+            .await
+            .filter(|s| s.spec.as_ref().unwrap().replicas == Some(3))
     })
     .await;
-    assert_eq!(config_hash(&scaled), hash, "scaling does not change the pod template");
-    assert_eq!(scaled.spec.as_ref().unwrap().template, first.spec.as_ref().unwrap().template, "nothing rolls");
+    assert_eq!(
+        config_hash(&scaled),
+        hash,
+        "scaling does not change the pod template"
+    );
+    assert_eq!(
+        scaled.spec.as_ref().unwrap().template,
+        first.spec.as_ref().unwrap().template,
+        "nothing rolls"
+    );
 
-    patch_spec(&client, "relay", json!({"station": {"peersPerResource": 64}})).await;
+    patch_spec(
+        &client,
+        "relay",
+        json!({"station": {"peersPerResource": 64}}),
+    )
+    .await;
     let changed = eventually(&op, "the config hash changes", || async {
-        sts(&client, "relay").await.filter(|s| config_hash(s) != hash)
+        sts(&client, "relay")
+            .await
+            .filter(|s| config_hash(s) != hash)
     })
     .await;
-    let config = Api::<ConfigMap>::namespaced(client.clone(), NS).get("relay-config").await.unwrap();
+    let config = Api::<ConfigMap>::namespaced(client.clone(), NS)
+        .get("relay-config")
+        .await
+        .unwrap();
     assert!(config.data.unwrap()["station.yaml"].contains("peers-per-resource: 64"));
-    assert_ne!(changed.spec.as_ref().unwrap().template, first.spec.as_ref().unwrap().template, "the pods roll");
+    assert_ne!(
+        changed.spec.as_ref().unwrap().template,
+        first.spec.as_ref().unwrap().template,
+        "the pods roll"
+    );
 }
 
 #[tokio::test]
@@ -252,16 +429,31 @@ async fn an_invalid_spec_applies_nothing_and_says_what_to_change() {
     .await;
     let (ready, reason, message) = condition(&bs, "Ready").unwrap();
     assert_eq!((ready.as_str(), reason.as_str()), ("False", "InvalidSpec"));
-    assert!(message.contains("spec.replicas is 3 but the store is SQLite"), "{message}");
+    assert!(
+        message.contains("spec.replicas is 3 but the store is SQLite"),
+        "{message}"
+    );
     assert!(sts(&client, "home").await.is_none(), "nothing half-applied");
-    assert!(Api::<ConfigMap>::namespaced(client.clone(), NS).get_opt("home-config").await.unwrap().is_none());
+    assert!(
+        Api::<ConfigMap>::namespaced(client.clone(), NS)
+            .get_opt("home-config")
+            .await
+            .unwrap()
+            .is_none()
+    );
     eventually(&op, "a Warning event", || async {
-        events(&client).await.contains(&("Warning".into(), "InvalidSpec".into())).then_some(())
+        events(&client)
+            .await
+            .contains(&("Warning".into(), "InvalidSpec".into()))
+            .then_some(())
     })
     .await;
 
     patch_spec(&client, "home", json!({"replicas": 1})).await;
-    eventually(&op, "fixed, it is applied", || async { sts(&client, "home").await }).await;
+    eventually(&op, "fixed, it is applied", || async {
+        sts(&client, "home").await
+    })
+    .await;
     eventually(&op, "Degraded clears", || async {
         (condition(&station(&client, "home").await, "Degraded")?.0 == "False").then_some(())
     })
@@ -273,7 +465,10 @@ async fn a_paused_station_is_reported_but_not_touched() {
     let (api, client) = cluster().await;
     let op = Operator::start(&api, "op-a");
     create(&client, MINIMAL).await;
-    let before = eventually(&op, "the StatefulSet exists", || async { sts(&client, "home").await }).await;
+    let before = eventually(&op, "the StatefulSet exists", || async {
+        sts(&client, "home").await
+    })
+    .await;
 
     patch_spec(&client, "home", json!({"paused": true})).await;
     eventually(&op, "Paused is reported", || async {
@@ -281,27 +476,59 @@ async fn a_paused_station_is_reported_but_not_touched() {
     })
     .await;
     api.clear_requests();
-    patch_spec(&client, "home", json!({"station": {"peersPerResource": 5}, "networkPolicy": false})).await;
-    Api::<Service>::namespaced(client.clone(), NS).delete("home-internal", &DeleteParams::default()).await.unwrap();
+    patch_spec(
+        &client,
+        "home",
+        json!({"station": {"peersPerResource": 5}, "networkPolicy": false}),
+    )
+    .await;
+    Api::<Service>::namespaced(client.clone(), NS)
+        .delete("home-internal", &DeleteParams::default())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let writes: Vec<String> = api
         .requests()
         .into_iter()
         .filter(|r| r.is_write())
         .map(|r| format!("{} {}", r.method, r.path))
-        .filter(|w| !w.contains("/basestations") && !w.contains("/events"))
+        // Status, Events and the leader Lease's renewals are expected.
+        .filter(|w| {
+            !w.contains("/basestations") && !w.contains("/events") && !w.contains("/leases/")
+        })
         .filter(|w| !w.ends_with("/services/home-internal") || !w.starts_with("DELETE"))
         .collect();
-    assert!(writes.is_empty(), "a paused station's objects were written: {writes:?}");
+    assert!(
+        writes.is_empty(),
+        "a paused station's objects were written: {writes:?}"
+    );
     assert_eq!(sts(&client, "home").await.unwrap().spec, before.spec);
-    assert!(Api::<NetworkPolicy>::namespaced(client.clone(), NS).get_opt("home").await.unwrap().is_some());
+    assert!(
+        Api::<NetworkPolicy>::namespaced(client.clone(), NS)
+            .get_opt("home")
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     patch_spec(&client, "home", json!({"paused": false})).await;
-    eventually(&op, "resumed: the change is applied and the Service restored", || async {
-        let gone = Api::<NetworkPolicy>::namespaced(client.clone(), NS).get_opt("home").await.unwrap().is_none();
-        let back = Api::<Service>::namespaced(client.clone(), NS).get_opt("home-internal").await.unwrap().is_some();
-        (gone && back).then_some(())
-    })
+    eventually(
+        &op,
+        "resumed: the change is applied and the Service restored",
+        || async {
+            let gone = Api::<NetworkPolicy>::namespaced(client.clone(), NS)
+                .get_opt("home")
+                .await
+                .unwrap()
+                .is_none();
+            let back = Api::<Service>::namespaced(client.clone(), NS)
+                .get_opt("home-internal")
+                .await
+                .unwrap()
+                .is_some();
+            (gone && back).then_some(())
+        },
+    )
     .await;
 }
 
@@ -310,12 +537,22 @@ async fn an_owned_object_deleted_or_edited_by_hand_is_put_back() {
     let (api, client) = cluster().await;
     let op = Operator::start(&api, "op-a");
     create(&client, MINIMAL).await;
-    eventually(&op, "the StatefulSet exists", || async { sts(&client, "home").await }).await;
+    eventually(&op, "the StatefulSet exists", || async {
+        sts(&client, "home").await
+    })
+    .await;
     let services: Api<Service> = Api::namespaced(client.clone(), NS);
     let old = services.get("home-internal").await.unwrap().uid();
-    services.delete("home-internal", &DeleteParams::default()).await.unwrap();
+    services
+        .delete("home-internal", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually(&op, "the Service is recreated", || async {
-        services.get_opt("home-internal").await.unwrap().filter(|s| s.uid() != old)
+        services
+            .get_opt("home-internal")
+            .await
+            .unwrap()
+            .filter(|s| s.uid() != old)
     })
     .await;
 
@@ -326,13 +563,18 @@ async fn an_owned_object_deleted_or_edited_by_hand_is_put_back() {
         .await
         .unwrap();
     eventually(&op, "the replica count is put back", || async {
-        sts(&client, "home").await.filter(|s| s.spec.as_ref().unwrap().replicas == Some(1))
+        sts(&client, "home")
+            .await
+            .filter(|s| s.spec.as_ref().unwrap().replicas == Some(1))
     })
     .await;
 
     // Deleting the BaseStation deletes its objects (owner references); the claims' fate is
     // the StatefulSet's retention policy.
-    Api::<BaseStation>::namespaced(client.clone(), NS).delete("home", &DeleteParams::default()).await.unwrap();
+    Api::<BaseStation>::namespaced(client.clone(), NS)
+        .delete("home", &DeleteParams::default())
+        .await
+        .unwrap();
     eventually(&op, "children are garbage-collected", || async {
         sts(&client, "home").await.is_none().then_some(())
     })
@@ -343,28 +585,53 @@ async fn an_owned_object_deleted_or_edited_by_hand_is_put_back() {
 async fn two_operators_elect_one_leader_and_a_stopping_leader_hands_over() {
     let (api, client) = cluster().await;
     let a = Operator::start(&api, "op-a");
-    eventually(&a, "a leads", || async { (a.metric("zbase_operator_leader").await == Some(1.0)).then_some(()) }).await;
+    eventually(&a, "a leads", || async {
+        (a.metric("zbase_operator_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
     let b = Operator::start(&api, "op-b");
-    eventually(&b, "b is up", || async { b.metric("zbase_operator_leader").await }).await;
+    eventually(&b, "b is up", || async {
+        b.metric("zbase_operator_leader").await
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(b.metric("zbase_operator_leader").await, Some(0.0), "only one leads");
-    let ready = reqwest::get(format!("http://{}/readyz", b.listen)).await.unwrap().status();
+    assert_eq!(
+        b.metric("zbase_operator_leader").await,
+        Some(0.0),
+        "only one leads"
+    );
+    let ready = reqwest::get(format!("http://{}/readyz", b.listen))
+        .await
+        .unwrap()
+        .status();
     assert_eq!(ready, 200, "a standby is ready to take over");
 
     a.sigterm();
-    eventually(&b, "b leads after a stops", || async { (b.metric("zbase_operator_leader").await == Some(1.0)).then_some(()) }).await;
+    eventually(&b, "b leads after a stops", || async {
+        (b.metric("zbase_operator_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
     create(&client, MINIMAL).await;
-    eventually(&b, "the new leader reconciles", || async { sts(&client, "home").await }).await;
-    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), "zbase-system")
-        .get("zbase-operator")
-        .await
-        .unwrap();
+    eventually(&b, "the new leader reconciles", || async {
+        sts(&client, "home").await
+    })
+    .await;
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        client.clone(),
+        "zbase-system",
+    )
+    .get("zbase-operator")
+    .await
+    .unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("op-b"));
 }
 
 #[tokio::test]
 async fn the_charts_deployment_command_starts_the_real_operator() {
-    let rendered = zbase_tests::helm::Chart::operator().release("zbase", "zbase-system").render().unwrap();
+    let rendered = zbase_tests::helm::Chart::operator()
+        .release("zbase", "zbase-system")
+        .render()
+        .unwrap();
     let deployment = rendered.get("Deployment", "zbase-operator").unwrap();
     let template: k8s_openapi::api::core::v1::PodTemplateSpec =
         serde_json::from_value(deployment["spec"]["template"].clone()).unwrap();
@@ -379,7 +646,13 @@ async fn the_charts_deployment_command_starts_the_real_operator() {
         "zbase-system",
         &[("KUBECONFIG", api.kubeconfig().display().to_string())],
     );
-    let port = template.spec.as_ref().unwrap().containers[0].ports.as_ref().unwrap()[0].name.clone().unwrap();
+    let port = template.spec.as_ref().unwrap().containers[0]
+        .ports
+        .as_ref()
+        .unwrap()[0]
+        .name
+        .clone()
+        .unwrap();
     let addr = pod.port(&port);
     for _ in 0..200 {
         if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await
@@ -397,5 +670,8 @@ async fn the_charts_deployment_command_starts_the_real_operator() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the chart's operator never reconciled:\n{}", pod.stderr_log());
+    panic!(
+        "the chart's operator never reconciled:\n{}",
+        pod.stderr_log()
+    );
 }
