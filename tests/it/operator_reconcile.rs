@@ -26,17 +26,7 @@ use zbase_tests::apiserver::ApiServer;
 const NS: &str = "zbase";
 
 fn operator_bin() -> PathBuf {
-    let path = std::env::var_os("ZBASE_OPERATOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/zbase-operator")
-        });
-    assert!(
-        path.is_file(),
-        "{} does not exist; build it first: cargo build -p zbase-operator (make test does this)",
-        path.display()
-    );
-    path
+    zbase_tests::station::workspace_bin("zbase-operator", "ZBASE_OPERATOR_BIN", "zbase-operator")
 }
 
 fn free_port() -> std::net::SocketAddr {
@@ -189,6 +179,21 @@ fn condition(bs: &BaseStation, kind: &str) -> Option<(String, String, String)> {
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
+/// Whether the namespaced object `name` of kind `K` exists.
+async fn exists<K>(client: &Client, name: &str) -> bool
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), NS)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .is_some()
+}
+
 async fn sts(client: &Client, name: &str) -> Option<StatefulSet> {
     Api::<StatefulSet>::namespaced(client.clone(), NS)
         .get_opt(name)
@@ -270,43 +275,12 @@ async fn a_new_station_gets_every_object_then_ready_status_and_events() {
         "the operator's --station-image"
     );
     for name in ["home", "home-pods", "home-internal"] {
-        assert!(
-            Api::<Service>::namespaced(client.clone(), NS)
-                .get_opt(name)
-                .await
-                .unwrap()
-                .is_some(),
-            "Service {name}"
-        );
+        assert!(exists::<Service>(&client, name).await, "Service {name}");
     }
-    assert!(
-        Api::<ConfigMap>::namespaced(client.clone(), NS)
-            .get_opt("home-config")
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        Api::<ServiceAccount>::namespaced(client.clone(), NS)
-            .get_opt("home")
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        Api::<PodDisruptionBudget>::namespaced(client.clone(), NS)
-            .get_opt("home")
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        Api::<NetworkPolicy>::namespaced(client.clone(), NS)
-            .get_opt("home")
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(exists::<ConfigMap>(&client, "home-config").await);
+    assert!(exists::<ServiceAccount>(&client, "home").await);
+    assert!(exists::<PodDisruptionBudget>(&client, "home").await);
+    assert!(exists::<NetworkPolicy>(&client, "home").await);
 
     let status = eventually(&op, "status reports pods not ready", || async {
         let bs = station(&client, "home").await;
@@ -434,13 +408,7 @@ async fn an_invalid_spec_applies_nothing_and_says_what_to_change() {
         "{message}"
     );
     assert!(sts(&client, "home").await.is_none(), "nothing half-applied");
-    assert!(
-        Api::<ConfigMap>::namespaced(client.clone(), NS)
-            .get_opt("home-config")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!exists::<ConfigMap>(&client, "home-config").await);
     eventually(&op, "a Warning event", || async {
         events(&client)
             .await
@@ -503,29 +471,15 @@ async fn a_paused_station_is_reported_but_not_touched() {
         "a paused station's objects were written: {writes:?}"
     );
     assert_eq!(sts(&client, "home").await.unwrap().spec, before.spec);
-    assert!(
-        Api::<NetworkPolicy>::namespaced(client.clone(), NS)
-            .get_opt("home")
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(exists::<NetworkPolicy>(&client, "home").await);
 
     patch_spec(&client, "home", json!({"paused": false})).await;
     eventually(
         &op,
         "resumed: the change is applied and the Service restored",
         || async {
-            let gone = Api::<NetworkPolicy>::namespaced(client.clone(), NS)
-                .get_opt("home")
-                .await
-                .unwrap()
-                .is_none();
-            let back = Api::<Service>::namespaced(client.clone(), NS)
-                .get_opt("home-internal")
-                .await
-                .unwrap()
-                .is_some();
+            let gone = !exists::<NetworkPolicy>(&client, "home").await;
+            let back = exists::<Service>(&client, "home-internal").await;
             (gone && back).then_some(())
         },
     )

@@ -28,14 +28,22 @@ const LISTENING_PREFIX: &str = "zbase-station listening on ";
 
 /// The station binary: `$ZBASE_STATION_BIN`, else the workspace's debug build.
 pub fn station_bin() -> PathBuf {
-    let path = std::env::var_os("ZBASE_STATION_BIN")
+    workspace_bin("zbase-station", "ZBASE_STATION_BIN", "zbase-basestation")
+}
+
+/// A binary of the workspace: `$env_var`, else `target/debug/<name>`; fails the test with the
+/// command that builds it (package `package`) when it is missing.
+pub fn workspace_bin(name: &str, env_var: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os(env_var)
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/zbase-station")
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/debug")
+                .join(name)
         });
     assert!(
         path.is_file(),
-        "{} does not exist; build it first: cargo build -p zbase-basestation (make test does this)",
+        "{} does not exist; build it first: cargo build -p {package} (make test does this)",
         path.display()
     );
     path
