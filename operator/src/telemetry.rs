@@ -77,7 +77,7 @@ impl Default for Metrics {
     }
 }
 
-/// Records a reconcile's duration and an `ok` result when dropped, unless marked failed.
+/// Records a reconcile's duration when dropped, whatever its outcome.
 pub struct ReconcileTimer {
     metrics: Metrics,
     start: Instant,
@@ -106,7 +106,15 @@ impl Metrics {
         }
     }
 
-    /// Counts a failed reconcile under its step; the timer counted it as run.
+    /// Counts a reconcile that succeeded.
+    pub fn reconcile_ok(&self) {
+        self.inner
+            .reconciliations
+            .get_or_create(&ResultLabel { result: "ok" })
+            .inc();
+    }
+
+    /// Counts a failed reconcile under its step.
     pub fn reconcile_failed(&self, step: &'static str) {
         self.inner
             .reconciliations

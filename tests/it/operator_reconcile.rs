@@ -308,6 +308,19 @@ async fn a_new_station_gets_every_object_then_ready_status_and_events() {
     })
     .await;
     assert_eq!(op.metric("zbase_operator_leader").await, Some(1.0));
+    let ok = op
+        .metric("zbase_operator_reconciliations_total{result=\"ok\"}")
+        .await
+        .unwrap();
+    let failed = op
+        .metric("zbase_operator_reconciliations_total{result=\"apply\"}")
+        .await;
+    assert!(ok >= 2.0, "reconciles counted: {ok}");
+    assert_eq!(
+        failed,
+        Some(0.0),
+        "a successful reconcile is not counted as failed"
+    );
 }
 
 #[tokio::test]

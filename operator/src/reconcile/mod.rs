@@ -69,9 +69,17 @@ impl Error {
     }
 }
 
-/// Reconciles one BaseStation.
+/// Reconciles one BaseStation, timed and counted (failures are counted by [`error_policy`]).
 pub async fn reconcile(bs: Arc<BaseStation>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
+    let result = reconcile_once(&bs, &ctx).await;
+    if result.is_ok() {
+        ctx.metrics.reconcile_ok();
+    }
+    result
+}
+
+async fn reconcile_once(bs: &BaseStation, ctx: &Context) -> Result<Action, Error> {
     // Deletion is Kubernetes' job: owner references remove the objects, the StatefulSet's
     // retention policy keeps or removes the volumes.
     if bs.meta().deletion_timestamp.is_some() {
@@ -82,14 +90,14 @@ pub async fn reconcile(bs: Arc<BaseStation>, ctx: Arc<Context>) -> Result<Action
 
     if bs.spec.paused {
         let observed = observe(client, &ns, &bs.name_any(), None).await;
-        report(&ctx, &bs, &Outcome::Paused, &observed).await?;
+        report(ctx, bs, &Outcome::Paused, &observed).await?;
         return Ok(Action::requeue(RESYNC));
     }
 
-    let refs = read_references(client, &bs)
+    let refs = read_references(client, bs)
         .await
         .map_err(Error::References)?;
-    let built = validate::validate(&bs, &ctx.defaults, &refs)
+    let built = validate::validate(bs, &ctx.defaults, &refs)
         .map_err(|invalid| invalid.to_string())
         .and_then(|station| {
             let desired = build::build(&station).map_err(|e| e.to_string())?;
@@ -99,7 +107,7 @@ pub async fn reconcile(bs: Arc<BaseStation>, ctx: Arc<Context>) -> Result<Action
         Ok(pair) => pair,
         Err(message) => {
             let observed = observe(client, &ns, &bs.name_any(), None).await;
-            report(&ctx, &bs, &Outcome::Invalid(message), &observed).await?;
+            report(ctx, bs, &Outcome::Invalid(message), &observed).await?;
             return Ok(Action::requeue(RETRY_INVALID));
         }
     };
@@ -114,14 +122,14 @@ pub async fn reconcile(bs: Arc<BaseStation>, ctx: Arc<Context>) -> Result<Action
             observed.stateful_set = Some(applied.stateful_set);
             observed.service = Some(applied.service);
             observed.config_hash = Some(desired.config_hash.clone());
-            report(&ctx, &bs, &Outcome::Applied(&station), &observed).await?;
+            report(ctx, bs, &Outcome::Applied(&station), &observed).await?;
             Ok(Action::requeue(RESYNC))
         }
         Err(e) => {
             let observed = observe(client, &ns, &bs.name_any(), station.tls.secret_name()).await;
             report(
-                &ctx,
-                &bs,
+                ctx,
+                bs,
                 &Outcome::ApplyFailed(&station, e.to_string()),
                 &observed,
             )
