@@ -201,6 +201,18 @@ async fn sts(client: &Client, name: &str) -> Option<StatefulSet> {
         .unwrap()
 }
 
+/// The station container of a StatefulSet's pod template.
+fn station_container(sts: &StatefulSet) -> &k8s_openapi::api::core::v1::Container {
+    &sts.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+}
+
 fn config_hash(sts: &StatefulSet) -> String {
     sts.spec
         .as_ref()
@@ -258,17 +270,7 @@ async fn a_new_station_gets_every_object_then_ready_status_and_events() {
     .await;
     assert_eq!(set.spec.as_ref().unwrap().replicas, Some(1));
     assert_eq!(set.owner_references()[0].uid, bs.uid().unwrap());
-    let image = set
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .image
-        .clone();
+    let image = station_container(&set).image.clone();
     assert_eq!(
         image.as_deref(),
         Some("zbase-station:test"),
@@ -338,18 +340,7 @@ async fn scaling_does_not_roll_the_pods_and_a_config_change_does() {
     })
     .await;
     assert_eq!(first.spec.as_ref().unwrap().replicas, Some(2));
-    let env = first
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .env
-        .clone()
-        .unwrap();
+    let env = station_container(&first).env.clone().unwrap();
     assert!(
         env.iter().any(|e| e.name == "ZBASE_STORE"),
         "the URL comes from the Secret"
