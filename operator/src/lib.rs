@@ -3,10 +3,13 @@
 //! `crd` is the resource; `reconcile` is the pipeline (validate, build, apply, report), whose
 //! validation and builders are pure; `controller` runs it for every BaseStation in the
 //! watched namespaces; `leader` keeps two operator replicas from acting at once; `telemetry`
-//! serves health and metrics.
+//! serves health and metrics; `pki` is the operator's own certificate authority (a CA per
+//! station, rotated with an overlap, and the leaf its pods serve and use for mutual TLS),
+//! planned purely like the builders.
 
 pub mod controller;
 pub mod crd;
 pub mod leader;
+pub mod pki;
 pub mod reconcile;
 pub mod telemetry;
