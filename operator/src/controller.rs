@@ -7,7 +7,7 @@ use crate::reconcile::{self, Context};
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Resource;
@@ -72,6 +72,8 @@ async fn run_one(
         .owns(api::<StatefulSet>(&ctx, ns), owned.clone())
         .owns(api::<Service>(&ctx, ns), owned.clone())
         .owns(api::<ConfigMap>(&ctx, ns), owned.clone())
+        // The site certificate: deleted or edited by hand, it is reissued at once.
+        .owns(api::<Secret>(&ctx, ns), owned.clone())
         .owns(api::<ServiceAccount>(&ctx, ns), owned.clone())
         .owns(api::<PodDisruptionBudget>(&ctx, ns), owned.clone())
         .owns(api::<NetworkPolicy>(&ctx, ns), owned)

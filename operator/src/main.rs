@@ -5,9 +5,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kube::runtime::events::{Recorder, Reporter};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use zbase_operator::controller::{self, Scope};
 use zbase_operator::leader::{Elector, LeaseConfig};
+use zbase_operator::pki;
 use zbase_operator::reconcile::Context;
 use zbase_operator::reconcile::validate::Defaults;
 use zbase_operator::telemetry::{self, Metrics};
@@ -24,7 +26,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Reconcile BaseStations until SIGTERM.
-    Run(RunArgs),
+    // Boxed: the run flags dwarf the other variant.
+    Run(Box<RunArgs>),
     /// Print the BaseStation CustomResourceDefinition (YAML), as the chart ships it.
     Crd,
 }
@@ -59,6 +62,26 @@ struct RunArgs {
     /// Station image for BaseStations that name none.
     #[arg(long, env = "ZBASE_OPERATOR_STATION_IMAGE", default_value = concat!("ghcr.io/zbase-dev/zbase-station:", env!("CARGO_PKG_VERSION")), value_name = "IMAGE")]
     station_image: String,
+    /// Validity of a new site CA.
+    #[arg(long, env = "ZBASE_OPERATOR_SITE_CA_LIFETIME", default_value = "3650d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    site_ca_lifetime: Duration,
+    /// Start rotating a site CA (publish the next one) once it expires within this long.
+    #[arg(long, env = "ZBASE_OPERATOR_SITE_CA_ROTATE_BEFORE", default_value = "365d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    site_ca_rotate_before: Duration,
+    /// How long the next site CA is trusted before it signs, so pods and clients have it
+    /// first.
+    #[arg(long, env = "ZBASE_OPERATOR_SITE_CA_PUBLISH_AHEAD", default_value = "30d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    site_ca_publish_ahead: Duration,
+    /// How long the previous site CA stays trusted after a rotation (at least the
+    /// certificate lifetime).
+    #[arg(long, env = "ZBASE_OPERATOR_SITE_CA_OVERLAP", default_value = "90d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    site_ca_overlap: Duration,
+    /// Validity of a new site certificate.
+    #[arg(long, env = "ZBASE_OPERATOR_SITE_CERT_LIFETIME", default_value = "90d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    site_cert_lifetime: Duration,
+    /// Renew a site certificate once it expires within this long.
+    #[arg(long, env = "ZBASE_OPERATOR_SITE_CERT_RENEW_BEFORE", default_value = "30d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    site_cert_renew_before: Duration,
     /// Log line format.
     #[arg(
         long,
@@ -91,7 +114,7 @@ fn main() -> std::process::ExitCode {
             .context("cannot write the CRD"),
         Command::Run(args) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
-            .and_then(|rt| rt.block_on(run(args))),
+            .and_then(|rt| rt.block_on(run(*args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -109,6 +132,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.log
         )
     })?;
+    let pki = pki::Policy {
+        ca_lifetime: args.site_ca_lifetime,
+        ca_rotate_before: args.site_ca_rotate_before,
+        ca_publish_ahead: args.site_ca_publish_ahead,
+        overlap: args.site_ca_overlap,
+        leaf_lifetime: args.site_cert_lifetime,
+        leaf_renew_before: args.site_cert_renew_before,
+    };
+    pki.check()
+        .context("the --site-ca-* and --site-cert-* durations do not fit together")?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match args.log_format {
         LogFormat::Text => builder.init(),
@@ -182,6 +215,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
         ),
         metrics: metrics.clone(),
+        pki,
     });
     let lost = tokio::select! {
         () = controller::run(ctx, scope, stop_rx.clone()) => false,

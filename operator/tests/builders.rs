@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use zbase_operator::crd::BaseStation;
-use zbase_operator::reconcile::build::{self, CONFIG_HASH_ANNOTATION, Desired};
+use zbase_operator::reconcile::build::{self, CONFIG_HASH_ANNOTATION, Desired, SiteCredentials};
 use zbase_operator::reconcile::validate::{self, Defaults, References, Station};
 
 fn dir(name: &str) -> PathBuf {
@@ -37,7 +37,33 @@ fn all_present() -> References {
         .map(|(n, keys)| (n.to_owned(), keys.into_iter().map(String::from).collect()))
         .collect(),
         cnpg_cluster: Some(true),
+        service_addresses: Vec::new(),
     }
+}
+
+/// Site credentials as a plan would hand them over; the bytes stand in for PEM.
+fn site() -> SiteCredentials {
+    let data = |keys: &[(&str, &str)]| {
+        keys.iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    };
+    SiteCredentials {
+        ca: data(&[
+            ("ca.crt", "site CA"),
+            ("ca.key", "site CA key"),
+            ("bundle.crt", "site CA"),
+        ]),
+        leaf: data(&[
+            ("tls.crt", "site certificate"),
+            ("tls.key", "site key"),
+            ("ca.crt", "site CA"),
+        ]),
+    }
+}
+
+fn built(station: &Station) -> Desired {
+    build::build(station, &site()).unwrap()
 }
 
 fn station(bs: &BaseStation) -> Station {
@@ -48,6 +74,8 @@ fn render(desired: &Desired) -> String {
     let Desired {
         service_account,
         config_map,
+        ca_secret,
+        leaf_secret,
         public_service,
         headless_service,
         internal_service,
@@ -60,6 +88,8 @@ fn render(desired: &Desired) -> String {
     let mut docs = vec![
         serde_yaml::to_string(service_account).unwrap(),
         serde_yaml::to_string(config_map).unwrap(),
+        serde_yaml::to_string(ca_secret).unwrap(),
+        serde_yaml::to_string(leaf_secret).unwrap(),
         serde_yaml::to_string(public_service).unwrap(),
         serde_yaml::to_string(headless_service).unwrap(),
         serde_yaml::to_string(internal_service).unwrap(),
@@ -85,7 +115,7 @@ fn every_fixture_builds_its_golden_objects() {
     for entry in std::fs::read_dir(dir("fixtures")).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
-        let desired = build::build(&station(&fixture(&name))).unwrap();
+        let desired = built(&station(&fixture(&name)));
         let text = render(&desired);
         let golden = dir("golden").join(format!("{name}.yaml"));
         if std::env::var_os("ZBASE_BLESS").is_some() {
@@ -109,7 +139,7 @@ fn every_fixture_builds_its_golden_objects() {
 fn a_config_change_changes_the_pod_template_hash_and_nothing_else_does() {
     let base = fixture("minimal");
     let hash = |bs: &BaseStation| {
-        let desired = build::build(&station(bs)).unwrap();
+        let desired = built(&station(bs));
         let annotations = desired
             .stateful_set
             .spec
@@ -151,7 +181,7 @@ fn the_rendered_config_is_one_the_station_reads() {
         "postgres-three-pods",
         "acme-nodeport",
     ] {
-        let desired = build::build(&station(&fixture(name))).unwrap();
+        let desired = built(&station(&fixture(name)));
         let text = &desired.config_map.data.unwrap()[build::CONFIG_KEY];
         let raw = zbase_basestation::config::RawSettings::from_yaml(text)
             .unwrap_or_else(|e| panic!("{name}: the station refuses its config: {e}\n{text}"));
@@ -171,7 +201,7 @@ fn the_rendered_config_is_one_the_station_reads() {
 fn stopping_scales_to_zero_and_keeps_the_claims_policy() {
     let s = station(&fixture("cloudnativepg-stopped"));
     assert_eq!(s.replicas, 0);
-    let desired = build::build(&s).unwrap();
+    let desired = built(&s);
     assert_eq!(
         desired.stateful_set.spec.as_ref().unwrap().replicas,
         Some(0)
@@ -205,8 +235,7 @@ fn stopping_scales_to_zero_and_keeps_the_claims_policy() {
 #[test]
 fn volumes_are_retained_by_default_and_deleted_only_when_asked() {
     let policy = |name: &str| {
-        build::build(&station(&fixture(name)))
-            .unwrap()
+        built(&station(&fixture(name)))
             .stateful_set
             .spec
             .unwrap()
@@ -225,7 +254,7 @@ fn volumes_are_retained_by_default_and_deleted_only_when_asked() {
 #[test]
 fn pod_overrides_reach_the_container_and_cannot_break_the_selector() {
     let mut bs = fixture("postgres-three-pods");
-    let desired = build::build(&station(&bs)).unwrap();
+    let desired = built(&station(&bs));
     let pod = desired.stateful_set.spec.unwrap().template;
     let spec = pod.spec.unwrap();
     assert_eq!(spec.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
@@ -238,8 +267,7 @@ fn pod_overrides_reach_the_container_and_cannot_break_the_selector() {
 
     bs.spec.pod_overrides =
         Some(serde_json::json!({"metadata": {"labels": {"app.kubernetes.io/instance": "other"}}}));
-    let labels = build::build(&station(&bs))
-        .unwrap()
+    let labels = built(&station(&bs))
         .stateful_set
         .spec
         .unwrap()
@@ -251,7 +279,9 @@ fn pod_overrides_reach_the_container_and_cannot_break_the_selector() {
     assert_eq!(labels["app.kubernetes.io/instance"], "relay");
 
     bs.spec.pod_overrides = Some(serde_json::json!({"spec": {"containers": "not a list"}}));
-    let err = build::build(&station(&bs)).unwrap_err();
+    let Err(err) = build::build(&station(&bs), &site()) else {
+        panic!("a pod template of the wrong shape must be refused")
+    };
     assert!(err.to_string().contains("spec.podOverrides"), "{err}");
 }
 
@@ -360,12 +390,135 @@ fn every_deploy_example_validates_and_builds() {
         };
         let station = validate::validate(&bs, &defaults(), &refs)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        build::build(&station).unwrap();
+        built(&station);
         seen += 1;
     }
     assert!(
         seen >= 2,
         "the deploy examples were not found under {}",
         deploy.display()
+    );
+}
+
+fn config_of(desired: &Desired) -> zbase_basestation::config::RawSettings {
+    let text = &desired.config_map.data.as_ref().unwrap()[build::CONFIG_KEY];
+    zbase_basestation::config::RawSettings::from_yaml(text).unwrap()
+}
+
+#[test]
+fn by_default_the_site_certificate_serves_both_ports() {
+    let desired = built(&station(&fixture("minimal")));
+    let config = config_of(&desired);
+    let site = |key: &str| {
+        Some(std::path::PathBuf::from(format!(
+            "/etc/zbase/site-tls/{key}"
+        )))
+    };
+    assert_eq!(config.tls_cert, site("tls.crt"));
+    assert_eq!(config.tls_key, site("tls.key"));
+    assert_eq!(config.internal_tls_cert, site("tls.crt"));
+    assert_eq!(config.internal_tls_key, site("tls.key"));
+    assert_eq!(config.internal_ca, site("ca.crt"));
+    let secret_volumes: Vec<String> = desired
+        .stateful_set
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .volumes
+        .unwrap()
+        .into_iter()
+        .filter_map(|v| v.secret.and_then(|s| s.secret_name))
+        .collect();
+    assert_eq!(secret_volumes, ["home-tls"]);
+    assert_eq!(
+        desired.leaf_secret.type_.as_deref(),
+        Some("kubernetes.io/tls")
+    );
+    assert_eq!(
+        desired.leaf_secret.data.as_ref().unwrap()["tls.crt"].0,
+        b"site certificate"
+    );
+}
+
+#[test]
+fn plain_http_and_other_sources_keep_mutual_tls_inside() {
+    let mut plain = fixture("minimal");
+    plain.spec.tls.plain_http = true;
+    let config = config_of(&built(&station(&plain)));
+    assert_eq!(config.tls_cert, None, "plain HTTP on the public port");
+    assert!(config.internal_ca.is_some(), "mutual TLS stays on inside");
+
+    let desired = built(&station(&fixture("sqlite-tls-secret")));
+    let config = config_of(&desired);
+    assert_eq!(
+        config.tls_cert.as_deref(),
+        Some(Path::new("/etc/zbase/tls/tls.crt")),
+        "the user's Secret is served publicly"
+    );
+    assert_eq!(
+        config.internal_tls_cert.as_deref(),
+        Some(Path::new("/etc/zbase/site-tls/tls.crt")),
+        "the site certificate inside"
+    );
+}
+
+#[test]
+fn the_site_ca_outlives_the_station_unless_its_volumes_go_too() {
+    let kept = built(&station(&fixture("minimal")));
+    assert!(kept.ca_secret.metadata.owner_references.is_none());
+    assert!(
+        kept.ca_secret.metadata.labels.as_ref().unwrap()[build::INSTANCE_LABEL] == "home",
+        "labelled, so it is found"
+    );
+    assert!(kept.leaf_secret.metadata.owner_references.is_some());
+    let deleted = built(&station(&fixture("sqlite-tls-secret")));
+    assert!(deleted.ca_secret.metadata.owner_references.is_some());
+}
+
+#[test]
+fn site_names_cover_the_services_the_pods_and_what_the_user_adds() {
+    let mut bs = fixture("minimal");
+    bs.spec.tls.names = vec!["zbase.example.org".into(), "192.0.2.7".into()];
+    let refs = References {
+        service_addresses: vec!["198.51.100.4".into(), "not a name!".into()],
+        ..all_present()
+    };
+    let names = validate::validate(&bs, &defaults(), &refs)
+        .unwrap()
+        .site_names;
+    assert_eq!(
+        names[0], "zbase.example.org",
+        "the user's first name is the CN"
+    );
+    for expected in [
+        "192.0.2.7",
+        "198.51.100.4",
+        "home.zbase.svc",
+        "home-internal.zbase.svc",
+        "*.home-pods.zbase.svc",
+        "*.home-pods.zbase.svc.cluster.local",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
+    }
+    assert!(
+        !names.iter().any(|n| n == "not a name!"),
+        "a load balancer's odd answer is dropped"
+    );
+
+    bs.spec.tls.names = vec!["bad name".into()];
+    let message = problems(&bs, &all_present());
+    assert!(message.contains("tls.names[0]: 'bad name'"), "{message}");
+
+    let mut elsewhere = fixture("sqlite-tls-secret");
+    elsewhere.spec.tls.names = vec!["zbase.example.org".into()];
+    let message = problems(&elsewhere, &all_present());
+    assert!(
+        message.contains("tls.names are for the certificate the operator issues"),
+        "{message}"
     );
 }

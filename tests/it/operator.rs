@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zbase_operator::crd::BaseStation;
-use zbase_operator::reconcile::build::{self, CONFIG_KEY};
+use zbase_operator::crd::{BaseStation, TlsSpec};
+use zbase_operator::pki;
+use zbase_operator::reconcile::build::{self, CONFIG_KEY, SiteCredentials};
 use zbase_operator::reconcile::validate::{self, Defaults, References};
 use zbase_tests::client::{Conn, Tls};
 use zbase_tests::kubelet::{LocalPod, VolumeFiles};
@@ -49,7 +50,14 @@ async fn probe(addr: std::net::SocketAddr, path: &str, ca: Option<&str>) -> Opti
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn start(bs: &BaseStation, refs: &References, tls: Option<VolumeFiles>) -> LocalPod {
+/// Starts the station of `bs` as its pod template says, with the site credentials the
+/// operator's own plan issues (returned, for the CA), `tls` as the `tls` volume, and `env`.
+async fn start(
+    bs: &BaseStation,
+    refs: &References,
+    tls: Option<VolumeFiles>,
+    env: &[(&str, String)],
+) -> (LocalPod, pki::Plan) {
     let station = validate::validate(
         bs,
         &Defaults {
@@ -58,7 +66,22 @@ async fn start(bs: &BaseStation, refs: &References, tls: Option<VolumeFiles>) ->
         refs,
     )
     .unwrap();
-    let desired = build::build(&station).unwrap();
+    let plan = pki::plan(
+        &station.name,
+        &station.site_names,
+        None,
+        None,
+        &pki::Policy::default(),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let site = SiteCredentials {
+        ca: plan.ca.clone(),
+        leaf: plan.leaf.clone(),
+    };
+    let Ok(desired) = build::build(&station, &site) else {
+        panic!("{} does not build", station.name)
+    };
     let template = desired.stateful_set.spec.unwrap().template;
     let config: VolumeFiles = desired
         .config_map
@@ -68,19 +91,23 @@ async fn start(bs: &BaseStation, refs: &References, tls: Option<VolumeFiles>) ->
         .map(|(k, v)| (k, v.into_bytes()))
         .collect();
     assert!(config.contains_key(CONFIG_KEY));
-    let mut volumes = BTreeMap::from([("config".to_owned(), config)]);
+    let mut volumes = BTreeMap::from([
+        ("config".to_owned(), config),
+        ("site-tls".to_owned(), plan.leaf.clone()),
+    ]);
     if let Some(files) = tls {
         volumes.insert("tls".to_owned(), files);
     }
-    LocalPod::start(
+    let pod = LocalPod::start(
         &template,
         "station",
         &station_bin(),
         &volumes,
         &format!("{}-0", station.name),
         &station.namespace,
-        &[],
-    )
+        env,
+    );
+    (pod, plan)
 }
 
 async fn wait_ready(pod: &mut LocalPod, ca: Option<&str>) {
@@ -96,7 +123,9 @@ async fn wait_ready(pod: &mut LocalPod, ca: Option<&str>) {
 
 #[tokio::test]
 async fn the_rendered_pod_template_starts_the_real_station() {
-    let mut pod = start(&fixture("minimal"), &References::default(), None).await;
+    let mut plain = fixture("minimal");
+    plain.spec.tls.plain_http = true;
+    let (mut pod, _) = start(&plain, &References::default(), None, &[]).await;
     wait_ready(&mut pod, None).await;
     assert_eq!(probe(pod.port("public"), "/healthz", None).await, Some(200));
     Conn::ws(
@@ -128,7 +157,7 @@ async fn the_rendered_pod_template_serves_tls_from_the_mounted_secret() {
         .into(),
         ..Default::default()
     };
-    let mut pod = start(&fixture("sqlite-tls-secret"), &refs, Some(files)).await;
+    let (mut pod, _) = start(&fixture("sqlite-tls-secret"), &refs, Some(files), &[]).await;
     wait_ready(&mut pod, Some(&ca.pem())).await;
     let conn = Conn::ws_tls(
         pod.port("public"),
@@ -140,5 +169,89 @@ async fn the_rendered_pod_template_serves_tls_from_the_mounted_secret() {
     assert_eq!(
         zbase_tests::tls::serial_of(&conn.peer_certificate().unwrap()),
         7
+    );
+}
+
+/// Bytes the internal port sends first over a TLS connection presenting `client` (chain and
+/// key PEM), or the error that ended it, after the HTTP/2 preface: an accepted client reads
+/// the server's SETTINGS, and a refused one the alert.
+async fn internal_first_read(
+    addr: std::net::SocketAddr,
+    trust: &str,
+    client: Option<(&str, &str)>,
+) -> std::io::Result<usize> {
+    let config = tls_client_config(trust, &[b"h2"], client).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    // Pods check each other's chain, not names (addresses change with every reschedule).
+    let name = rustls::pki_types::ServerName::try_from("relay-0.relay-pods.apps.svc").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    // The HTTP/2 client preface and an empty SETTINGS frame; the server answers with its own.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await?;
+    let mut buf = [0u8; 64];
+    tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("the internal port said nothing"))?
+}
+
+#[tokio::test]
+async fn by_default_the_site_ca_secures_both_ports() {
+    // The internal port exists with PostgreSQL, where pods share the store.
+    let mut bs = fixture("postgres-three-pods");
+    bs.spec.tls = TlsSpec {
+        names: vec!["localhost".into()],
+        ..Default::default()
+    };
+    let refs = References {
+        secrets: [("relay-db".to_owned(), vec!["url".to_owned()])].into(),
+        ..Default::default()
+    };
+    let url = zbase_tests::postgres::fresh_database().await;
+    let (mut pod, plan) = start(&bs, &refs, None, &[("ZBASE_STORE", url)]).await;
+    let text = |data: &pki::SecretData, key: &str| String::from_utf8(data[key].clone()).unwrap();
+    let trust = text(&plan.leaf, pki::TLS_TRUST);
+    wait_ready(&mut pod, Some(&trust)).await;
+
+    // Public: a client that trusts the site CA reaches the station under the name it uses.
+    let conn = Conn::ws_tls(
+        pod.port("public"),
+        zbase_tests::client::random_id().as_str(),
+        &Tls::new(trust.clone(), "localhost"),
+    )
+    .await
+    .unwrap();
+    let served = conn.peer_certificate().unwrap();
+    let leaf_pem = text(&plan.leaf, pki::TLS_CERT);
+    let leaf_der = zbase_tests::tls::certs_from_pem(&leaf_pem).unwrap()[0].to_vec();
+    assert_eq!(
+        served, leaf_der,
+        "the site certificate is what the public port serves"
+    );
+
+    // Internal: the site certificate gets in; no certificate, or another CA's, does not.
+    let internal = pod.port("internal");
+    let key = text(&plan.leaf, pki::TLS_KEY);
+    let read = internal_first_read(internal, &trust, Some((&leaf_pem, &key))).await;
+    assert!(
+        matches!(read, Ok(n) if n > 0),
+        "a pod of the site is let in: {read:?}"
+    );
+    let read = internal_first_read(internal, &trust, None).await;
+    assert!(
+        read.is_err() || read.as_ref().is_ok_and(|n| *n == 0),
+        "no certificate: {read:?}"
+    );
+    let stranger = TestCa::new("another site").client_leaf("home-1", 3);
+    let read = internal_first_read(
+        internal,
+        &trust,
+        Some((&stranger.chain_pem(), &stranger.key_pem)),
+    )
+    .await;
+    assert!(
+        read.is_err() || read.as_ref().is_ok_and(|n| *n == 0),
+        "another CA: {read:?}"
     );
 }

@@ -18,7 +18,8 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 use zbase_operator::crd::BaseStation;
 use zbase_operator::reconcile::build::CONFIG_HASH_ANNOTATION;
 use zbase_tests::apiserver::ApiServer;
@@ -45,6 +46,11 @@ struct Operator {
 
 impl Operator {
     fn start(api: &ApiServer, identity: &str) -> Operator {
+        Operator::start_with(api, identity, &[])
+    }
+
+    /// An operator with `extra` flags after `run`.
+    fn start_with(api: &ApiServer, identity: &str, extra: &[&str]) -> Operator {
         let listen = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(operator_bin())
@@ -55,6 +61,7 @@ impl Operator {
                 "--log",
                 "info,zbase_operator=debug",
             ])
+            .args(extra)
             .env("KUBECONFIG", api.kubeconfig())
             .env("POD_NAMESPACE", "zbase-system")
             .env("POD_NAME", identity)
@@ -276,6 +283,12 @@ async fn a_new_station_gets_every_object_then_ready_status_and_events() {
         Some("zbase-station:test"),
         "the operator's --station-image"
     );
+    let status = eventually(&op, "status reports pods not ready", || async {
+        let bs = station(&client, "home").await;
+        (condition(&bs, "Ready")?.1 == "PodsNotReady").then_some(bs)
+    })
+    .await;
+    // Status is written after every object is applied.
     for name in ["home", "home-pods", "home-internal"] {
         assert!(exists::<Service>(&client, name).await, "Service {name}");
     }
@@ -283,15 +296,16 @@ async fn a_new_station_gets_every_object_then_ready_status_and_events() {
     assert!(exists::<ServiceAccount>(&client, "home").await);
     assert!(exists::<PodDisruptionBudget>(&client, "home").await);
     assert!(exists::<NetworkPolicy>(&client, "home").await);
-
-    let status = eventually(&op, "status reports pods not ready", || async {
-        let bs = station(&client, "home").await;
-        (condition(&bs, "Ready")?.1 == "PodsNotReady").then_some(bs)
-    })
-    .await;
+    assert!(exists::<Secret>(&client, "home-ca").await);
+    assert!(exists::<Secret>(&client, "home-tls").await);
     let st = status.status.as_ref().unwrap();
     assert_eq!(st.observed_generation, status.metadata.generation);
-    assert_eq!(st.endpoint.as_deref(), Some("ws://home.zbase.svc"));
+    assert_eq!(st.endpoint.as_deref(), Some("wss://home.zbase.svc"));
+    assert_eq!(condition(&status, "TLS").unwrap().1, "CertificateValid");
+    assert!(
+        st.certificate_expiry.is_some(),
+        "the site certificate's expiry"
+    );
     assert_eq!(condition(&status, "Progressing").unwrap().0, "True");
     assert_eq!(condition(&status, "Degraded").unwrap().0, "False");
     assert_eq!(condition(&status, "Store").unwrap().1, "SQLite");
@@ -537,6 +551,14 @@ async fn an_owned_object_deleted_or_edited_by_hand_is_put_back() {
         sts(&client, "home").await.is_none().then_some(())
     })
     .await;
+    eventually(
+        &op,
+        "the site certificate goes with the station",
+        || async { (!exists::<Secret>(&client, "home-tls").await).then_some(()) },
+    )
+    .await;
+    // The claims are kept (whenDeleted: Retain), and so is the CA their clients trust.
+    assert!(exists::<Secret>(&client, "home-ca").await);
 }
 
 #[tokio::test]
@@ -631,5 +653,230 @@ async fn the_charts_deployment_command_starts_the_real_operator() {
     panic!(
         "the chart's operator never reconciled:\n{}",
         pod.stderr_log()
+    );
+}
+
+/// The site certificate Secret as pods mount it: the leaf (DER), its chain's CA, and the
+/// bundle (PEM) the pod trusts.
+#[derive(Clone, PartialEq)]
+struct Mounted {
+    leaf: Vec<u8>,
+    issuer: Vec<u8>,
+    bundle: String,
+}
+
+impl Mounted {
+    fn read(secret: &Secret) -> Option<Mounted> {
+        let data = secret.data.as_ref()?;
+        let text = |key: &str| String::from_utf8(data.get(key)?.0.clone()).ok();
+        let chain = zbase_tests::tls::certs_from_pem(&text("tls.crt")?).ok()?;
+        Some(Mounted {
+            leaf: chain.first()?.to_vec(),
+            issuer: chain.get(1)?.to_vec(),
+            bundle: text("ca.crt")?,
+        })
+    }
+
+    /// Whether a pod trusting this bundle admits `leaf` at `at` as a peer (client) and as a
+    /// server for the station's in-cluster name.
+    fn trusts(&self, leaf: &[u8], at: SystemTime) -> bool {
+        use rustls::client::danger::ServerCertVerifier;
+        let provider = zbase_tests::tls::provider();
+        let roots = Arc::new(zbase_tests::tls::roots_from_pem(&self.bundle).unwrap());
+        let leaf = rustls::pki_types::CertificateDer::from(leaf.to_vec());
+        let now = rustls::pki_types::UnixTime::since_unix_epoch(
+            at.duration_since(SystemTime::UNIX_EPOCH).unwrap(),
+        );
+        let client = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap()
+        .verify_client_cert(&leaf, &[], now)
+        .is_ok();
+        let server = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+            .build()
+            .unwrap()
+            .verify_server_cert(
+                &leaf,
+                &[],
+                &rustls::pki_types::ServerName::try_from("home.zbase.svc").unwrap(),
+                &[],
+                now,
+            )
+            .is_ok();
+        client && server
+    }
+}
+
+#[tokio::test]
+async fn the_site_certificate_is_renewed_and_the_ca_rotated_without_a_pod_distrusting_another() {
+    let (api, client) = cluster().await;
+    // Seconds instead of days: leaves live 6 s and renew 3 s before expiry; the CA lives
+    // 24 s, its successor is published 12 s before it expires and signs 4 s later, and the
+    // previous one stays trusted 6 s after that.
+    let op = Operator::start_with(
+        &api,
+        "op-a",
+        &[
+            "--site-cert-lifetime=6s",
+            "--site-cert-renew-before=3s",
+            "--site-ca-lifetime=24s",
+            "--site-ca-rotate-before=12s",
+            "--site-ca-publish-ahead=4s",
+            "--site-ca-overlap=6s",
+        ],
+    );
+    create(&client, MINIMAL).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let first = eventually(&op, "the site certificate is issued", || async {
+        Mounted::read(&secrets.get_opt("home-tls").await.unwrap()?)
+    })
+    .await;
+
+    // Deleted by hand, the certificate comes back at once (the operator watches it), from
+    // the same CA.
+    secrets
+        .delete("home-tls", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(&op, "the deleted certificate is reissued", || async {
+        Mounted::read(&secrets.get_opt("home-tls").await.unwrap()?)
+            .filter(|m| m.leaf != first.leaf && m.issuer == first.issuer)
+    })
+    .await;
+
+    // Watch every version the pods would mount, until the first CA has been published,
+    // switched out and dropped from the bundle.
+    // Each version with when it was first seen (leaves live seconds, so trust is judged then).
+    let mut seen: Vec<(SystemTime, Mounted)> = vec![(SystemTime::now(), first.clone())];
+    let mut ca_keys: Vec<Vec<String>> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotation did not complete: CA Secret states {ca_keys:?}\noperator log:\n{}",
+            op.log()
+        );
+        if let Some(m) = Mounted::read(&secrets.get("home-tls").await.unwrap())
+            && seen.last().map(|(_, last)| last) != Some(&m)
+        {
+            seen.push((SystemTime::now(), m));
+        }
+        let ca = secrets.get("home-ca").await.unwrap();
+        let keys: Vec<String> = ca.data.unwrap_or_default().into_keys().collect();
+        if ca_keys.last() != Some(&keys) {
+            ca_keys.push(keys);
+        }
+        let first_issuer_gone = seen.last().is_some_and(|(_, m)| {
+            m.issuer != first.issuer
+                && !zbase_tests::tls::certs_from_pem(&m.bundle)
+                    .unwrap()
+                    .iter()
+                    .any(|c| c.as_ref() == first.issuer.as_slice())
+        });
+        if first_issuer_gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_with = |key: &str| {
+        ca_keys
+            .iter()
+            .position(|keys| keys.iter().any(|k| k == key))
+    };
+    let published = first_with("next.crt");
+    let switched = first_with("previous.crt");
+    assert!(
+        matches!((published, switched), (Some(p), Some(s)) if p < s),
+        "the next CA is published before it signs: {ca_keys:?}"
+    );
+    let renewals = seen
+        .windows(2)
+        .filter(|w| w[0].1.issuer == w[1].1.issuer && w[0].1.leaf != w[1].1.leaf)
+        .count();
+    assert!(renewals >= 2, "leaves renewed {renewals} times");
+
+    // The point: whichever of two consecutive versions a pod has mounted, it trusts the other
+    // version's leaf, both ways. A rotation in one step would fail this at the switch.
+    for (i, pair) in seen.windows(2).enumerate() {
+        let ((_, old), (at, new)) = (&pair[0], &pair[1]);
+        assert!(
+            new.trusts(&new.leaf, *at),
+            "version {} does not trust itself",
+            i + 1
+        );
+        assert!(
+            old.trusts(&new.leaf, *at),
+            "a pod on version {i} refuses version {}",
+            i + 1
+        );
+        assert!(
+            new.trusts(&old.leaf, *at),
+            "a pod on version {} refuses version {i}",
+            i + 1
+        );
+    }
+
+    // Each kind of change has its own reason: Events of one reason fold into a series.
+    eventually(&op, "an Event for each step", || async {
+        let reasons: Vec<String> = Api::<Event>::namespaced(client.clone(), NS)
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
+        [
+            "SiteCACreated",
+            "SiteCertificateIssued",
+            "SiteCertificateRenewed",
+            "SiteCAPublished",
+            "SiteCARotated",
+            "SiteCADropped",
+        ]
+        .iter()
+        .all(|step| reasons.iter().any(|r| r == step))
+        .then_some(())
+    })
+    .await;
+    let bs = station(&client, "home").await;
+    assert_eq!(
+        condition(&bs, "TLS").unwrap().1,
+        "CertificateValid",
+        "{bs:?}"
+    );
+
+    // A CA Secret that cannot be used is not replaced: nothing is applied, and the status
+    // says which key to restore.
+    let mut broken = secrets.get("home-ca").await.unwrap();
+    broken.data.as_mut().unwrap().remove("ca.key");
+    broken.metadata.managed_fields = None;
+    secrets
+        .replace("home-ca", &PostParams::default(), &broken)
+        .await
+        .unwrap();
+    let bs = eventually(&op, "the unusable CA is reported", || async {
+        let bs = station(&client, "home").await;
+        (condition(&bs, "Degraded")?.1 == "SiteCAUnusable").then_some(bs)
+    })
+    .await;
+    let (status, _, message) = condition(&bs, "TLS").unwrap();
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("home-ca") && message.contains("ca.key"),
+        "{message}"
+    );
+    assert!(
+        !secrets
+            .get("home-ca")
+            .await
+            .unwrap()
+            .data
+            .unwrap()
+            .contains_key("ca.key"),
+        "the operator does not replace a CA it cannot read"
     );
 }

@@ -29,7 +29,8 @@ pub struct LocalPod {
 
 impl LocalPod {
     /// Starts container `container` of `template` from `binary`, with `volumes` (volume name
-    /// to files) mounted where the container's volumeMounts say.
+    /// to files) mounted where the container's volumeMounts say, and `extra_env` set (over
+    /// the template's variables of the same name, which are then not resolved).
     pub fn start(
         template: &PodTemplateSpec,
         container: &str,
@@ -94,6 +95,10 @@ impl LocalPod {
 
         let mut env: Vec<(String, String)> = Vec::new();
         for var in c.env.iter().flatten() {
+            // What the caller gives is not resolved (a Secret's key, say): it is set below.
+            if extra_env.iter().any(|(name, _)| *name == var.name) {
+                continue;
+            }
             let value = match (&var.value, &var.value_from) {
                 (Some(v), _) => expand(v, &env),
                 (None, Some(from)) => {

@@ -314,7 +314,8 @@ pub fn key_from_pem(pem: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).context("parse PEM private key")
 }
 
-fn roots_from_pem(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
+/// The certificates of a PEM text as trust anchors.
+pub fn roots_from_pem(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs_from_pem(ca_pem)? {
         roots.add(cert).context("add trust anchor")?;

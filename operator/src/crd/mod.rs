@@ -219,11 +219,31 @@ impl Default for StorageSpec {
     }
 }
 
-/// TLS on the public port: at most one source of the certificate.
+/// TLS on the public port: a certificate from the site CA the operator keeps (the default),
+/// or at most one other source, or plain HTTP. The internal port always uses mutual TLS with
+/// the site CA, whatever the public port does.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("(has(self.secretName) ? 1 : 0) + (has(self.certManager) ? 1 : 0) + (has(self.acme) ? 1 : 0) <= 1").message("set at most one of tls.secretName, tls.certManager and tls.acme"))]
+#[x_kube(validation = Rule::new("!has(self.plainHTTP) || !self.plainHTTP || !(has(self.secretName) || has(self.certManager) || has(self.acme))").message("tls.plainHTTP turns TLS off: remove it, or remove tls.secretName, tls.certManager and tls.acme"))]
+#[x_kube(validation = Rule::new("!has(self.names) || size(self.names) == 0 || !(has(self.secretName) || has(self.certManager) || has(self.acme) || (has(self.plainHTTP) && self.plainHTTP))").message("tls.names are for the certificate the operator issues: with another source, give the names to that source"))]
 pub struct TlsSpec {
+    /// Serve plain HTTP on the public port, behind a proxy that terminates TLS (or to try it
+    /// out). The station logs a warning when it listens in plain on a non-loopback address.
+    #[serde(
+        default,
+        rename = "plainHTTP",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub plain_http: bool,
+
+    /// Names clients use to reach the station (DNS names or IP addresses), added to the
+    /// certificate the operator issues from the site CA. The Service's own names and its
+    /// load-balancer addresses are always on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub names: Vec<String>,
+
     /// A `kubernetes.io/tls` Secret you manage (keys `tls.crt`, `tls.key`); a renewed Secret
     /// is picked up without a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]

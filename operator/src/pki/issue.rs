@@ -1,7 +1,7 @@
 //! Making keys and certificates with rcgen: the site CA, and leaves it signs.
 
 use super::PkiError;
-use super::read::{Cert, Name, Names, pem};
+use super::read::{Authority, Cert, Name, Names, pem};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
     ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
@@ -79,7 +79,7 @@ pub(super) fn new_ca(
     station: &str,
     lifetime: Duration,
     now: SystemTime,
-) -> Result<(Issued, Signer), PkiError> {
+) -> Result<Authority, PkiError> {
     let what = "site CA";
     let key = new_key(what)?;
     let mut params = CertificateParams::default();
@@ -103,12 +103,16 @@ pub(super) fn new_ca(
         reason: e.to_string(),
     })?;
     let issued = finish(what, cert.der(), &key)?;
-    let signer = Signer {
-        issuer: cert,
-        key,
-        has_key_id: true,
-    };
-    Ok((issued, signer))
+    Ok(Authority {
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+        cert: issued.cert,
+        signer: Signer {
+            issuer: cert,
+            key,
+            has_key_id: true,
+        },
+    })
 }
 
 /// A new leaf for `names`, signed by `signer`, valid from an hour before `now` for

@@ -12,10 +12,13 @@
 //! - A CA that clients may already trust is never replaced silently: a CA Secret that cannot
 //!   be read is refused with [`PkiError::Unreadable`], naming the Secret and the key. Only an
 //!   absent (or entirely empty) CA Secret leads to a new CA.
-//! - The CA is rotated once it expires within [`Policy::ca_rotate_before`]. The previous CA
-//!   stays in the bundle for [`Policy::overlap`] after the rotation, and never past its own
-//!   expiry, so a pod or client still holding a leaf of the previous CA stays trusted while
-//!   the new leaves roll out.
+//! - The CA is rotated in two steps, so no pod or client ever meets a leaf from a CA it does
+//!   not trust yet. Once the current CA expires within [`Policy::ca_rotate_before`], the next
+//!   CA is *published*: it joins the bundle while the current one still signs. Once it has
+//!   been published for [`Policy::ca_publish_ahead`] (at the latest halfway from then to the
+//!   current CA's expiry) it *switches*: the next CA signs, and the previous one stays in the
+//!   bundle for [`Policy::overlap`] after the switch, and never past its own expiry, so a pod
+//!   or client still holding a leaf of the previous CA stays trusted while new leaves roll out.
 //! - The leaf is re-issued, always with a new key, when it is missing, unreadable, not signed
 //!   by the current CA, carries other names or usages, or expires within
 //!   [`Policy::leaf_renew_before`]. Otherwise its certificate and key are kept byte for byte;
@@ -25,8 +28,10 @@
 //! Secret layout (keys are constants here, so the caller and the pods' mounts agree):
 //! - CA Secret [`ca_secret_name`] (`<station>-ca`): [`CA_CERT`] the current CA (PEM),
 //!   [`CA_KEY`] its key (PEM PKCS#8), [`CA_BUNDLE`] every CA to trust now (current first, then
-//!   the previous one during an overlap), and during an overlap only [`CA_PREVIOUS`] (the
-//!   previous CA's certificate) and [`CA_ROTATED_AT`] (when it was rotated, RFC 3339).
+//!   the next one while published, then the previous one during an overlap); while the next
+//!   CA is published only, [`CA_NEXT`], [`CA_NEXT_KEY`] and [`CA_PUBLISHED_AT`] (RFC 3339);
+//!   during an overlap only, [`CA_PREVIOUS`] (the previous CA's certificate) and
+//!   [`CA_ROTATED_AT`] (when it was switched out, RFC 3339).
 //! - Leaf Secret [`leaf_secret_name`] (`<station>-tls`): [`TLS_CERT`] the leaf then the CA that
 //!   signed it (PEM), [`TLS_KEY`] its key (PEM PKCS#8), [`TLS_TRUST`] the bundle.
 //!
@@ -37,7 +42,7 @@ mod read;
 #[cfg(test)]
 mod tests;
 
-use read::{Cert, Names, Previous, StoredCa};
+use read::{Cert, Names, Next, Previous, StoredCa};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -52,6 +57,12 @@ pub const CA_BUNDLE: &str = "bundle.crt";
 pub const CA_PREVIOUS: &str = "previous.crt";
 /// CA Secret key, during an overlap only: when the previous CA was rotated out, RFC 3339.
 pub const CA_ROTATED_AT: &str = "rotated-at";
+/// CA Secret key, while the next CA is published ahead of signing: its certificate, PEM.
+pub const CA_NEXT: &str = "next.crt";
+/// CA Secret key, while the next CA is published ahead of signing: its key, PEM PKCS#8.
+pub const CA_NEXT_KEY: &str = "next.key";
+/// CA Secret key, while the next CA is published ahead of signing: since when, RFC 3339.
+pub const CA_PUBLISHED_AT: &str = "next-published-at";
 /// Leaf Secret key: the leaf certificate then the CA that signed it, PEM.
 pub const TLS_CERT: &str = "tls.crt";
 /// Leaf Secret key: the leaf's private key, PEM PKCS#8.
@@ -79,8 +90,11 @@ const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 pub struct Policy {
     /// A new CA's validity.
     pub ca_lifetime: Duration,
-    /// Rotate the CA once it expires within this long.
+    /// Start rotating the CA (publish the next one) once it expires within this long.
     pub ca_rotate_before: Duration,
+    /// How long the next CA is trusted before it signs: long enough for every pod to have
+    /// the new bundle mounted, and for clients that copy the bundle to fetch it again.
+    pub ca_publish_ahead: Duration,
     /// How long the previous CA stays in the bundle after a rotation; at least the leaf
     /// lifetime, so every leaf it signed expires before it stops being trusted.
     pub overlap: Duration,
@@ -95,6 +109,7 @@ impl Default for Policy {
         Policy {
             ca_lifetime: 3650 * DAY,
             ca_rotate_before: 365 * DAY,
+            ca_publish_ahead: 30 * DAY,
             overlap: 90 * DAY,
             leaf_lifetime: 90 * DAY,
             leaf_renew_before: 30 * DAY,
@@ -113,9 +128,9 @@ impl Policy {
         if self.ca_rotate_before >= self.ca_lifetime {
             problems.push("ca_rotate_before must be shorter than ca_lifetime");
         }
-        if self.leaf_lifetime > self.ca_rotate_before {
-            // A leaf issued just before the rotation must not outlive the CA that signed it.
-            problems.push("leaf_lifetime must not exceed ca_rotate_before");
+        if self.leaf_lifetime.saturating_add(self.ca_publish_ahead) > self.ca_rotate_before {
+            // A leaf issued just before the switch must not outlive the CA that signed it.
+            problems.push("leaf_lifetime plus ca_publish_ahead must not exceed ca_rotate_before");
         }
         if self.overlap < self.leaf_lifetime {
             problems.push("overlap must be at least leaf_lifetime");
@@ -143,8 +158,11 @@ pub struct Plan {
     pub leaf_not_after: SystemTime,
     /// When the current CA expires.
     pub ca_not_after: SystemTime,
-    /// One sentence per change, for Events; empty when nothing changed.
-    pub reasons: Vec<String>,
+    /// When planning again next changes something (a renewal, a rotation, the end of an
+    /// overlap), if nothing else does first.
+    pub review_at: SystemTime,
+    /// Each change made, for Events; empty when nothing changed.
+    pub reasons: Vec<Change>,
 }
 
 impl fmt::Debug for Plan {
@@ -157,10 +175,45 @@ impl fmt::Debug for Plan {
             .field("leaf_changed", &self.leaf_changed)
             .field("leaf_not_after", &self.leaf_not_after)
             .field("ca_not_after", &self.ca_not_after)
+            .field("review_at", &self.review_at)
             .field("reasons", &self.reasons)
             .finish()
     }
 }
+
+/// One change a plan made, as an Event says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The Event's reason, one per kind of change: Events of one reason on one object are
+    /// folded into a series showing the first note, so kinds must not share a reason.
+    pub reason: &'static str,
+    /// One sentence saying what changed and why.
+    pub note: String,
+}
+
+impl Change {
+    pub(crate) fn new(reason: &'static str, note: impl Into<String>) -> Change {
+        Change {
+            reason,
+            note: note.into(),
+        }
+    }
+}
+
+/// Event reason: a site CA was created.
+pub const CA_CREATED: &str = "SiteCACreated";
+/// Event reason: the next site CA joined the trusted bundle.
+pub const CA_PUBLISHED: &str = "SiteCAPublished";
+/// Event reason: the next site CA started signing.
+pub const CA_ROTATED: &str = "SiteCARotated";
+/// Event reason: a previous site CA left the trusted bundle.
+pub const CA_DROPPED: &str = "SiteCADropped";
+/// Event reason: the site certificate was renewed before its expiry.
+pub const CERT_RENEWED: &str = "SiteCertificateRenewed";
+/// Event reason: the site certificate was issued, or re-issued because it could not be kept.
+pub const CERT_ISSUED: &str = "SiteCertificateIssued";
+/// Event reason: only the trusted bundle beside the certificate changed.
+pub const TRUST_UPDATED: &str = "SiteTrustUpdated";
 
 /// Why no plan could be made.
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +259,12 @@ pub enum PkiError {
     },
 }
 
+/// Checks that `name` can be a certificate name (a DNS name, a `*.` wildcard, or an IP
+/// address), so a spec can be refused before any plan.
+pub fn check_name(name: &str) -> Result<(), PkiError> {
+    Names::parse(&[name.to_string()]).map(|_| ())
+}
+
 /// Plans the CA and leaf Secrets of `station` at `now`: see the module documentation for the
 /// rules. `names` are the leaf's names (DNS names, or IP addresses), the first also its CN.
 pub fn plan(
@@ -229,89 +288,111 @@ pub fn plan(
         Some(data) if !data.is_empty() => Some(StoredCa::read(data, &ca_secret)?),
         _ => None,
     };
-    let mut current = match stored {
+    let (mut current, mut next, mut previous) = match stored {
         None => {
-            let (ca, signer) = issue::new_ca(station, policy.ca_lifetime, now)?;
-            reasons.push(format!(
-                "created the site CA (valid until {})",
-                stamp(ca.cert.not_after)
+            let ca = issue::new_ca(station, policy.ca_lifetime, now)?;
+            reasons.push(Change::new(
+                CA_CREATED,
+                format!(
+                    "created the site CA (valid until {})",
+                    stamp(ca.cert.not_after)
+                ),
             ));
-            Current {
-                cert_pem: ca.cert_pem,
-                key_pem: ca.key_pem,
-                cert: ca.cert,
-                signer,
-                previous: None,
-            }
+            (ca, None, None)
         }
-        Some(stored) if expires_within(&stored.cert, now, policy.ca_rotate_before) => {
-            let (ca, signer) = issue::new_ca(station, policy.ca_lifetime, now)?;
-            if stored.previous.is_some() {
-                // Only when a policy rotates more often than it overlaps; the defaults never do.
-                reasons.push(
-                    "dropped the CA before the previous one from the bundle: a second rotation \
-                     came within its overlap"
-                        .to_string(),
-                );
-            }
-            let previous = Previous {
-                pem: read::pem(&stored.cert.der).into_bytes(),
-                cert: stored.cert,
-                rotated_at: now,
-                rotated_at_text: stamp(now).into_bytes(),
-            };
-            reasons.push(format!(
-                "rotated the site CA (the previous one expires {}); the previous one stays \
-                 trusted until {}",
-                stamp(previous.cert.not_after),
-                stamp(previous.trusted_until(policy)),
-            ));
-            Current {
-                cert_pem: ca.cert_pem,
-                key_pem: ca.key_pem,
-                cert: ca.cert,
-                signer,
-                previous: Some(previous),
-            }
-        }
-        Some(stored) => Current {
-            cert_pem: stored.cert_pem,
-            key_pem: stored.key_pem,
-            cert: stored.cert,
-            signer: stored.signer,
-            previous: stored.previous,
-        },
+        Some(stored) => (stored.current, stored.next, stored.previous),
     };
 
-    if let Some(previous) = &current.previous
-        && now >= previous.trusted_until(policy)
-    {
-        reasons.push(format!(
-            "dropped the previous site CA from the trusted bundle: {}",
-            if now >= previous.cert.not_after {
-                "it expired"
-            } else {
-                "the overlap after the rotation ended"
-            }
+    // Rotation, step one: trust the next CA before it signs anything.
+    if next.is_none() && expires_within(&current.cert, now, policy.ca_rotate_before) {
+        let published = Next {
+            authority: issue::new_ca(station, policy.ca_lifetime, now)?,
+            published_at: now,
+            published_at_text: stamp(now).into_bytes(),
+        };
+        reasons.push(Change::new(
+            CA_PUBLISHED,
+            format!(
+                "published the next site CA in the trusted bundle (the current one expires \
+                 {}); it signs from {}",
+                stamp(current.cert.not_after),
+                stamp(published.signs_from(&current.cert, policy)),
+            ),
         ));
-        current.previous = None;
+        next = Some(published);
+    }
+    // Step two: the next CA signs; the current one is trusted for the overlap.
+    if let Some(taking_over) = next.take_if(|n| now >= n.signs_from(&current.cert, policy)) {
+        if previous.is_some() {
+            // Only when a policy rotates more often than it overlaps; the defaults never do.
+            reasons.push(Change::new(
+                CA_DROPPED,
+                "dropped the CA before the previous one from the bundle: a second rotation \
+                 came within its overlap",
+            ));
+        }
+        let rotated_out = std::mem::replace(&mut current, taking_over.authority);
+        let rotated = Previous {
+            pem: read::pem(&rotated_out.cert.der).into_bytes(),
+            cert: rotated_out.cert,
+            rotated_at: now,
+            rotated_at_text: stamp(now).into_bytes(),
+        };
+        reasons.push(Change::new(
+            CA_ROTATED,
+            format!(
+                "rotated the site CA: the next one signs from now (valid until {}); the \
+                 previous one stays trusted until {}",
+                stamp(current.cert.not_after),
+                stamp(rotated.trusted_until(policy)),
+            ),
+        ));
+        previous = Some(rotated);
+    }
+
+    if let Some(old) = &previous
+        && now >= old.trusted_until(policy)
+    {
+        reasons.push(Change::new(
+            CA_DROPPED,
+            format!(
+                "dropped the previous site CA from the trusted bundle: {}",
+                if now >= old.cert.not_after {
+                    "it expired"
+                } else {
+                    "the overlap after the rotation ended"
+                }
+            ),
+        ));
+        previous = None;
     }
 
     let mut bundle = read::pem(&current.cert.der);
-    if let Some(previous) = &current.previous {
+    if let Some(next) = &next {
+        bundle.push_str(&read::pem(&next.authority.cert.der));
+    }
+    if let Some(previous) = &previous {
         bundle.push_str(&read::pem(&previous.cert.der));
     }
     let mut ca_out = SecretData::new();
     ca_out.insert(CA_CERT.to_string(), current.cert_pem.clone());
     ca_out.insert(CA_KEY.to_string(), current.key_pem.clone());
     ca_out.insert(CA_BUNDLE.to_string(), bundle.clone().into_bytes());
-    if let Some(previous) = &current.previous {
+    if let Some(next) = &next {
+        ca_out.insert(CA_NEXT.to_string(), next.authority.cert_pem.clone());
+        ca_out.insert(CA_NEXT_KEY.to_string(), next.authority.key_pem.clone());
+        ca_out.insert(CA_PUBLISHED_AT.to_string(), next.published_at_text.clone());
+    }
+    if let Some(previous) = &previous {
         ca_out.insert(CA_PREVIOUS.to_string(), previous.pem.clone());
         ca_out.insert(CA_ROTATED_AT.to_string(), previous.rotated_at_text.clone());
     }
 
     let kept = match leaf {
-        None => Err(format!("issued the certificate for {names}")),
+        None => Err(Change::new(
+            CERT_ISSUED,
+            format!("issued the certificate for {names}"),
+        )),
         Some(data) => read::check_leaf(data, &current.cert, &names, policy, now),
     };
     let mut leaf_out = SecretData::new();
@@ -321,12 +402,10 @@ pub fn plan(
             leaf_out.insert(TLS_KEY.to_string(), kept.key_pem);
             kept.not_after
         }
-        Err(why) => {
+        Err(mut why) => {
             let issued = issue::new_leaf(&names, &current.signer, policy.leaf_lifetime, now)?;
-            reasons.push(format!(
-                "{why}; valid until {}",
-                stamp(issued.cert.not_after)
-            ));
+            why.note = format!("{}; valid until {}", why.note, stamp(issued.cert.not_after));
+            reasons.push(why);
             let mut chain = issued.cert_pem.clone();
             chain.extend_from_slice(read::pem(&current.cert.der).as_bytes());
             leaf_out.insert(TLS_CERT.to_string(), chain);
@@ -338,9 +417,27 @@ pub fn plan(
 
     let leaf_changed = leaf != Some(&leaf_out);
     if leaf_changed && leaf.and_then(|l| l.get(TLS_CERT)) == leaf_out.get(TLS_CERT) {
-        reasons.push("updated the trusted CAs next to the certificate".to_string());
+        reasons.push(Change::new(
+            TRUST_UPDATED,
+            "updated the trusted CAs next to the certificate",
+        ));
+    }
+    let mut review_at = [
+        leaf_not_after.checked_sub(policy.leaf_renew_before),
+        current.cert.not_after.checked_sub(policy.ca_rotate_before),
+        next.as_ref().map(|n| n.signs_from(&current.cert, policy)),
+        previous.as_ref().map(|p| p.trusted_until(policy)),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(leaf_not_after);
+    // A plan made now has already acted on everything due now.
+    if review_at <= now {
+        review_at = now + Duration::from_secs(1);
     }
     Ok(Plan {
+        review_at,
         ca_changed: ca != Some(&ca_out),
         ca: ca_out,
         leaf_changed,
@@ -349,15 +446,6 @@ pub fn plan(
         ca_not_after: current.cert.not_after,
         reasons,
     })
-}
-
-/// The CA that signs from now on, and the previous one while it is still trusted.
-struct Current {
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
-    cert: Cert,
-    signer: issue::Signer,
-    previous: Option<Previous>,
 }
 
 /// Whether `cert` expires within `window` of `now` (or has expired).

@@ -4,8 +4,8 @@
 
 use super::issue::Signer;
 use super::{
-    CA_CERT, CA_KEY, CA_PREVIOUS, CA_ROTATED_AT, PkiError, Policy, SecretData, TLS_CERT, TLS_KEY,
-    stamp,
+    CA_CERT, CA_KEY, CA_NEXT, CA_NEXT_KEY, CA_PREVIOUS, CA_PUBLISHED_AT, CA_ROTATED_AT,
+    CERT_ISSUED, CERT_RENEWED, Change, PkiError, Policy, SecretData, TLS_CERT, TLS_KEY, stamp,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -213,18 +213,27 @@ fn check_dns(name: &str) -> Result<String, PkiError> {
     Ok(name.to_string())
 }
 
-/// The CA Secret as read: the current CA, which signs, and the previous one during an overlap.
-pub(super) struct StoredCa {
-    /// `ca.crt` as stored.
+/// A CA that can sign: its certificate and key as stored, and the signer made of them.
+pub(super) struct Authority {
+    /// The certificate as stored.
     pub cert_pem: Vec<u8>,
-    /// `ca.key` as stored.
+    /// The key as stored.
     pub key_pem: Vec<u8>,
-    /// The current CA.
+    /// The certificate.
     pub cert: Cert,
     /// What signs with it.
     pub signer: Signer,
+}
+
+/// The CA Secret as read: the current CA, which signs; the previous one during an overlap;
+/// the next one while it is published ahead of signing.
+pub(super) struct StoredCa {
+    /// The current CA.
+    pub current: Authority,
     /// The previous CA, if an overlap is on.
     pub previous: Option<Previous>,
+    /// The next CA, if one is published.
+    pub next: Option<Next>,
 }
 
 /// The CA rotated out, kept in the bundle for a while.
@@ -248,8 +257,34 @@ impl Previous {
     }
 }
 
+/// The CA that will sign next, already in the bundle so every pod and client trusts it
+/// before the first certificate it signs appears.
+pub(super) struct Next {
+    /// The CA.
+    pub authority: Authority,
+    /// When it joined the bundle.
+    pub published_at: SystemTime,
+    /// That time as stored (`next-published-at`).
+    pub published_at_text: Vec<u8>,
+}
+
+impl Next {
+    /// When it takes over from `current`: once it has been published for
+    /// [`Policy::ca_publish_ahead`], and at the latest halfway from its publication to the
+    /// current CA's expiry, so certificates move to it well before the current CA expires.
+    pub(super) fn signs_from(&self, current: &Cert, policy: &Policy) -> SystemTime {
+        let halfway = current
+            .not_after
+            .duration_since(self.published_at)
+            .map_or(self.published_at, |left| self.published_at + left / 2);
+        self.published_at
+            .checked_add(policy.ca_publish_ahead)
+            .map_or(halfway, |ahead| ahead.min(halfway))
+    }
+}
+
 impl StoredCa {
-    /// Reads the CA Secret `secret`, refusing it if any key the CA needs is missing or
+    /// Reads the CA Secret `secret`, refusing it if any key a CA needs is missing or
     /// unusable. `bundle.crt` is not read: it is recomputed from the others.
     pub(super) fn read(data: &SecretData, secret: &str) -> Result<StoredCa, PkiError> {
         let refuse = |key: &str, reason: String| PkiError::Unreadable {
@@ -257,56 +292,82 @@ impl StoredCa {
             key: key.to_string(),
             reason,
         };
-        let get = |key: &str| {
-            data.get(key)
-                .ok_or_else(|| refuse(key, "is missing".to_string()))
-        };
-
-        let cert_pem = get(CA_CERT)?;
-        let cert = one_cert(cert_pem).map_err(|reason| refuse(CA_CERT, reason))?;
-        let key_pem = get(CA_KEY)?;
-        let key = read_key(key_pem).map_err(|reason| refuse(CA_KEY, reason))?;
-        let signer = {
-            let parsed = cert.parsed().map_err(|reason| refuse(CA_CERT, reason))?;
-            check_ca(&parsed).map_err(|reason| refuse(CA_CERT, reason))?;
-            if !key_matches(&key, &parsed) {
-                return Err(refuse(
-                    CA_KEY,
-                    format!("does not match the certificate in {CA_CERT}"),
-                ));
-            }
-            Signer::for_stored(&parsed, key).map_err(|reason| refuse(CA_CERT, reason))?
+        let current = Authority::read(data, CA_CERT, CA_KEY, &refuse)?;
+        // A time stored next to a CA (`key`), required once `with` is set.
+        let time = |key: &str, with: &str| -> Result<(Vec<u8>, SystemTime), PkiError> {
+            let text = data
+                .get(key)
+                .ok_or_else(|| refuse(key, format!("is missing while {with} is set")))?;
+            let at = std::str::from_utf8(text)
+                .ok()
+                .and_then(|t| humantime::parse_rfc3339_weak(t.trim()).ok())
+                .ok_or_else(|| refuse(key, "is not an RFC 3339 time".to_string()))?;
+            Ok((text.clone(), at))
         };
 
         let previous = match data.get(CA_PREVIOUS) {
             None => None,
             Some(pem) => {
                 let cert = one_cert(pem).map_err(|reason| refuse(CA_PREVIOUS, reason))?;
-                let text = data.get(CA_ROTATED_AT).ok_or_else(|| {
-                    refuse(
-                        CA_ROTATED_AT,
-                        format!("is missing while {CA_PREVIOUS} is set"),
-                    )
-                })?;
-                let rotated_at = std::str::from_utf8(text)
-                    .ok()
-                    .and_then(|t| humantime::parse_rfc3339_weak(t.trim()).ok())
-                    .ok_or_else(|| refuse(CA_ROTATED_AT, "is not an RFC 3339 time".to_string()))?;
+                let (rotated_at_text, rotated_at) = time(CA_ROTATED_AT, CA_PREVIOUS)?;
                 Some(Previous {
                     pem: pem.clone(),
                     cert,
                     rotated_at,
-                    rotated_at_text: text.clone(),
+                    rotated_at_text,
                 })
             }
         };
-
+        let next = match data.get(CA_NEXT) {
+            None => None,
+            Some(_) => {
+                let authority = Authority::read(data, CA_NEXT, CA_NEXT_KEY, &refuse)?;
+                let (published_at_text, published_at) = time(CA_PUBLISHED_AT, CA_NEXT)?;
+                Some(Next {
+                    authority,
+                    published_at,
+                    published_at_text,
+                })
+            }
+        };
         Ok(StoredCa {
+            current,
+            previous,
+            next,
+        })
+    }
+}
+
+impl Authority {
+    /// Reads the CA certificate under `cert_key` and its key under `key_key`.
+    fn read(
+        data: &SecretData,
+        cert_key: &str,
+        key_key: &str,
+        refuse: &dyn Fn(&str, String) -> PkiError,
+    ) -> Result<Authority, PkiError> {
+        let get = |key: &str| {
+            data.get(key)
+                .ok_or_else(|| refuse(key, "is missing".to_string()))
+        };
+        let cert_pem = get(cert_key)?;
+        let cert = one_cert(cert_pem).map_err(|reason| refuse(cert_key, reason))?;
+        let key_pem = get(key_key)?;
+        let key = read_key(key_pem).map_err(|reason| refuse(key_key, reason))?;
+        let parsed = cert.parsed().map_err(|reason| refuse(cert_key, reason))?;
+        check_ca(&parsed).map_err(|reason| refuse(cert_key, reason))?;
+        if !key_matches(&key, &parsed) {
+            return Err(refuse(
+                key_key,
+                format!("does not match the certificate in {cert_key}"),
+            ));
+        }
+        let signer = Signer::for_stored(&parsed, key).map_err(|reason| refuse(cert_key, reason))?;
+        Ok(Authority {
             cert_pem: cert_pem.clone(),
             key_pem: key_pem.clone(),
             cert,
             signer,
-            previous,
         })
     }
 }
@@ -353,16 +414,17 @@ pub(super) struct Kept {
 
 /// Whether the stored leaf can stay: signed by `ca` and chained to it, its key matching, for
 /// exactly `names`, with both usages, valid now and not expiring within the renewal window.
-/// The error is the sentence saying why a new one is issued.
+/// The error is the change saying why a new one is issued.
 pub(super) fn check_leaf(
     data: &SecretData,
     ca: &Cert,
     names: &Names,
     policy: &Policy,
     now: SystemTime,
-) -> Result<Kept, String> {
+) -> Result<Kept, Change> {
+    let issue = |note: String| Change::new(CERT_ISSUED, note);
     let (Some(cert_pem), Some(key_pem)) = (data.get(TLS_CERT), data.get(TLS_KEY)) else {
-        return Err(
+        return Err(issue(
             if data.get(TLS_CERT).is_none() && data.get(TLS_KEY).is_none() {
                 format!("issued the certificate for {names}")
             } else {
@@ -370,10 +432,10 @@ pub(super) fn check_leaf(
                     "replaced an incomplete certificate Secret (it needs {TLS_CERT} and {TLS_KEY})"
                 )
             },
-        );
+        ));
     };
     let unreadable =
-        |key: &str, reason: String| format!("replaced an unreadable {key} ({key} {reason})");
+        |key: &str, reason: String| issue(format!("replaced an unreadable {key} ({key} {reason})"));
     let chain = read_certs(cert_pem).map_err(|reason| unreadable(TLS_CERT, reason))?;
     let key = read_key(key_pem).map_err(|reason| unreadable(TLS_KEY, reason))?;
     let Some(leaf) = chain.first() else {
@@ -384,7 +446,7 @@ pub(super) fn check_leaf(
         .map_err(|reason| unreadable(TLS_CERT, reason))?;
     let ca_parsed = ca
         .parsed()
-        .map_err(|reason| format!("re-issued the certificate: the CA {reason}"))?;
+        .map_err(|reason| issue(format!("re-issued the certificate: the CA {reason}")))?;
 
     // Named as issued by the current CA and truly signed by it: a CA of the same name (another
     // operator's, a previous generation, an impostor's) fails on the signature.
@@ -393,24 +455,26 @@ pub(super) fn check_leaf(
             .verify_signature(Some(ca_parsed.public_key()))
             .is_err()
     {
-        return Err("re-issued the certificate: it was not signed by the current site CA".into());
+        return Err(issue(
+            "re-issued the certificate: it was not signed by the current site CA".into(),
+        ));
     }
     if chain.len() != 2 || chain.get(1) != Some(ca) {
-        return Err(
+        return Err(issue(
             "re-issued the certificate: its chain is not the leaf then the current site CA".into(),
-        );
+        ));
     }
     if !key_matches(&key, &leaf_parsed) {
-        return Err(format!(
+        return Err(issue(format!(
             "re-issued the certificate: {TLS_KEY} does not match it"
-        ));
+        )));
     }
     let had = leaf_names(&leaf_parsed);
     if had.as_ref() != Some(&names.0) {
         let had = had.map_or_else(|| "others".to_string(), |h| Names(h).to_string());
-        return Err(format!(
+        return Err(issue(format!(
             "re-issued the certificate for new names ({names}; it had {had})"
-        ));
+        )));
     }
     let both_usages = leaf_parsed
         .extended_key_usage()
@@ -418,29 +482,32 @@ pub(super) fn check_leaf(
         .flatten()
         .is_some_and(|eku| eku.value.server_auth && eku.value.client_auth);
     if leaf_parsed.is_ca() || !both_usages {
-        return Err(
+        return Err(issue(
             "re-issued the certificate: it lacked the server and client authentication \
              usages pods need"
                 .into(),
-        );
-    }
-    if leaf.not_before > now {
-        return Err(format!(
-            "re-issued the certificate: it was not valid before {}",
-            stamp(leaf.not_before)
         ));
     }
+    if leaf.not_before > now {
+        return Err(issue(format!(
+            "re-issued the certificate: it was not valid before {}",
+            stamp(leaf.not_before)
+        )));
+    }
     if super::expires_within(leaf, now, policy.leaf_renew_before) {
-        return Err(match leaf.not_after.duration_since(now) {
-            Ok(left) if !left.is_zero() => {
-                format!("renewed the certificate (expires in {})", days(left))
-            }
-            Ok(_) => "renewed the expired certificate (expired just now)".to_string(),
-            Err(past) => format!(
-                "renewed the expired certificate (expired {} ago)",
-                days(past.duration())
-            ),
-        });
+        return Err(Change::new(
+            CERT_RENEWED,
+            match leaf.not_after.duration_since(now) {
+                Ok(left) if !left.is_zero() => {
+                    format!("renewed the certificate (expires in {})", days(left))
+                }
+                Ok(_) => "renewed the expired certificate (expired just now)".to_string(),
+                Err(past) => format!(
+                    "renewed the expired certificate (expired {} ago)",
+                    days(past.duration())
+                ),
+            },
+        ));
     }
     Ok(Kept {
         cert_pem: cert_pem.clone(),

@@ -125,11 +125,13 @@ fn creates_a_ca_and_a_leaf_from_nothing() {
         [TLS_TRUST, TLS_CERT, TLS_KEY]
     );
     assert!(
-        plan.reasons[0].starts_with("created the site CA"),
+        plan.reasons[0].note.starts_with("created the site CA"),
         "{plan:?}"
     );
     assert!(
-        plan.reasons[1].starts_with("issued the certificate for zb.example.org, 10.0.0.7"),
+        plan.reasons[1]
+            .note
+            .starts_with("issued the certificate for zb.example.org, 10.0.0.7"),
         "{plan:?}"
     );
 
@@ -247,7 +249,9 @@ fn a_leaf_close_to_expiry_is_renewed_with_a_new_key_and_the_same_ca() {
     assert_eq!(renewed.ca, first.ca);
     assert_eq!(renewed.reasons.len(), 1, "{:?}", renewed.reasons);
     assert!(
-        renewed.reasons[0].starts_with("renewed the certificate (expires in 12 days)"),
+        renewed.reasons[0]
+            .note
+            .starts_with("renewed the certificate (expires in 12 days)"),
         "{:?}",
         renewed.reasons
     );
@@ -266,7 +270,9 @@ fn an_expired_leaf_is_renewed() {
     let renewed = run(Some(&first.ca), Some(&first.leaf), t0() + days(100));
     assert!(renewed.leaf_changed && !renewed.ca_changed);
     assert!(
-        renewed.reasons[0].starts_with("renewed the expired certificate (expired 10 days ago)"),
+        renewed.reasons[0]
+            .note
+            .starts_with("renewed the expired certificate (expired 10 days ago)"),
         "{:?}",
         renewed.reasons
     );
@@ -297,7 +303,9 @@ fn a_change_of_names_reissues() {
         .unwrap();
         assert!(plan.leaf_changed && !plan.ca_changed, "{names:?}");
         assert!(
-            plan.reasons[0].starts_with("re-issued the certificate for new names"),
+            plan.reasons[0]
+                .note
+                .starts_with("re-issued the certificate for new names"),
             "{:?}",
             plan.reasons
         );
@@ -351,8 +359,17 @@ fn ipv6_names_are_ip_sans() {
     assert!(!again.leaf_changed);
 }
 
+/// Publishes the next CA of `ca` at `switch - ca_publish_ahead`, then switches at `switch`.
+fn rotate(ca: &SecretData, leaf: Option<&SecretData>, switch: SystemTime) -> Plan {
+    let published = run(Some(ca), leaf, switch - Policy::default().ca_publish_ahead);
+    assert!(published.ca.contains_key(CA_NEXT), "{published:?}");
+    let rotated = run(Some(&published.ca), Some(&published.leaf), switch);
+    assert!(rotated.ca.contains_key(CA_PREVIOUS), "{rotated:?}");
+    rotated
+}
+
 #[test]
-fn the_ca_rotates_with_an_overlap() {
+fn the_ca_rotates_in_two_steps_with_an_overlap() {
     let policy = Policy::default();
     let created = fresh(t0());
     let ca_end = created.ca_not_after;
@@ -364,77 +381,142 @@ fn the_ca_rotates_with_an_overlap() {
     assert!(!old.ca_changed && old.leaf_changed, "{old:?}");
     assert_eq!(old.ca, created.ca);
     let old_leaf = leaf_der(&old);
+    let old_ca = ca_der(&old);
 
-    // 31 days later the CA expires within a year: rotate.
-    let rotation = before + days(31);
-    let rotated = run(Some(&old.ca), Some(&old.leaf), rotation);
+    // Step one, 31 days later (the CA expires within a year): the next CA joins the bundle,
+    // and nothing it signed exists yet. The leaf stays; only the bundle beside it grows.
+    let publish = before + days(31);
+    let published = run(Some(&old.ca), Some(&old.leaf), publish);
+    assert!(
+        published.ca_changed && published.leaf_changed,
+        "{published:?}"
+    );
+    let switch = publish + policy.ca_publish_ahead;
+    assert!(
+        published.reasons[0]
+            .note
+            .starts_with("published the next site CA in the trusted bundle")
+            && published.reasons[0]
+                .note
+                .ends_with(&format!("it signs from {}", stamp(switch))),
+        "{:?}",
+        published.reasons
+    );
+    assert_eq!(
+        published.reasons[1..],
+        [Change::new(
+            TRUST_UPDATED,
+            "updated the trusted CAs next to the certificate"
+        )]
+    );
+    assert_eq!(published.reasons[0].reason, CA_PUBLISHED);
+    assert_eq!(
+        published.ca[CA_CERT], old.ca[CA_CERT],
+        "the current CA still signs"
+    );
+    assert_eq!(published.ca[CA_KEY], old.ca[CA_KEY]);
+    assert_eq!(published.leaf[TLS_CERT], old.leaf[TLS_CERT]);
+    assert_eq!(published.leaf[TLS_KEY], old.leaf[TLS_KEY]);
+    let next_ca = ders(&published.ca[CA_NEXT]).remove(0);
+    assert_ne!(next_ca, old_ca);
+    assert_ne!(published.ca[CA_NEXT_KEY], old.ca[CA_KEY]);
+    assert_eq!(published.ca[CA_PUBLISHED_AT], stamp(publish).into_bytes());
+    assert_eq!(
+        ders(&published.ca[CA_BUNDLE]),
+        [old_ca.clone(), next_ca.clone()]
+    );
+    assert_eq!(published.leaf[TLS_TRUST], published.ca[CA_BUNDLE]);
+    assert!(published.review_at <= switch);
+    let again = run(Some(&published.ca), Some(&published.leaf), publish);
+    assert!(!again.ca_changed && !again.leaf_changed, "{again:?}");
+
+    // A second before the switch the current CA still signs (the leaf, due for renewal by
+    // now, is renewed by it).
+    let late = run(
+        Some(&published.ca),
+        Some(&published.leaf),
+        switch - Duration::from_secs(1),
+    );
+    assert!(!late.ca_changed, "{late:?}");
+    assert_eq!(ders(&late.leaf[TLS_CERT])[1], old_ca);
+    let late_leaf = leaf_der(&late);
+
+    // Step two: the next CA signs, the leaf is re-issued by it, the previous CA stays trusted.
+    let rotated = run(Some(&late.ca), Some(&late.leaf), switch);
     assert!(rotated.ca_changed && rotated.leaf_changed, "{rotated:?}");
     assert!(
-        rotated.reasons[0].starts_with("rotated the site CA"),
-        "{:?}",
-        rotated.reasons
-    );
-    assert!(
-        rotated.reasons[0].contains(&format!(
-            "stays trusted until {}",
-            stamp(rotation + policy.overlap)
-        )),
+        rotated.reasons[0]
+            .note
+            .starts_with("rotated the site CA: the next one signs from now")
+            && rotated.reasons[0].note.ends_with(&format!(
+                "stays trusted until {}",
+                stamp(switch + policy.overlap)
+            )),
         "{:?}",
         rotated.reasons
     );
     assert!(
         rotated.reasons[1]
+            .note
             .starts_with("re-issued the certificate: it was not signed by the current site CA"),
         "{:?}",
         rotated.reasons
     );
-    let old_ca = ca_der(&old);
-    let new_ca = ca_der(&rotated);
-    assert_ne!(new_ca, old_ca);
+    assert_eq!(
+        ca_der(&rotated),
+        next_ca,
+        "the published CA is the one that signs"
+    );
+    assert_eq!(rotated.ca[CA_KEY], published.ca[CA_NEXT_KEY]);
     let subject = |der: &[u8]| {
         let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
         cert.subject().as_raw().to_vec()
     };
     assert_ne!(
-        subject(&new_ca),
+        subject(&next_ca),
         subject(&old_ca),
         "each generation has its own name"
     );
-    assert_ne!(rotated.ca[CA_KEY], old.ca[CA_KEY]);
-    assert_eq!(rotated.ca_not_after, rotation + policy.ca_lifetime);
+    assert_eq!(rotated.ca_not_after, publish + policy.ca_lifetime);
+    assert_eq!(
+        rotated.ca.keys().collect::<Vec<_>>(),
+        [CA_BUNDLE, CA_CERT, CA_KEY, CA_PREVIOUS, CA_ROTATED_AT]
+    );
     assert_eq!(
         ders(&rotated.ca[CA_PREVIOUS]),
         std::slice::from_ref(&old_ca)
     );
-    assert_eq!(rotated.ca[CA_ROTATED_AT], stamp(rotation).into_bytes());
-    // The bundle: the new CA, then the previous one; the leaf Secret carries it.
+    assert_eq!(rotated.ca[CA_ROTATED_AT], stamp(switch).into_bytes());
     assert_eq!(
         ders(&rotated.ca[CA_BUNDLE]),
-        [new_ca.clone(), old_ca.clone()]
+        [next_ca.clone(), old_ca.clone()]
     );
     assert_eq!(rotated.leaf[TLS_TRUST], rotated.ca[CA_BUNDLE]);
-    // The new leaf chains to the new CA alone; the old leaf still passes with the bundle.
     let new_leaf = leaf_der(&rotated);
-    assert_eq!(ders(&rotated.leaf[TLS_CERT])[1], new_ca);
-    let new_only = read::pem(&new_ca).into_bytes();
-    assert!(chains(&new_leaf, &new_only, rotation));
-    assert!(chains(&old_leaf, &rotated.ca[CA_BUNDLE], rotation));
-    assert!(!chains(&old_leaf, &new_only, rotation));
+    assert_eq!(ders(&rotated.leaf[TLS_CERT])[1], next_ca);
+    let new_only = read::pem(&next_ca).into_bytes();
+    assert!(chains(&new_leaf, &new_only, switch));
+    assert!(!chains(&old_leaf, &new_only, switch));
+    // Why two steps: a pod that has not yet seen the switch (it holds the bundle of step
+    // one) already trusts the new leaf, and pods that have trust the leaf it still presents.
+    assert!(chains(&new_leaf, &late.leaf[TLS_TRUST], switch));
+    assert!(chains(&late_leaf, &rotated.leaf[TLS_TRUST], switch));
+    assert!(chains(&old_leaf, &rotated.leaf[TLS_TRUST], switch));
 
-    // Replanning at the rotation changes nothing, nor does it during the overlap.
-    let again = run(Some(&rotated.ca), Some(&rotated.leaf), rotation);
+    // Replanning at the switch changes nothing, nor does it during the overlap.
+    let again = run(Some(&rotated.ca), Some(&rotated.leaf), switch);
     assert!(!again.ca_changed && !again.leaf_changed, "{again:?}");
-    let during = rotation + policy.overlap - Duration::from_secs(1);
+    let during = switch + policy.overlap - Duration::from_secs(1);
     let during = run(Some(&rotated.ca), Some(&rotated.leaf), during);
     assert!(!during.ca_changed, "{during:?}");
     assert_eq!(ders(&during.ca[CA_BUNDLE]).len(), 2);
 
     // Once the overlap is over the previous CA leaves the bundle, and its leaves fail.
-    let after = rotation + policy.overlap;
+    let after = switch + policy.overlap;
     let dropped = run(Some(&during.ca), Some(&during.leaf), after);
     assert!(dropped.ca_changed, "{dropped:?}");
     assert!(
-        dropped.reasons[0].starts_with(
+        dropped.reasons[0].note.starts_with(
             "dropped the previous site CA from the trusted bundle: the overlap after the \
              rotation ended"
         ),
@@ -447,18 +529,13 @@ fn the_ca_rotates_with_an_overlap() {
     );
     assert_eq!(dropped.ca[CA_CERT], rotated.ca[CA_CERT], "the CA stays");
     assert_eq!(dropped.ca[CA_KEY], rotated.ca[CA_KEY]);
-    assert_eq!(ders(&dropped.ca[CA_BUNDLE]), std::slice::from_ref(&new_ca));
+    assert_eq!(ders(&dropped.ca[CA_BUNDLE]), std::slice::from_ref(&next_ca));
     assert_eq!(dropped.leaf[TLS_TRUST], dropped.ca[CA_BUNDLE]);
     // The leaf renewed during the overlap is kept; only the bundle beside it changed.
     assert_eq!(dropped.leaf[TLS_CERT], during.leaf[TLS_CERT]);
     assert_eq!(dropped.leaf[TLS_KEY], during.leaf[TLS_KEY]);
-    let old_leaf_err = verify_server(
-        &old_leaf,
-        &dropped.ca[CA_BUNDLE],
-        "zb.example.org",
-        rotation,
-    )
-    .unwrap_err();
+    let old_leaf_err =
+        verify_server(&old_leaf, &dropped.ca[CA_BUNDLE], "zb.example.org", switch).unwrap_err();
     assert!(
         matches!(
             old_leaf_err,
@@ -466,9 +543,54 @@ fn the_ca_rotates_with_an_overlap() {
         ),
         "{old_leaf_err:?}"
     );
-    assert!(verify_client(&old_leaf, &dropped.ca[CA_BUNDLE], rotation).is_err());
+    assert!(verify_client(&old_leaf, &dropped.ca[CA_BUNDLE], switch).is_err());
     let stable = run(Some(&dropped.ca), Some(&dropped.leaf), after);
     assert!(!stable.ca_changed && !stable.leaf_changed, "{stable:?}");
+}
+
+#[test]
+fn an_unreadable_next_ca_is_refused_by_name() {
+    let created = fresh(t0());
+    let published = run(
+        Some(&created.ca),
+        Some(&created.leaf),
+        created.ca_not_after - days(300),
+    );
+    let mut broken = published.ca.clone();
+    broken.insert(CA_NEXT_KEY.into(), created.ca[CA_KEY].clone());
+    let err = plan(
+        STATION,
+        &names(),
+        Some(&broken),
+        None,
+        &Policy::default(),
+        t0(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "Secret {STATION}-ca: key {CA_NEXT_KEY} does not match the certificate in {CA_NEXT}; \
+             the operator will not replace a CA"
+        )),
+        "{err}"
+    );
+    let mut broken = published.ca.clone();
+    broken.remove(CA_PUBLISHED_AT);
+    let err = plan(
+        STATION,
+        &names(),
+        Some(&broken),
+        None,
+        &Policy::default(),
+        t0(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "key {CA_PUBLISHED_AT} is missing while {CA_NEXT} is set"
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -476,7 +598,7 @@ fn only_the_bundle_changing_keeps_the_leaf() {
     let policy = Policy::default();
     let created = fresh(t0());
     let rotation = created.ca_not_after - days(300);
-    let rotated = run(Some(&created.ca), None, rotation);
+    let rotated = rotate(&created.ca, None, rotation);
     // A fresh leaf renewed just before the overlap ends, so it is kept when the bundle shrinks.
     let late = rotation + policy.overlap - days(1);
     let renewed = run(Some(&rotated.ca), Some(&rotated.leaf), late);
@@ -487,7 +609,7 @@ fn only_the_bundle_changing_keeps_the_leaf() {
     assert_eq!(dropped.leaf[TLS_KEY], renewed.leaf[TLS_KEY]);
     assert_ne!(dropped.leaf[TLS_TRUST], renewed.leaf[TLS_TRUST]);
     assert_eq!(
-        dropped.reasons.last().map(String::as_str),
+        dropped.reasons.last().map(|c| c.note.as_str()),
         Some("updated the trusted CAs next to the certificate")
     );
 }
@@ -502,45 +624,67 @@ fn an_expired_ca_is_rotated_and_not_kept_in_the_bundle() {
     assert_eq!(ders(&rotated.ca[CA_BUNDLE]), [ca_der(&rotated)]);
     assert!(!rotated.ca.contains_key(CA_PREVIOUS));
     assert!(!rotated.ca.contains_key(CA_ROTATED_AT));
+    // Published, switched and dropped in one plan: waiting helps nobody once it expired.
     assert!(
-        rotated.reasons[1].ends_with("it expired"),
+        rotated.reasons[0]
+            .note
+            .starts_with("published the next site CA")
+            && rotated.reasons[1].note.starts_with("rotated the site CA")
+            && rotated.reasons[2].note.ends_with("it expired"),
         "{:?}",
         rotated.reasons
     );
+    assert!(!rotated.ca.contains_key(CA_NEXT));
     assert!(chains(&leaf_der(&rotated), &rotated.ca[CA_BUNDLE], now));
 }
 
 #[test]
-fn the_previous_ca_leaves_the_bundle_when_it_expires_even_within_the_overlap() {
+fn a_ca_close_to_expiry_switches_halfway_and_leaves_the_bundle_when_it_expires() {
     let policy = Policy::default();
     let created = fresh(t0());
-    // Rotated 10 days before it expires: it leaves the bundle then, not 90 days later.
-    let rotation = created.ca_not_after - days(10);
-    let rotated = run(Some(&created.ca), Some(&created.leaf), rotation);
-    assert_eq!(ders(&rotated.ca[CA_BUNDLE]).len(), 2);
+    let ca_end = created.ca_not_after;
+    // Published 10 days before it expires: the next CA signs 5 days later, not 30.
+    let publish = ca_end - days(10);
+    let published = run(Some(&created.ca), Some(&created.leaf), publish);
+    let halfway = publish + days(5);
     assert!(
-        rotated.reasons[0].contains(&format!(
-            "stays trusted until {}",
-            stamp(created.ca_not_after)
-        )),
+        published.reasons[0]
+            .note
+            .ends_with(&format!("it signs from {}", stamp(halfway))),
+        "{:?}",
+        published.reasons
+    );
+    let waiting = run(
+        Some(&published.ca),
+        Some(&published.leaf),
+        halfway - Duration::from_secs(1),
+    );
+    assert!(!waiting.ca_changed, "{waiting:?}");
+    let rotated = run(Some(&waiting.ca), Some(&waiting.leaf), halfway);
+    assert_eq!(ders(&rotated.ca[CA_BUNDLE]).len(), 2);
+    // The previous CA leaves the bundle when it expires, not 90 days after the switch.
+    assert!(
+        rotated.reasons[0]
+            .note
+            .ends_with(&format!("stays trusted until {}", stamp(ca_end))),
         "{:?}",
         rotated.reasons
     );
     let kept = run(
         Some(&rotated.ca),
         Some(&rotated.leaf),
-        created.ca_not_after - Duration::from_secs(1),
+        ca_end - Duration::from_secs(1),
     );
     assert!(!kept.ca_changed);
-    let expired = run(Some(&rotated.ca), Some(&rotated.leaf), created.ca_not_after);
+    let expired = run(Some(&rotated.ca), Some(&rotated.leaf), ca_end);
     assert!(expired.ca_changed);
     assert_eq!(ders(&expired.ca[CA_BUNDLE]), [ca_der(&rotated)]);
     assert!(
-        expired.reasons[0].ends_with("it expired"),
+        expired.reasons[0].note.ends_with("it expired"),
         "{:?}",
         expired.reasons
     );
-    assert!(rotation + policy.overlap > created.ca_not_after);
+    assert!(halfway + policy.overlap > ca_end);
 }
 
 #[test]
@@ -720,9 +864,11 @@ fn an_empty_ca_secret_gets_a_new_ca() {
     let empty = SecretData::new();
     let plan = run(Some(&empty), Some(&empty), t0());
     assert!(plan.ca_changed && plan.leaf_changed);
-    assert!(plan.reasons[0].starts_with("created the site CA"));
+    assert!(plan.reasons[0].note.starts_with("created the site CA"));
     assert!(
-        plan.reasons[1].starts_with("issued the certificate for"),
+        plan.reasons[1]
+            .note
+            .starts_with("issued the certificate for"),
         "{:?}",
         plan.reasons
     );
@@ -791,7 +937,7 @@ fn a_hostile_leaf_secret_is_replaced() {
         let plan = run(Some(&first.ca), Some(&data), now);
         assert!(plan.leaf_changed && !plan.ca_changed, "{why}");
         assert!(
-            plan.reasons[0].starts_with(why),
+            plan.reasons[0].note.starts_with(why),
             "{why}: {:?}",
             plan.reasons
         );
@@ -808,7 +954,9 @@ fn a_foreign_leaf_under_the_same_name_is_reissued() {
     let plan = run(Some(&first.ca), Some(&impostor.leaf), t0());
     assert!(plan.leaf_changed);
     assert!(
-        plan.reasons[0].starts_with("re-issued the certificate: it was not signed"),
+        plan.reasons[0]
+            .note
+            .starts_with("re-issued the certificate: it was not signed"),
         "{:?}",
         plan.reasons
     );
@@ -830,7 +978,7 @@ fn a_leaf_without_client_auth_is_reissued() {
     params.not_before = time::OffsetDateTime::from(t0());
     params.not_after = time::OffsetDateTime::from(t0() + days(90));
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = stored.signer.sign_for_test(params, &key);
+    let cert = stored.current.signer.sign_for_test(params, &key);
     let mut leaf = SecretData::new();
     let mut chain = read::pem(&cert).into_bytes();
     chain.extend_from_slice(read::pem(&ca_der(&first)).as_bytes());
@@ -840,7 +988,9 @@ fn a_leaf_without_client_auth_is_reissued() {
     let plan = run(Some(&first.ca), Some(&leaf), t0());
     assert!(plan.leaf_changed);
     assert!(
-        plan.reasons[0].starts_with("re-issued the certificate: it lacked"),
+        plan.reasons[0]
+            .note
+            .starts_with("re-issued the certificate: it lacked"),
         "{:?}",
         plan.reasons
     );
@@ -904,6 +1054,10 @@ fn a_policy_that_does_not_fit_together_is_refused() {
         },
         Policy {
             ca_rotate_before: days(3650),
+            ..base
+        },
+        Policy {
+            ca_publish_ahead: days(300),
             ..base
         },
         Policy {

@@ -1,6 +1,9 @@
 //! Server-side apply of the built objects, then pruning of the station's objects that are no
 //! longer built (a NetworkPolicy turned off, a Certificate after a TLS mode change).
 //!
+//! Secrets are applied whole each time, keys included: the plan kept them byte for byte
+//! unless they had to change, so an unchanged Secret is a no-op for the API server.
+//!
 //! Order: identity and configuration first, so the first pods start with them; then the
 //! Services; then the StatefulSet; then the policies around it.
 
@@ -9,7 +12,7 @@ use super::build::{Desired, MANAGER, prune_selector};
 use super::validate::Station;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -53,6 +56,8 @@ pub async fn apply(
     let Desired {
         service_account,
         config_map,
+        ca_secret,
+        leaf_secret,
         public_service,
         headless_service,
         internal_service,
@@ -65,6 +70,9 @@ pub async fn apply(
     let ns = &station.namespace;
     apply_one(client, ns, service_account).await?;
     apply_one(client, ns, config_map).await?;
+    // The site certificate before the pods that mount it.
+    apply_one(client, ns, ca_secret).await?;
+    apply_one(client, ns, leaf_secret).await?;
     if let Some(certificate) = certificate {
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), ns, &certificate_resource());
@@ -93,6 +101,13 @@ pub async fn apply(
     let mut pruned = Vec::new();
     prune::<ServiceAccount>(client, station, &[service_account.name_any()], &mut pruned).await?;
     prune::<ConfigMap>(client, station, &[config_map.name_any()], &mut pruned).await?;
+    prune::<Secret>(
+        client,
+        station,
+        &[ca_secret.name_any(), leaf_secret.name_any()],
+        &mut pruned,
+    )
+    .await?;
     prune::<Service>(
         client,
         station,

@@ -9,11 +9,12 @@ pub mod status;
 pub mod validate;
 
 use crate::crd::BaseStation;
+use crate::pki;
 use crate::telemetry::Metrics;
-use build::{Desired, MANAGER};
+use build::{Desired, MANAGER, SiteCredentials};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
 };
@@ -23,8 +24,8 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use status::{Observed, Outcome};
 use std::sync::Arc;
-use std::time::Duration;
-use validate::{Defaults, References, Station};
+use std::time::{Duration, SystemTime};
+use validate::{Defaults, References, Station, Tls};
 
 /// How often a steady station is looked at again, to refresh certificate expiry and to notice
 /// Secrets the spec names (they are not watched).
@@ -42,6 +43,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Operator metrics.
     pub metrics: Metrics,
+    /// Lifetimes and renewal windows of the site CAs and certificates.
+    pub pki: pki::Policy,
 }
 
 /// Why a reconcile failed; the variant name is the metric label.
@@ -56,6 +59,9 @@ pub enum Error {
     /// Writing status failed.
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
+    /// The site CA or certificate could not be planned.
+    #[error("site certificate: {0}")]
+    Pki(#[source] pki::PkiError),
 }
 
 impl Error {
@@ -65,6 +71,7 @@ impl Error {
             Error::References(_) => "references",
             Error::Apply(_) => "apply",
             Error::Status(_) => "status",
+            Error::Pki(_) => "pki",
         }
     }
 }
@@ -97,17 +104,32 @@ async fn reconcile_once(bs: &BaseStation, ctx: &Context) -> Result<Action, Error
     let refs = read_references(client, bs)
         .await
         .map_err(Error::References)?;
-    let built = validate::validate(bs, &ctx.defaults, &refs)
-        .map_err(|invalid| invalid.to_string())
-        .and_then(|station| {
-            let desired = build::build(&station).map_err(|e| e.to_string())?;
-            Ok((station, desired))
-        });
-    let (station, desired): (Station, Desired) = match built {
-        Ok(pair) => pair,
-        Err(message) => {
+    let station = match validate::validate(bs, &ctx.defaults, &refs) {
+        Ok(station) => station,
+        Err(invalid) => {
             let observed = observe(client, &ns, &bs.name_any(), None).await;
-            report(ctx, bs, &Outcome::Invalid(message), &observed).await?;
+            report(ctx, bs, &Outcome::Invalid(invalid.to_string()), &observed).await?;
+            return Ok(Action::requeue(RETRY_INVALID));
+        }
+    };
+    let now = SystemTime::now();
+    let plan = match plan_site_credentials(client, &station, &ctx.pki, now).await? {
+        Ok(plan) => plan,
+        Err(refused) => {
+            let observed = observe(client, &ns, &bs.name_any(), None).await;
+            report(ctx, bs, &Outcome::SiteCa(refused.to_string()), &observed).await?;
+            return Err(Error::Pki(refused));
+        }
+    };
+    let site = SiteCredentials {
+        ca: plan.ca.clone(),
+        leaf: plan.leaf.clone(),
+    };
+    let desired: Desired = match build::build(&station, &site) {
+        Ok(desired) => desired,
+        Err(e) => {
+            let observed = observe(client, &ns, &bs.name_any(), None).await;
+            report(ctx, bs, &Outcome::Invalid(e.to_string()), &observed).await?;
             return Ok(Action::requeue(RETRY_INVALID));
         }
     };
@@ -122,8 +144,24 @@ async fn reconcile_once(bs: &BaseStation, ctx: &Context) -> Result<Action, Error
             observed.stateful_set = Some(applied.stateful_set);
             observed.service = Some(applied.service);
             observed.config_hash = Some(desired.config_hash.clone());
+            if station.tls == Tls::Site {
+                observed.certificate_expiry = timestamp(plan.leaf_not_after);
+                // Half the renewal window: past that, renewing has been failing for a while.
+                observed.expiry_warning = SignedDuration::try_from(ctx.pki.leaf_renew_before / 2)
+                    .ok()
+                    .map(|half| half.min(status::EXPIRY_WARNING));
+            }
             report(ctx, bs, &Outcome::Applied(&station), &observed).await?;
-            Ok(Action::requeue(RESYNC))
+            for change in &plan.reasons {
+                tracing::info!(station = %bs.name_any(), namespace = %ns, reason = change.reason, "{}", change.note);
+                publish(ctx, bs, false, change.reason, change.note.clone()).await;
+            }
+            // Wake up for the next renewal or rotation, if it comes before the resync.
+            let until_review = plan
+                .review_at
+                .duration_since(now)
+                .unwrap_or(Duration::from_secs(1));
+            Ok(Action::requeue(until_review.min(RESYNC)))
         }
         Err(e) => {
             let observed = observe(client, &ns, &bs.name_any(), station.tls.secret_name()).await;
@@ -157,6 +195,17 @@ async fn read_references(client: &Client, bs: &BaseStation) -> Result<References
             keys.extend(secret.string_data.unwrap_or_default().into_keys());
             refs.secrets.insert(name, keys);
         }
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    if let Some(service) = services.get_opt(&bs.name_any()).await? {
+        refs.service_addresses = service
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|i| i.ip.into_iter().chain(i.hostname))
+            .collect();
     }
     if let Some(cnpg) = bs
         .spec
@@ -235,23 +284,67 @@ async fn report(
         .await
         .map_err(Error::Status)?;
     }
-    let reference = bs.object_ref(&());
     for (warning, reason, note) in status::events(bs.status.as_ref(), &new) {
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason,
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        // An Event is a courtesy: failing to publish one must not fail the reconcile.
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::debug!(error = %e, "could not publish an event");
-        }
+        publish(ctx, bs, warning, &reason, note).await;
     }
     Ok(())
+}
+
+/// Publishes an Event on `bs`. An Event is a courtesy: failing to publish one must not fail
+/// the reconcile.
+async fn publish(ctx: &Context, bs: &BaseStation, warning: bool, reason: &str, note: String) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &bs.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish an event");
+    }
+}
+
+/// Reads the site CA and certificate Secrets and plans what they must hold at `now`. The
+/// outer error is the API's; the inner one a refusal to plan (an unreadable CA).
+async fn plan_site_credentials(
+    client: &Client,
+    station: &Station,
+    policy: &pki::Policy,
+    now: SystemTime,
+) -> Result<Result<pki::Plan, pki::PkiError>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &station.namespace);
+    let read = |secret: Option<Secret>| -> Option<pki::SecretData> {
+        secret.map(|s| {
+            s.data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        })
+    };
+    let ca = secrets
+        .get_opt(&pki::ca_secret_name(&station.name))
+        .await
+        .map_err(Error::References)?;
+    let leaf = secrets
+        .get_opt(&pki::leaf_secret_name(&station.name))
+        .await
+        .map_err(Error::References)?;
+    Ok(pki::plan(
+        &station.name,
+        &station.site_names,
+        read(ca).as_ref(),
+        read(leaf).as_ref(),
+        policy,
+        now,
+    ))
+}
+
+fn timestamp(t: SystemTime) -> Option<Timestamp> {
+    Timestamp::try_from(t).ok()
 }

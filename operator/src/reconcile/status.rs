@@ -4,6 +4,7 @@
 use super::build::public_port;
 use super::validate::{Station, Tls};
 use crate::crd::{BaseStation, BaseStationStatus, ConditionType};
+use crate::pki;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -23,6 +24,8 @@ pub enum Outcome<'a> {
     ApplyFailed(&'a Station, String),
     /// `spec.paused`: nothing applied.
     Paused,
+    /// The site CA Secret cannot be used, so nothing was applied.
+    SiteCa(String),
 }
 
 /// What the API server shows of the station's objects.
@@ -36,6 +39,9 @@ pub struct Observed {
     pub certificate_expiry: Option<Timestamp>,
     /// The configuration hash applied, if any was.
     pub config_hash: Option<String>,
+    /// How close to its expiry the certificate may come before the TLS condition turns
+    /// False; [`EXPIRY_WARNING`] when `None`.
+    pub expiry_warning: Option<SignedDuration>,
 }
 
 /// The new status of `bs`.
@@ -97,6 +103,7 @@ pub fn status(
     let (degraded, degraded_reason, degraded_message) = match outcome {
         Outcome::Invalid(message) => (true, "InvalidSpec", message.clone()),
         Outcome::ApplyFailed(_, message) => (true, "ApplyFailed", message.clone()),
+        Outcome::SiteCa(message) => (true, "SiteCAUnusable", message.clone()),
         Outcome::Applied(_) | Outcome::Paused => (false, "AsExpected", "no problem found".into()),
     };
     set(
@@ -156,8 +163,10 @@ pub fn status(
         }),
     );
 
-    let (tls_ok, tls_reason, tls_message) =
-        tls_condition(bs, station, observed.certificate_expiry, now);
+    let (tls_ok, tls_reason, tls_message) = match outcome {
+        Outcome::SiteCa(message) => (false, "SiteCAUnusable", message.clone()),
+        _ => tls_condition(station, observed, now),
+    };
     set(ConditionType::Tls, tls_ok, tls_reason, tls_message);
 
     let (ready_ok, ready_reason, ready_message) = if degraded {
@@ -205,13 +214,19 @@ pub fn status(
 }
 
 fn tls_condition(
-    bs: &BaseStation,
     station: Option<&Station>,
-    expiry: Option<Timestamp>,
+    observed: &Observed,
     now: Timestamp,
 ) -> (bool, &'static str, String) {
-    let tls = match station {
-        Some(s) => &s.tls,
+    let expiry = observed.certificate_expiry;
+    let warning = observed.expiry_warning.unwrap_or(EXPIRY_WARNING);
+    let (tls, secret) = match station {
+        Some(s) => (
+            &s.tls,
+            s.tls
+                .secret_name()
+                .map_or_else(|| pki::leaf_secret_name(&s.name), str::to_owned),
+        ),
         None => {
             return (
                 true,
@@ -224,7 +239,9 @@ fn tls_condition(
         (Tls::Plain, _) => (
             true,
             "PlainHTTP",
-            "the public port serves plain HTTP (spec.tls is empty)".into(),
+            "the public port serves plain HTTP (spec.tls.plainHTTP); the internal port uses \
+             mutual TLS with the site CA"
+                .into(),
         ),
         (Tls::Acme(a), _) => (
             true,
@@ -237,30 +254,31 @@ fn tls_condition(
         (_, None) => (
             false,
             "CertificatePending",
-            format!(
-                "waiting for Secret '{}' to hold a certificate (tls.crt)",
-                tls.secret_name().unwrap_or_default()
-            ),
+            format!("waiting for Secret '{secret}' to hold a certificate (tls.crt)"),
         ),
         (_, Some(at)) if at <= now => (
             false,
             "CertificateExpired",
             format!(
-                "the certificate expired at {at}: renew Secret '{}'",
-                tls.secret_name().unwrap_or_default()
+                "the certificate expired at {at}: renew Secret '{secret}'{}",
+                who_renews(tls)
             ),
         ),
-        (_, Some(at)) if at.duration_since(now) < EXPIRY_WARNING => (
+        (_, Some(at)) if at.duration_since(now) < warning => (
             false,
             "CertificateExpiringSoon",
             format!(
-                "the certificate expires at {at}, within 7 days: renew Secret '{}'{}",
-                tls.secret_name().unwrap_or_default(),
-                if bs.spec.tls.cert_manager.is_some() {
-                    " (cert-manager should have renewed it; check the Certificate's events)"
-                } else {
-                    ""
-                }
+                "the certificate expires at {at}, within {}: renew Secret '{secret}'{}",
+                humantime::format_duration(warning.unsigned_abs()),
+                who_renews(tls)
+            ),
+        ),
+        (Tls::Site, Some(at)) => (
+            true,
+            "CertificateValid",
+            format!(
+                "the site certificate in Secret '{secret}' is valid until {at}; the operator \
+                 renews it before then"
             ),
         ),
         (_, Some(at)) => (
@@ -268,6 +286,20 @@ fn tls_condition(
             "CertificateValid",
             format!("the certificate is valid until {at}"),
         ),
+    }
+}
+
+/// Who should have renewed a certificate, for the condition's message.
+fn who_renews(tls: &Tls) -> &'static str {
+    match tls {
+        Tls::CertManager { .. } => {
+            " (cert-manager should have renewed it; check the Certificate's events)"
+        }
+        Tls::Site => {
+            " (the operator should have renewed it; check the BaseStation's events and the \
+             operator's log)"
+        }
+        _ => "",
     }
 }
 

@@ -6,7 +6,8 @@
 //! again here because older API servers skip CEL rules and references cannot be checked there.
 
 use crate::crd::{
-    AcmeTls, BaseStation, CertManagerTls, SchedulingSpec, ServiceSpec, StationSettings,
+    AcmeTls, BaseStation, BaseStationSpec, CertManagerTls, SchedulingSpec, ServiceSpec,
+    StationSettings,
 };
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::ResourceExt;
@@ -30,6 +31,9 @@ pub struct References {
     /// Whether the CloudNativePG Cluster the spec names exists: `None` when CloudNativePG is
     /// not installed at all.
     pub cnpg_cluster: Option<bool>,
+    /// The public Service's load-balancer addresses (IPs or host names) as assigned so far,
+    /// which the site certificate carries so clients may connect by them.
+    pub service_addresses: Vec<String>,
 }
 
 /// A station ready to be built: validated, defaulted, resolved.
@@ -55,6 +59,12 @@ pub struct Station {
     pub volume: DataVolume,
     /// The public port's certificate.
     pub tls: Tls,
+    /// The names on the site certificate (the leaf the operator issues from the site CA),
+    /// which the pods present on the internal port and, by default, serve publicly.
+    pub site_names: Vec<String>,
+    /// Whether the site CA's Secret outlives the BaseStation (with `storage.whenDeleted:
+    /// Retain`), so a station recreated over kept data keeps the CA its clients trust.
+    pub keep_site_ca: bool,
     /// The public Service.
     pub service: ServiceSpec,
     /// Settings passed to the station, with durations checked.
@@ -111,6 +121,8 @@ pub enum DataVolume {
 pub enum Tls {
     /// Plain HTTP (behind a terminating proxy, or for trying it out).
     Plain,
+    /// The site certificate, issued and renewed by the operator from the site CA.
+    Site,
     /// A `kubernetes.io/tls` Secret mounted into the pods.
     Secret(String),
     /// A cert-manager Certificate writing the named Secret.
@@ -129,7 +141,7 @@ impl Tls {
     pub fn secret_name(&self) -> Option<&str> {
         match self {
             Tls::Secret(name) | Tls::CertManager { secret: name, .. } => Some(name),
-            Tls::Plain | Tls::Acme(_) => None,
+            Tls::Plain | Tls::Site | Tls::Acme(_) => None,
         }
     }
 
@@ -154,9 +166,9 @@ impl fmt::Display for Invalid {
 
 impl std::error::Error for Invalid {}
 
-/// The Secret cert-manager writes for a station.
+/// The Secret cert-manager writes for a station (`<station>-tls` is the site certificate).
 pub fn cert_manager_secret(station: &str) -> String {
-    format!("{station}-tls")
+    format!("{station}-certmanager-tls")
 }
 
 /// The Secret CloudNativePG creates for a Cluster's application user.
@@ -290,9 +302,24 @@ pub fn validate(
             ));
         }
         Tls::Acme(acme.clone())
-    } else {
+    } else if spec.tls.plain_http {
         Tls::Plain
+    } else {
+        Tls::Site
     };
+    if !spec.tls.names.is_empty() && tls != Tls::Site {
+        problems.push(
+            "tls.names are for the certificate the operator issues, which this spec does not \
+             use: give the names to the certificate's source, or remove tls.names"
+                .into(),
+        );
+    }
+    for (i, extra) in spec.tls.names.iter().enumerate() {
+        if let Err(e) = crate::pki::check_name(extra) {
+            problems.push(format!("tls.names[{i}]: {e}"));
+        }
+    }
+    let site_names = site_names(&name, &bs.namespace().unwrap_or_default(), spec, refs);
 
     let volume = if store == Store::Sqlite || matches!(tls, Tls::Acme(_)) {
         if !is_quantity(&spec.storage.size) {
@@ -385,6 +412,8 @@ pub fn validate(
         store,
         volume,
         tls,
+        site_names,
+        keep_site_ca: spec.storage.when_deleted != "Delete",
         service: spec.service.clone(),
         settings: spec.station.clone(),
         shutdown_grace,
@@ -395,6 +424,37 @@ pub fn validate(
         pod_overrides: spec.pod_overrides.clone(),
         network_policy: spec.network_policy,
     })
+}
+
+/// The site certificate's names: those the spec gives first (the first is the common name),
+/// then the Service's load-balancer addresses, then every in-cluster name of the Services.
+/// Pods reach each other as `<pod>.<station>-pods.<namespace>.svc`, hence the wildcards.
+pub fn site_names(
+    station: &str,
+    ns: &str,
+    spec: &BaseStationSpec,
+    refs: &References,
+) -> Vec<String> {
+    let mut names: Vec<String> = spec.tls.names.clone();
+    names.extend(refs.service_addresses.iter().cloned());
+    names.extend(spec.service.load_balancer_ip.iter().cloned());
+    let internal = super::build::internal_name(station);
+    let pods = super::build::headless_name(station);
+    names.extend([
+        format!("{station}.{ns}.svc"),
+        format!("{station}.{ns}.svc.cluster.local"),
+        format!("{station}.{ns}"),
+        station.to_owned(),
+        format!("{internal}.{ns}.svc"),
+        format!("{internal}.{ns}.svc.cluster.local"),
+        format!("*.{pods}.{ns}.svc"),
+        format!("*.{pods}.{ns}.svc.cluster.local"),
+    ]);
+    let mut seen = std::collections::BTreeSet::new();
+    // A name the certificate cannot carry is reported by `validate` (from the spec) or
+    // dropped (an address a load balancer reported).
+    names.retain(|n| crate::pki::check_name(n).is_ok() && seen.insert(n.to_ascii_lowercase()));
+    names
 }
 
 /// The Secrets a spec names, so the caller knows what to read.

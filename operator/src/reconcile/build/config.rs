@@ -2,6 +2,7 @@
 //! renamed or retyped key fails this crate's build rather than a pod at start.
 
 use super::{BuildError, config_name, metadata};
+use crate::pki;
 use crate::reconcile::validate::{Station, Store, Tls};
 use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
@@ -20,8 +21,11 @@ pub const CONFIG_KEY: &str = "station.yaml";
 pub const CONFIG_FILE: &str = "/etc/zbase/config/station.yaml";
 /// The pod's data directory (the volume).
 pub const DATA_DIR: &str = "/var/lib/zbase";
-/// Where the TLS Secret is mounted.
+/// Where the public certificate's Secret is mounted, when it comes from elsewhere than the
+/// site CA.
 pub const TLS_DIR: &str = "/etc/zbase/tls";
+/// Where the site certificate's Secret (from the operator's site CA) is mounted.
+pub const SITE_TLS_DIR: &str = "/etc/zbase/site-tls";
 
 /// The station settings for `station`: everything but the pod's identity and the database
 /// URL, which come from the environment.
@@ -31,12 +35,16 @@ pub fn station_config(station: &Station) -> Result<RawSettings, BuildError> {
         text.as_deref()
             .and_then(|t| humantime::parse_duration(t).ok())
     };
-    let (tls_cert, tls_key) = match station.tls.secret_name() {
-        Some(_) => (
-            Some(PathBuf::from(format!("{TLS_DIR}/tls.crt"))),
-            Some(PathBuf::from(format!("{TLS_DIR}/tls.key"))),
+    let file = |dir: &str, key: &str| Some(PathBuf::from(format!("{dir}/{key}")));
+    let (tls_cert, tls_key) = match &station.tls {
+        Tls::Site => (
+            file(SITE_TLS_DIR, pki::TLS_CERT),
+            file(SITE_TLS_DIR, pki::TLS_KEY),
         ),
-        None => (None, None),
+        Tls::Secret(_) | Tls::CertManager { .. } => {
+            (file(TLS_DIR, pki::TLS_CERT), file(TLS_DIR, pki::TLS_KEY))
+        }
+        Tls::Plain | Tls::Acme(_) => (None, None),
     };
     let acme = match &station.tls {
         Tls::Acme(acme) => Some(acme),
@@ -68,6 +76,10 @@ pub fn station_config(station: &Station) -> Result<RawSettings, BuildError> {
         lease: duration(&s.lease),
         tls_cert,
         tls_key,
+        // Pods, replica sites and backups prove membership of the site by its CA.
+        internal_tls_cert: file(SITE_TLS_DIR, pki::TLS_CERT),
+        internal_tls_key: file(SITE_TLS_DIR, pki::TLS_KEY),
+        internal_ca: file(SITE_TLS_DIR, pki::TLS_TRUST),
         acme_directory: acme.map(|a| a.directory.clone()),
         acme_domain: acme.map(|a| a.domain.clone()),
         acme_email: acme.and_then(|a| a.email.clone()),

@@ -10,6 +10,8 @@ pub use certificate::certificate_resource;
 mod config;
 mod merge;
 mod policy;
+mod secrets;
+pub use secrets::SiteCredentials;
 mod services;
 mod statefulset;
 
@@ -19,7 +21,7 @@ pub use services::public_port;
 
 use super::validate::Station;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -37,13 +39,18 @@ pub const MANAGER: &str = "zbase-operator";
 pub const CONFIG_HASH_ANNOTATION: &str = "zbase.dev/config-hash";
 
 /// Everything one station consists of. Destructured without `..` where applied and pruned,
-/// so a new kind of object cannot be forgotten in either place.
-#[derive(Debug, Clone)]
+/// so a new kind of object cannot be forgotten in either place. Not `Debug`: it holds keys.
+#[derive(Clone)]
 pub struct Desired {
     /// The pods' identity (no API access: its token is not even mounted).
     pub service_account: ServiceAccount,
     /// The station's YAML configuration.
     pub config_map: ConfigMap,
+    /// The site CA: its certificate and key, and the bundle of CAs to trust.
+    pub ca_secret: Secret,
+    /// The site certificate the pods mount: presented on the internal port, and served on the
+    /// public one unless another source is chosen.
+    pub leaf_secret: Secret,
     /// The public Service: the virtual IP clients connect to.
     pub public_service: Service,
     /// The headless Service that gives each pod a DNS name for the internal port.
@@ -73,10 +80,12 @@ pub enum BuildError {
     Config(String),
 }
 
-/// Builds every object of `station`.
-pub fn build(station: &Station) -> Result<Desired, BuildError> {
+/// Builds every object of `station`, with the site credentials `site` as planned.
+pub fn build(station: &Station, site: &SiteCredentials) -> Result<Desired, BuildError> {
     let (config_map, config_hash) = config::config_map(station)?;
     Ok(Desired {
+        ca_secret: secrets::ca_secret(station, &site.ca),
+        leaf_secret: secrets::leaf_secret(station, &site.leaf),
         service_account: ServiceAccount {
             metadata: metadata(station, &station.name),
             automount_service_account_token: Some(false),

@@ -1,10 +1,11 @@
 //! The StatefulSet: the pods, their container and volumes.
 
-use super::config::{DATA_DIR, TLS_DIR};
+use super::config::{DATA_DIR, SITE_TLS_DIR, TLS_DIR};
 use super::{
     BuildError, CONFIG_FILE, CONFIG_HASH_ANNOTATION, CONFIG_KEY, INTERNAL_PORT, PUBLIC_PORT,
     config_name, headless_name, merge_pod_template, metadata, selector_labels,
 };
+use crate::pki;
 use crate::reconcile::validate::{DataVolume, Station, Store};
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
@@ -146,23 +147,31 @@ fn pod_template(station: &Station, config_hash: &str) -> Result<PodTemplateSpec,
             ..Default::default()
         });
     }
-    if let Some(secret) = station.tls.secret_name() {
+    // The whole Secret, not items: Kubernetes then swaps its `..data` link on renewal, which
+    // the station's reload watches for.
+    let mut mount_secret = |name: &str, secret: String, dir: &str| {
         volumes.push(Volume {
-            name: "tls".into(),
-            // The whole Secret, not items: Kubernetes then swaps its `..data` link on
-            // renewal, which the station's reload watches for.
+            name: name.into(),
             secret: Some(SecretVolumeSource {
-                secret_name: Some(secret.to_owned()),
+                secret_name: Some(secret),
                 ..Default::default()
             }),
             ..Default::default()
         });
         mounts.push(VolumeMount {
-            name: "tls".into(),
-            mount_path: TLS_DIR.into(),
+            name: name.into(),
+            mount_path: dir.into(),
             read_only: Some(true),
             ..Default::default()
         });
+    };
+    mount_secret(
+        "site-tls",
+        pki::leaf_secret_name(&station.name),
+        SITE_TLS_DIR,
+    );
+    if let Some(secret) = station.tls.secret_name() {
+        mount_secret("tls", secret.to_owned(), TLS_DIR);
     }
 
     let field = |path: &str| EnvVarSource {
