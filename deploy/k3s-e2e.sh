@@ -17,10 +17,12 @@ OPERATOR_NS=${OPERATOR_NS:-zbase-system}
 VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/zbase-operator/Chart.yaml)
 REGISTRY=${IMAGE_REGISTRY:-ghcr.io/zbase-dev}
 BUILD=$(command -v podman || command -v docker || true)
+WORK=$(mktemp -d)
 
 step() { printf '\n== %s\n' "$*"; }
 fail() { echo "k3s-e2e: FAILED: $*" >&2; kubectl -n "$NS" get all,basestations -o wide >&2 || true; exit 1; }
 cleanup() {
+  rm -rf "$WORK"
   if [ -z "${KEEP:-}" ]; then
     kubectl delete namespace "$NS" --ignore-not-found --wait=false >/dev/null
     helm uninstall zbase -n "$OPERATOR_NS" >/dev/null 2>&1 || true
@@ -52,10 +54,12 @@ kubectl -n "$NS" wait basestation/home --for=condition=Ready --timeout=5m || fai
 kubectl -n "$NS" get basestations
 
 step "connect a client through the Service"
-kubectl -n "$NS" port-forward svc/home 18080:80 >/dev/null 2>&1 &
+kubectl -n "$NS" get secret home-tls -o jsonpath='{.data.ca\.crt}' | base64 -d > "$WORK/home-ca.pem"
+kubectl -n "$NS" port-forward svc/home 18443:443 >/dev/null 2>&1 &
 PF=$!
 sleep 2
-cargo run -q -p zbase-tests --example quickstart -- 127.0.0.1:18080 || { kill $PF; fail "the demo client failed"; }
+cargo run -q -p zbase-tests --example quickstart -- wss://127.0.0.1:18443 \
+  --ca "$WORK/home-ca.pem" --server-name "home.$NS.svc" || { kill $PF; fail "the demo client failed"; }
 kill $PF
 
 step "a deleted child is restored"

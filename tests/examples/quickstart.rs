@@ -3,22 +3,103 @@
 //!
 //! It speaks WIRE.md directly over WebSocket, so it is also the shortest complete client to
 //! read: every frame is `[0x01][code][payload]`, every proof an Ed25519 signature.
+//!
+//! `quickstart [HOST:PORT | ws://HOST:PORT | wss://HOST:PORT] [--ca FILE] [--server-name NAME]`:
+//! over TLS it trusts only the CAs in `--ca` (a station on Kubernetes: its site CA bundle), and
+//! checks the certificate for `--server-name` (default: the host).
 
 use anyhow::{Context, bail};
 use ed25519_dalek::{Signer, SigningKey};
 use futures::{SinkExt, StreamExt};
 use rand::RngCore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Message;
 use zbase_proto::wire::{Code, Frame, ResourceId, config_message, encode_b64url, verify_message};
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// A byte stream the WebSocket runs over: plain TCP or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+type Socket = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+
+/// Where the station is and how to reach it.
+struct Station {
+    /// `host:port`.
+    addr: String,
+    /// Over TLS: the trusted CAs and the name the certificate must carry.
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+}
+
+impl Station {
+    fn from_args() -> anyhow::Result<Station> {
+        let mut args = std::env::args().skip(1);
+        let (mut target, mut ca, mut server_name) = (None, None, None);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--ca" => ca = Some(args.next().context("--ca needs a file")?),
+                "--server-name" => {
+                    server_name = Some(args.next().context("--server-name needs a name")?)
+                }
+                _ if target.is_none() && !arg.starts_with("--") => target = Some(arg),
+                _ => bail!(
+                    "unexpected argument {arg:?}: usage: quickstart [HOST:PORT | wss://HOST:PORT] \
+                     [--ca FILE] [--server-name NAME]"
+                ),
+            }
+        }
+        let target = target.unwrap_or_else(|| "127.0.0.1:8080".into());
+        let (secure, addr) = match target.split_once("://") {
+            Some(("wss", rest)) => (true, rest),
+            Some(("ws", rest)) => (false, rest),
+            Some((scheme, _)) => bail!("{scheme}:// is not a station address: use ws:// or wss://"),
+            None => (false, target.as_str()),
+        };
+        let addr = addr.trim_end_matches('/').to_owned();
+        if !secure {
+            if ca.is_some() || server_name.is_some() {
+                bail!("--ca and --server-name are for wss:// addresses");
+            }
+            return Ok(Station { addr, tls: None });
+        }
+        let ca = ca.context(
+            "wss:// needs --ca FILE: the CA bundle that signed the station's certificate",
+        )?;
+        let pem = std::fs::read(&ca).with_context(|| format!("cannot read --ca {ca}"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots
+                .add(cert.with_context(|| format!("{ca} is not a PEM certificate bundle"))?)
+                .with_context(|| format!("{ca} holds a certificate that cannot be a root"))?;
+        }
+        if roots.is_empty() {
+            bail!("{ca} holds no certificate");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr.as_str(), |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = server_name.unwrap_or_else(|| host.to_owned());
+        let name = ServerName::try_from(name.clone())
+            .with_context(|| format!("{name:?} is not a server name"))?;
+        Ok(Station {
+            addr,
+            tls: Some((Arc::new(config), name)),
+        })
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let station = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let station = Station::from_args()?;
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
 
     // 1. Configure: propose a random identifier and prove the key over the challenge.
@@ -87,15 +168,28 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open(station: &str, id: &ResourceId) -> anyhow::Result<Socket> {
-    let url = format!("ws://{station}/v1/resources/{id}");
-    let (socket, _) = tokio_tungstenite::connect_async(&url)
+async fn open(station: &Station, id: &ResourceId) -> anyhow::Result<Socket> {
+    let scheme = if station.tls.is_some() { "wss" } else { "ws" };
+    let url = format!("{scheme}://{}/v1/resources/{id}", station.addr);
+    let tcp = tokio::net::TcpStream::connect(&station.addr)
         .await
         .with_context(|| format!("cannot reach {url}: is `make run` running?"))?;
+    let stream: Box<dyn Io> = match &station.tls {
+        None => Box::new(tcp),
+        Some((config, name)) => Box::new(
+            tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name.clone(), tcp)
+                .await
+                .with_context(|| format!("TLS with {url} failed: check --ca and --server-name"))?,
+        ),
+    };
+    let (socket, _) = tokio_tungstenite::client_async(&url, stream)
+        .await
+        .with_context(|| format!("WebSocket handshake with {url} failed"))?;
     Ok(socket)
 }
 
-async fn verified(station: &str, id: &ResourceId, key: &SigningKey) -> anyhow::Result<Socket> {
+async fn verified(station: &Station, id: &ResourceId, key: &SigningKey) -> anyhow::Result<Socket> {
     let mut socket = open(station, id).await?;
     let challenge = expect(&mut socket, Code::RequireVerification).await?;
     let signature = key.sign(&verify_message(&challenge.as_slice().try_into()?, id));

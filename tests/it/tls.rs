@@ -350,3 +350,56 @@ async fn h2_accepted(addr: SocketAddr, ca: &TestCa, leaf: Option<&Leaf>) -> bool
         _ => false,
     }
 }
+
+/// Runs `make demo`'s client with `args`; its success and what it printed.
+fn quickstart(args: &[&str]) -> (bool, String) {
+    let bin = zbase_tests::station::workspace_bin(
+        "examples/quickstart",
+        "ZBASE_QUICKSTART_BIN",
+        "zbase-tests --examples",
+    );
+    let out = std::process::Command::new(bin).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn the_demo_client_speaks_wss_with_a_given_ca_and_refuses_another() {
+    let ca = TestCa::new("demo CA");
+    let station = TlsStation::start(
+        &ca,
+        &ca.server_leaf_for(&["localhost"], 1),
+        StationBuilder::default(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let url = format!("wss://{}", station.addr());
+    let ca_arg = ca_file.to_str().unwrap();
+
+    let (ok, out) = quickstart(&[&url, "--ca", ca_arg, "--server-name", "localhost"]);
+    assert!(ok && out.contains("done:"), "{out}");
+
+    // The certificate names localhost, not the address: by default the host is checked.
+    let (ok, out) = quickstart(&[&url, "--ca", ca_arg]);
+    assert!(!ok && out.contains("check --ca and --server-name"), "{out}");
+
+    let stranger = dir.path().join("other.pem");
+    std::fs::write(&stranger, TestCa::new("another CA").pem()).unwrap();
+    let (ok, out) = quickstart(&[
+        &url,
+        "--ca",
+        stranger.to_str().unwrap(),
+        "--server-name",
+        "localhost",
+    ]);
+    assert!(!ok && out.contains("TLS with"), "{out}");
+
+    let (ok, out) = quickstart(&[&url]);
+    assert!(!ok && out.contains("wss:// needs --ca FILE"), "{out}");
+}
