@@ -5,10 +5,12 @@
 //! Layers, lowest first (a module never imports a higher one): `limits`, `store`, `cluster`
 //! (membership and home pods), `session` (the pure protocol), `relay` (one task per resource,
 //! the connection driver, and relaying to a home pod),
-//! `transport` (WebSocket and gRPC on one port). `config` turns flags, environment and a YAML
-//! file into [`config::Settings`]; `main.rs` wires it together.
+//! `transport` (WebSocket and gRPC on one port). `backup` sits on `store` only. `config`
+//! turns flags, environment and a YAML file into [`config::Settings`]; `main.rs` wires it
+//! together.
 
 pub mod acme;
+pub mod backup;
 pub mod cluster;
 pub mod config;
 pub mod limits;

@@ -17,6 +17,8 @@ use zbase_basestation::telemetry::{Metrics, init_telemetry};
 use zbase_basestation::tls::{Challenges, Watched};
 use zbase_basestation::{shutdown, transport};
 
+mod offline;
+
 /// The zbase base station: a zero-knowledge relay and store for encrypted resources.
 #[derive(Debug, Parser)]
 #[command(name = "zbase-station", version, about, long_about = None)]
@@ -28,12 +30,21 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve WebSocket and gRPC clients on one port, with the store in --data-dir or --store.
-    Serve(RawSettings),
+    // Boxed: every setting of the station dwarfs the other commands.
+    Serve(Box<RawSettings>),
+    /// Write an encrypted backup of the store (while it serves), or verify or list backups.
+    Backup(offline::BackupArgs),
+    /// Restore a backup into a fresh store (a new --data-dir, or an empty database).
+    Restore(offline::RestoreArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Serve(raw) = cli.command;
+    let raw = match cli.command {
+        Command::Serve(raw) => *raw,
+        Command::Backup(args) => return offline::run(offline::backup(args)),
+        Command::Restore(args) => return offline::run(offline::restore(args)),
+    };
     let settings = match settings(raw) {
         Ok(settings) => settings,
         Err(error) => {

@@ -3,6 +3,7 @@
 
 mod acme;
 mod apiserver;
+mod backup;
 mod browser;
 mod chart;
 mod durability;

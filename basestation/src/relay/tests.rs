@@ -197,6 +197,9 @@ impl Store for GatedStore {
     async fn last_seq(&self) -> Result<Seq, StoreError> {
         self.inner.last_seq().await
     }
+    async fn export(&self, into: tokio::sync::mpsc::Sender<Change>) -> Result<Seq, StoreError> {
+        self.inner.export(into).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

@@ -10,7 +10,7 @@
 //! Nothing here measures time: every assertion is about what the store answers.
 #![allow(clippy::unwrap_used)]
 
-use super::{Change, Claim, Seq, Store, StoreError};
+use super::{Change, Claim, RestoreItem, Seq, Store, StoreError};
 use bytes::Bytes;
 use std::any::Any;
 use std::collections::HashMap;
@@ -53,6 +53,8 @@ macro_rules! conformance_tests {
             changes_since_pages_with_a_small_limit,
             a_resuming_reader_never_misses_a_change,
             calls_after_close_are_refused,
+            export_sends_every_resource_once_in_order_at_last_seq,
+            export_sees_one_point_while_writes_go_on,
         );
     };
     (@each $fresh:path; $($check:ident),+ $(,)?) => {
@@ -473,4 +475,142 @@ pub(crate) async fn sixty_four_writers_write_704_times(store: Arc<dyn Store>) {
     for writer in writers {
         writer.await.unwrap();
     }
+}
+
+/// Everything `store` exports, and the point it names.
+pub(crate) async fn exported(store: &dyn Store) -> (Seq, Vec<Change>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let (point, all) = tokio::join!(store.export(tx), async move {
+        let mut all = Vec::new();
+        while let Some(change) = rx.recv().await {
+            all.push(change);
+        }
+        all
+    });
+    (point.unwrap(), all)
+}
+
+/// Claims `n` resources and gives every third one a snapshot (of sizes up to 64 KiB).
+pub(crate) async fn populate(store: &dyn Store, n: u32) {
+    for i in 0..n {
+        claimed(store, i).await;
+        if i % 3 == 0 {
+            let len = (i as usize * 997) % 65_536;
+            store
+                .put_snapshot(&id(i), noise(len, u64::from(i)))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Rule: an export holds every resource once, as `changes_since(0)` lists them, and names the
+/// last committed sequence as its point.
+pub(crate) async fn export_sends_every_resource_once_in_order_at_last_seq(store: Arc<dyn Store>) {
+    assert_eq!(exported(store.as_ref()).await, (0, vec![]));
+    populate(store.as_ref(), 40).await;
+    store
+        .put_snapshot(&id(7), Bytes::from_static(b"again"))
+        .await
+        .unwrap();
+    let (point, all) = exported(store.as_ref()).await;
+    assert_eq!(point, store.last_seq().await.unwrap());
+    assert_eq!(all, store.changes_since(0, usize::MAX).await.unwrap());
+    assert_eq!(all.len(), 40);
+}
+
+/// Rule: an export is of one sequence point. Writes committed while it streams (new
+/// resources, new snapshots of resources not yet sent) do not show in it.
+pub(crate) async fn export_sees_one_point_while_writes_go_on(store: Arc<dyn Store>) {
+    populate(store.as_ref(), 30).await;
+    let (before, expected) = (
+        store.last_seq().await.unwrap(),
+        store.changes_since(0, usize::MAX).await.unwrap(),
+    );
+    // A queue of one: the export is held mid-stream while the writes happen.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let export = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.export(tx).await }
+    });
+    let first = rx.recv().await.unwrap();
+    for i in 0..30 {
+        store
+            .put_snapshot(&id(i), Bytes::from(format!("late {i}")))
+            .await
+            .unwrap();
+    }
+    claimed(store.as_ref(), 1000).await;
+    let mut all = vec![first];
+    while let Some(change) = rx.recv().await {
+        all.push(change);
+    }
+    assert_eq!(export.await.unwrap().unwrap(), before);
+    assert_eq!(
+        all, expected,
+        "the export is the store as it was at {before}"
+    );
+}
+
+/// Rule, for a backend's restore: an export restored into an empty store reads back
+/// identical, later changes are numbered above it, a store with data is refused unless wiped,
+/// and a restore that never gets its `Commit` leaves the store as it was.
+///
+/// `restore(items, wipe)` restores into the target; `open()` opens the target for reading
+/// (closed again here), never while a restore runs.
+pub(crate) async fn restore_reproduces_an_export<R, RF, O, OF>(
+    source: Arc<dyn Store>,
+    restore: R,
+    open: O,
+) where
+    R: Fn(tokio::sync::mpsc::Receiver<RestoreItem>, bool) -> RF,
+    RF: std::future::Future<Output = Result<Seq, StoreError>>,
+    O: Fn() -> OF,
+    OF: std::future::Future<Output = Arc<dyn Store>>,
+{
+    populate(source.as_ref(), 50).await;
+    let (point, all) = exported(source.as_ref()).await;
+    let feed = |commit: bool| {
+        let (tx, rx) = tokio::sync::mpsc::channel(all.len() + 1);
+        for change in &all {
+            tx.try_send(RestoreItem::Resource(change.clone())).unwrap();
+        }
+        if commit {
+            tx.try_send(RestoreItem::Commit { sequence: point })
+                .unwrap();
+        }
+        rx
+    };
+
+    assert_eq!(restore(feed(true), false).await.unwrap(), point);
+    let target = open().await;
+    assert_eq!(exported(target.as_ref()).await, (point, all.clone()));
+    assert_eq!(target.last_seq().await.unwrap(), point);
+    let after = claimed(target.as_ref(), 5000).await;
+    assert!(
+        after > point,
+        "numbering goes on above the backup: {after} > {point}"
+    );
+    target.close().await;
+
+    let refused = restore(feed(true), false).await.unwrap_err();
+    assert!(matches!(refused, StoreError::NotEmpty(51)), "{refused:?}");
+    assert!(refused.to_string().contains("--wipe"), "{refused}");
+    let abandoned = restore(feed(false), true).await.unwrap_err();
+    assert!(
+        matches!(abandoned, StoreError::RestoreAbandoned),
+        "{abandoned:?}"
+    );
+    let target = open().await;
+    assert_eq!(
+        target.load(&id(5000)).await.unwrap().map(|r| r.seq),
+        Some(after)
+    );
+    target.close().await;
+
+    assert_eq!(restore(feed(true), true).await.unwrap(), point);
+    let target = open().await;
+    let (_, again) = exported(target.as_ref()).await;
+    assert_eq!(again, all, "a wiped store holds the backup alone");
+    target.close().await;
 }

@@ -96,6 +96,30 @@ impl Store for MemoryStore {
         self.with(|_| Ok(()))
     }
 
+    async fn export(&self, into: tokio::sync::mpsc::Sender<Change>) -> Result<Seq, StoreError> {
+        // The double copies its state under the lock: that copy is the snapshot.
+        let (last, mut all) = self.with(|state| {
+            let all: Vec<Change> = state
+                .resources
+                .iter()
+                .map(|(id, r)| Change {
+                    seq: r.seq,
+                    id: *id,
+                    jwk: r.jwk.clone(),
+                    snapshot: r.snapshot.clone(),
+                })
+                .collect();
+            Ok((state.seq, all))
+        })?;
+        all.sort_by_key(|c| c.seq);
+        for change in all {
+            if into.send(change).await.is_err() {
+                break;
+            }
+        }
+        Ok(last)
+    }
+
     async fn close(&self) {
         if let Ok(mut state) = self.state.lock() {
             state.closed = true;

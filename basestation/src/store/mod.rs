@@ -23,6 +23,7 @@ pub use postgres::{Fence, PostgresOptions, PostgresStore, connect_options};
 pub use sqlite::SqliteStore;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 use zbase_proto::wire::ResourceId;
 
 /// A position in the global change sequence. 0 means "before every change".
@@ -64,6 +65,19 @@ pub struct Change {
     pub snapshot: Option<Bytes>,
 }
 
+/// What a restore receives: the resources, then `Commit` once their source was read whole and
+/// found sound. A restore whose channel closes before `Commit` writes nothing.
+#[derive(Debug)]
+pub enum RestoreItem {
+    /// One resource, as exported.
+    Resource(Change),
+    /// Everything was sent: commit, and number later changes above `sequence`.
+    Commit {
+        /// The sequence point the resources were exported at.
+        sequence: Seq,
+    },
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -89,6 +103,19 @@ pub enum StoreError {
     /// Stored data is not what this station wrote (a corrupt or foreign database).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A restore's target already holds resources.
+    #[error(
+        "the store already holds {0} resources: a backup is restored into a fresh station only; \
+         point at an empty data directory or database, or pass --wipe to delete what it holds \
+         first"
+    )]
+    NotEmpty(u64),
+    /// A restore's source stopped before it was read whole; nothing was written.
+    #[error("the restore stopped before its backup was read whole; nothing was written")]
+    RestoreAbandoned,
+    /// There is no store where one was expected.
+    #[error("there is no station store at {0}: point --data-dir at the station's data directory")]
+    Missing(std::path::PathBuf),
 }
 
 /// A backend for resources. SQLite is the embedded default; PostgreSQL serves several pods.
@@ -109,6 +136,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The highest committed sequence (0 for an empty store).
     async fn last_seq(&self) -> Result<Seq, StoreError>;
+
+    /// Sends every resource as of one sequence point, in sequence order, to `into`, and returns
+    /// that point. It reads one snapshot of the database, so writes go on meanwhile and none
+    /// of them shows; it stops early, without error, if `into` is closed.
+    async fn export(&self, into: mpsc::Sender<Change>) -> Result<Seq, StoreError>;
 
     /// Checks that the database answers a trivial query now, for readiness probes. Bounded
     /// like any read: an unreachable PostgreSQL fails after the pool's acquire timeout.

@@ -35,8 +35,9 @@
 
 use super::batch::{Backend, Failure, MAX_BATCH_WRITES, Op, Write, WriteQueue};
 use super::rows::{self, ChangeRow, ResourceRow, read_error, seq_from_sql};
-use super::{Change, Claim, Seq, Store, StoreError, StoredResource};
+use super::{Change, Claim, RestoreItem, Seq, Store, StoreError, StoredResource};
 use bytes::Bytes;
+use futures::TryStreamExt as _;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _};
@@ -44,6 +45,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr as _;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use zbase_proto::wire::ResourceId;
 
 /// Placeholder numbers reserved per transaction id (the `1024` in [`CLAIM`]); a batch, at most
@@ -228,6 +230,75 @@ impl PostgresStore {
     pub fn stats(&self) -> super::WriteStats {
         self.writes.stats()
     }
+
+    /// Restores into this database: the resources `from` sends are written in one
+    /// transaction, committed on [`RestoreItem::Commit`], and later changes are numbered above
+    /// the backup's point. A database holding resources is refused unless `wipe`, which
+    /// deletes them in the same transaction. Other writers wait for it (a table lock).
+    pub async fn restore(
+        &self,
+        mut from: mpsc::Receiver<RestoreItem>,
+        wipe: bool,
+    ) -> Result<Seq, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(read_error)?;
+        // A large backup takes longer than any single statement may, and the transaction waits
+        // on the backup's reader between inserts.
+        for setting in [
+            "SET LOCAL statement_timeout = 0",
+            "SET LOCAL idle_in_transaction_session_timeout = 0",
+        ] {
+            sqlx::query(setting).execute(&mut *tx).await?;
+        }
+        sqlx::query("LOCK TABLE resources, zbase_sequence IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM resources")
+            .fetch_one(&mut *tx)
+            .await?;
+        if held > 0 {
+            if !wipe {
+                return Err(StoreError::NotEmpty(held.unsigned_abs()));
+            }
+            sqlx::query("DELETE FROM resources")
+                .execute(&mut *tx)
+                .await?;
+        }
+        while let Some(item) = from.recv().await {
+            match item {
+                RestoreItem::Resource(change) => {
+                    let seq = i64::try_from(change.seq).map_err(|_| {
+                        StoreError::Corrupt(format!("sequence {} is out of range", change.seq))
+                    })?;
+                    sqlx::query(
+                        "INSERT INTO resources (id, jwk, snapshot, seq) VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(change.id.as_str())
+                    .bind(&change.jwk)
+                    .bind(change.snapshot.as_deref())
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| rows::restore_error(&change, e))?;
+                }
+                RestoreItem::Commit { sequence } => {
+                    let sequence = i64::try_from(sequence).map_err(|_| {
+                        StoreError::Corrupt(format!("sequence {sequence} is out of range"))
+                    })?;
+                    let last: i64 = sqlx::query_scalar(
+                        "UPDATE zbase_sequence SET last = GREATEST($1, \
+                         (SELECT COALESCE(MAX(seq), 0) FROM resources)) RETURNING last",
+                    )
+                    .bind(sequence)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    return seq_from_sql(last);
+                }
+            }
+        }
+        // Dropping the transaction rolls it back.
+        Err(StoreError::RestoreAbandoned)
+    }
 }
 
 #[async_trait::async_trait]
@@ -269,6 +340,37 @@ impl Store for PostgresStore {
             .fetch_one(&self.pool)
             .await
             .map_err(read_error)?;
+        seq_from_sql(last)
+    }
+
+    async fn export(&self, into: mpsc::Sender<Change>) -> Result<Seq, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(read_error)?;
+        // One snapshot for the counter and every row; no time limit, since the rows stream
+        // as fast as the backup writes them.
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(read_error)?;
+        sqlx::query("SET LOCAL statement_timeout = 0")
+            .execute(&mut *tx)
+            .await
+            .map_err(read_error)?;
+        let last: i64 = sqlx::query_scalar("SELECT last FROM zbase_sequence")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(read_error)?;
+        {
+            let mut rows = sqlx::query_as::<_, ChangeRow>(
+                "SELECT seq, id, jwk, snapshot FROM resources ORDER BY seq",
+            )
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await.map_err(read_error)? {
+                if into.send(rows::change(row)?).await.is_err() {
+                    break;
+                }
+            }
+        }
+        tx.rollback().await.map_err(read_error)?;
         seq_from_sql(last)
     }
 
@@ -413,6 +515,26 @@ mod tests {
     }
 
     conformance::conformance_tests!(fresh);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restore_reproduces_an_export() {
+        let source = fresh().await;
+        let target = fresh_database().await;
+        conformance::restore_reproduces_an_export(
+            Arc::clone(&source.store),
+            |items, wipe| {
+                let target = target.clone();
+                async move {
+                    let store = open(&target).await;
+                    let restored = store.restore(items, wipe).await;
+                    store.close().await;
+                    restored
+                }
+            },
+            || async { Arc::new(open(&target).await) as Arc<dyn Store> },
+        )
+        .await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_transactions() {

@@ -45,6 +45,18 @@ pub(super) fn seq_from_sql(seq: i64) -> Result<Seq, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("a stored change sequence is negative ({seq})")))
 }
 
+/// A restore's insert error: a resource twice in one backup says so, anything else is the
+/// database's.
+pub(super) fn restore_error(change: &Change, error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Corrupt(format!(
+            "the backup holds resource {} or sequence {} twice",
+            change.id, change.seq
+        )),
+        _ => StoreError::Database(error),
+    }
+}
+
 /// A read's error: a closed pool is the store being closed, anything else the database's.
 pub(super) fn read_error(error: sqlx::Error) -> StoreError {
     match error {

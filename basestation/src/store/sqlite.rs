@@ -11,8 +11,9 @@
 
 use super::batch::{Backend, Failure, Op, Write, WriteQueue};
 use super::rows::{self, ChangeRow, ResourceRow, read_error, seq_from_sql};
-use super::{Change, Claim, Seq, Store, StoreError, StoredResource};
+use super::{Change, Claim, RestoreItem, Seq, Store, StoreError, StoredResource};
 use bytes::Bytes;
+use futures::TryStreamExt as _;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -22,6 +23,7 @@ use sqlx::{ConnectOptions as _, Connection as _};
 use std::path::Path;
 use std::sync::PoisonError;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use zbase_proto::wire::ResourceId;
 
 /// Read connections: loads and change feeds run beside the writer, never behind it.
@@ -124,6 +126,126 @@ impl SqliteStore {
     pub fn stats(&self) -> super::WriteStats {
         self.writes.stats()
     }
+
+    /// Exports the store at `path` while a station may be serving it (see [`Store::export`]):
+    /// a read-only connection, without the directory's lock and without migrating, whose read
+    /// transaction keeps one snapshot of the file however the station writes meanwhile.
+    pub async fn export_file(path: &Path, into: mpsc::Sender<Change>) -> Result<Seq, StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        let mut conn = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| on_disk(path, e))?;
+        refuse_foreign(&mut conn, path)
+            .await
+            .map_err(|e| on_disk(path, e))?;
+        export_from(&mut conn, into).await
+    }
+
+    /// Restores into the store at `path`, which no station may be serving: the resources
+    /// `from` sends are written in one transaction, committed on [`RestoreItem::Commit`]. A
+    /// store holding resources is refused unless `wipe`, which deletes them in the same
+    /// transaction.
+    pub async fn restore(
+        path: &Path,
+        mut from: mpsc::Receiver<RestoreItem>,
+        wipe: bool,
+    ) -> Result<Seq, StoreError> {
+        let dir = match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            Some(dir) => dir,
+            None => Path::new("."),
+        };
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(sqlx::Error::Io)?;
+        let _lock = lock_directory(dir)?;
+        let mut conn = SqliteConnectOptions::new()
+            .filename(path)
+            .busy_timeout(BUSY_TIMEOUT)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .connect()
+            .await
+            .map_err(|e| on_disk(path, e))?;
+        refuse_foreign(&mut conn, path)
+            .await
+            .map_err(|e| on_disk(path, e))?;
+        MIGRATOR.run(&mut conn).await?;
+        let mut tx = conn.begin().await?;
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM resources")
+            .fetch_one(&mut *tx)
+            .await?;
+        if held > 0 {
+            if !wipe {
+                return Err(StoreError::NotEmpty(held.unsigned_abs()));
+            }
+            sqlx::query("DELETE FROM resources")
+                .execute(&mut *tx)
+                .await?;
+        }
+        while let Some(item) = from.recv().await {
+            match item {
+                RestoreItem::Resource(change) => {
+                    let seq = i64::try_from(change.seq).map_err(|_| {
+                        StoreError::Corrupt(format!("sequence {} is out of range", change.seq))
+                    })?;
+                    sqlx::query(
+                        "INSERT INTO resources (id, jwk, snapshot, seq) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .bind(change.id.as_str())
+                    .bind(&change.jwk)
+                    .bind(change.snapshot.as_deref())
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| rows::restore_error(&change, e))?;
+                }
+                RestoreItem::Commit { sequence } => {
+                    let last = max_seq(&mut tx).await?;
+                    if last > sequence {
+                        return Err(StoreError::Corrupt(format!(
+                            "the restored resources reach sequence {last}, past the backup's \
+                             point {sequence}"
+                        )));
+                    }
+                    tx.commit().await?;
+                    conn.close().await?;
+                    return Ok(last);
+                }
+            }
+        }
+        // Dropping the transaction rolls it back.
+        Err(StoreError::RestoreAbandoned)
+    }
+}
+
+/// Sends every resource in one read transaction (see [`Store::export`]).
+async fn export_from(
+    conn: &mut SqliteConnection,
+    into: mpsc::Sender<Change>,
+) -> Result<Seq, StoreError> {
+    let mut tx = conn.begin().await.map_err(read_error)?;
+    // The first read fixes the snapshot the rest of the transaction sees.
+    let last = max_seq(&mut tx).await?;
+    {
+        let mut rows = sqlx::query_as::<_, ChangeRow>(
+            "SELECT seq, id, jwk, snapshot FROM resources ORDER BY seq",
+        )
+        .fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await.map_err(read_error)? {
+            if into.send(rows::change(row)?).await.is_err() {
+                break;
+            }
+        }
+    }
+    tx.rollback().await.map_err(read_error)?;
+    Ok(last)
 }
 
 #[async_trait::async_trait]
@@ -162,6 +284,11 @@ impl Store for SqliteStore {
     async fn last_seq(&self) -> Result<Seq, StoreError> {
         let mut conn = self.reader.acquire().await.map_err(read_error)?;
         max_seq(&mut conn).await
+    }
+
+    async fn export(&self, into: mpsc::Sender<Change>) -> Result<Seq, StoreError> {
+        let mut conn = self.reader.acquire().await.map_err(read_error)?;
+        export_from(&mut conn, into).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -362,6 +489,52 @@ mod tests {
     }
 
     conformance::conformance_tests!(fresh);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restore_reproduces_an_export() {
+        let source = fresh().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("station.sqlite3");
+        conformance::restore_reproduces_an_export(
+            Arc::clone(&source.store),
+            |items, wipe| SqliteStore::restore(&path, items, wipe),
+            || async { Arc::new(SqliteStore::open(&path).await.unwrap()) as Arc<dyn Store> },
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_export_reads_one_point_beside_a_serving_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("station.sqlite3");
+        let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+        conformance::populate(store.as_ref(), 20).await;
+        let expected = store.changes_since(0, usize::MAX).await.unwrap();
+        // What `zbase-station backup` does beside a running station: no lock, read only.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let export = tokio::spawn({
+            let path = path.clone();
+            async move { SqliteStore::export_file(&path, tx).await }
+        });
+        let mut all = vec![rx.recv().await.unwrap()];
+        for i in 0..20 {
+            store
+                .put_snapshot(&id(i), Bytes::from_static(b"late"))
+                .await
+                .unwrap();
+        }
+        while let Some(change) = rx.recv().await {
+            all.push(change);
+        }
+        assert_eq!(export.await.unwrap().unwrap(), expected.last().unwrap().seq);
+        assert_eq!(all, expected);
+        store.close().await;
+        let missing =
+            SqliteStore::export_file(&dir.path().join("nothing"), tokio::sync::mpsc::channel(1).0)
+                .await
+                .unwrap_err();
+        assert!(missing.to_string().contains("--data-dir"), "{missing}");
+    }
 
     /// A plain connection to the file, as an operator's `sqlite3` would open it.
     async fn inspect(path: &Path) -> SqliteConnection {

@@ -1,0 +1,343 @@
+//! The commands that work on a store rather than serve it: `backup` (and `backup verify`,
+//! `backup list`) and `restore`. Each prints progress on a terminal as a bar, and elsewhere
+//! (a Job's log) as a line every few seconds.
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use zbase_basestation::backup::{self, Progress, Summary};
+use zbase_basestation::config::{RawSettings, StoreBackend};
+use zbase_basestation::store::{PostgresOptions, PostgresStore, SqliteStore, Store as _};
+
+/// The store a command reads or writes: the same flags and variables as `serve`.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Directory of the embedded SQLite store. [default: ./data]
+    #[arg(long, env = "ZBASE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// `sqlite` (a file under --data-dir) or a PostgreSQL URL. [default: sqlite]
+    #[arg(long, env = "ZBASE_STORE", value_name = "sqlite|URL")]
+    store: Option<String>,
+    /// File whose content (trimmed) is the PostgreSQL password.
+    #[arg(long, env = "ZBASE_STORE_PASSWORD_FILE", value_name = "FILE")]
+    store_password_file: Option<PathBuf>,
+}
+
+/// Where a store is, resolved the way `serve` resolves it.
+enum Target {
+    Sqlite(PathBuf),
+    Postgres {
+        url: String,
+        password: Option<String>,
+    },
+}
+
+impl StoreArgs {
+    fn target(self) -> anyhow::Result<Target> {
+        let settings = RawSettings {
+            data_dir: self.data_dir,
+            store: self.store,
+            store_password_file: self.store_password_file,
+            ..RawSettings::default()
+        }
+        .resolve()?;
+        Ok(match settings.store {
+            StoreBackend::Sqlite => Target::Sqlite(settings.data_dir.join("station.sqlite3")),
+            StoreBackend::Postgres { url, password_file } => Target::Postgres {
+                url: url.expose().to_owned(),
+                password: password_file
+                    .map(|path| {
+                        std::fs::read_to_string(&path)
+                            .map(|p| p.trim().to_owned())
+                            .with_context(|| {
+                                format!("cannot read the store password file {}", path.display())
+                            })
+                    })
+                    .transpose()?,
+            },
+        })
+    }
+}
+
+async fn postgres(url: &str, password: Option<String>) -> anyhow::Result<PostgresStore> {
+    let options = PostgresOptions {
+        password,
+        ..PostgresOptions::default()
+    };
+    PostgresStore::connect(url, options)
+        .await
+        .context("cannot open the PostgreSQL store")
+}
+
+/// `zbase-station backup`: take a backup, or verify or list them.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    action: Option<BackupAction>,
+    #[command(flatten)]
+    create: CreateArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupAction {
+    /// Read a whole backup, checking every part, line and count; needs an identity.
+    Verify(VerifyArgs),
+    /// List the backups in a directory, newest last, from their manifests (no key needed).
+    List(ListArgs),
+}
+
+/// Taking a backup.
+#[derive(Debug, Args)]
+struct CreateArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Directory the backup's folder is written into (a mounted volume).
+    #[arg(long, env = "ZBASE_BACKUP_TO", value_name = "DIR", required = true)]
+    to: Option<PathBuf>,
+    /// An age recipient (`age1...`) the backup is encrypted to; repeat for several.
+    #[arg(
+        long = "recipient",
+        env = "ZBASE_BACKUP_RECIPIENTS",
+        value_delimiter = ',',
+        value_name = "AGE1..."
+    )]
+    recipients: Vec<String>,
+    /// A file of age recipients, one per line (`#` comments allowed), as `age -R` reads.
+    #[arg(long, env = "ZBASE_BACKUP_RECIPIENTS_FILE", value_name = "FILE")]
+    recipients_file: Option<PathBuf>,
+    /// Start a new part file after this many bytes of records. [default: 1 GiB]
+    #[arg(long, value_name = "BYTES", default_value_t = backup::DEFAULT_PART_BYTES)]
+    part_bytes: u64,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// The backup's folder (`.../zbase-<time>-<sequence>`).
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// An age identity file holding a key the backup was encrypted to.
+    #[arg(long, env = "ZBASE_BACKUP_IDENTITY", value_name = "FILE")]
+    identity: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// The directory backups are written into.
+    #[arg(long = "in", value_name = "DIR")]
+    dir: PathBuf,
+}
+
+/// `zbase-station restore`: a backup into a fresh station.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The backup's folder (`.../zbase-<time>-<sequence>`).
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// An age identity file holding a key the backup was encrypted to.
+    #[arg(long, env = "ZBASE_BACKUP_IDENTITY", value_name = "FILE")]
+    identity: PathBuf,
+    /// Delete what the store holds first (in the same transaction as the restore).
+    #[arg(long)]
+    wipe: bool,
+}
+
+/// Runs an offline command to its end: exit 0, or 1 with the error on stderr.
+pub fn run(
+    command: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("zbase-station: cannot start the async runtime: {error}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("zbase-station: {error:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs `backup` and its subcommands.
+pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    match args.action {
+        Some(BackupAction::Verify(verify)) => {
+            let identities = backup::identities(&verify.identity)?;
+            let (progress, done) = progress("verified");
+            let summary = backup::verify(&verify.from, identities, progress).await;
+            done();
+            let summary =
+                summary.with_context(|| format!("{} is not sound", verify.from.display()))?;
+            println!("{} is sound: {}", verify.from.display(), describe(&summary));
+            Ok(())
+        }
+        Some(BackupAction::List(list)) => {
+            for listed in backup::folder::list(&list.dir)? {
+                match listed.manifest {
+                    Ok(m) => println!(
+                        "{}\t{}\tsequence {}\t{} resources\t{} parts",
+                        listed.dir.display(),
+                        m.created,
+                        m.sequence,
+                        m.resources,
+                        m.parts.len()
+                    ),
+                    Err(e) => println!("{}\tunreadable: {e}", listed.dir.display()),
+                }
+            }
+            Ok(())
+        }
+        None => create(args.create).await,
+    }
+}
+
+async fn create(args: CreateArgs) -> anyhow::Result<()> {
+    let to = args
+        .to
+        .context("--to DIR is required: where the backup's folder is written")?;
+    let mut texts = args.recipients;
+    if let Some(file) = &args.recipients_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --recipients-file {}", file.display()))?;
+        texts.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    let recipients = backup::recipients(&texts)?;
+    let (progress, done) = progress("backed up");
+    let made = match args.store.target()? {
+        Target::Sqlite(path) => {
+            backup::create(
+                &to,
+                recipients,
+                args.part_bytes,
+                |tx| async move { SqliteStore::export_file(&path, tx).await },
+                progress,
+            )
+            .await
+        }
+        Target::Postgres { url, password } => {
+            let store = postgres(&url, password).await?;
+            let made = backup::create(
+                &to,
+                recipients,
+                args.part_bytes,
+                |tx| {
+                    let store = &store;
+                    async move { store.export(tx).await }
+                },
+                progress,
+            )
+            .await;
+            store.close().await;
+            made
+        }
+    };
+    done();
+    let (dir, manifest) = made.context("the backup failed; nothing was kept")?;
+    println!(
+        "backup {} written: sequence {}, {} resources, {} snapshot bytes, {} parts",
+        dir.display(),
+        manifest.sequence,
+        manifest.resources,
+        manifest.snapshot_bytes,
+        manifest.parts.len()
+    );
+    Ok(())
+}
+
+/// Runs `restore`.
+pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let identities = backup::identities(&args.identity)?;
+    let (progress, done) = progress("restored");
+    let wipe = args.wipe;
+    let restored = match args.store.target()? {
+        Target::Sqlite(path) => {
+            backup::restore(
+                &args.from,
+                identities,
+                |rx| async move { SqliteStore::restore(&path, rx, wipe).await },
+                progress,
+            )
+            .await
+        }
+        Target::Postgres { url, password } => {
+            let store = postgres(&url, password).await?;
+            let restored = backup::restore(
+                &args.from,
+                identities,
+                |rx| {
+                    let store = &store;
+                    async move { store.restore(rx, wipe).await }
+                },
+                progress,
+            )
+            .await;
+            store.close().await;
+            restored
+        }
+    };
+    done();
+    let summary = restored.with_context(|| {
+        format!(
+            "cannot restore {}; nothing was written to the store",
+            args.from.display()
+        )
+    })?;
+    println!("restored {}: {}", args.from.display(), describe(&summary));
+    Ok(())
+}
+
+fn describe(summary: &Summary) -> String {
+    format!(
+        "sequence {}, {} resources, {} snapshots, {} snapshot bytes",
+        summary.sequence, summary.resources, summary.snapshots, summary.snapshot_bytes
+    )
+}
+
+/// A progress report for `verb` ("restored"), and what to call when done.
+fn progress(verb: &'static str) -> (Progress, Box<dyn FnOnce()>) {
+    if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} [{elapsed_precise}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let shown = bar.clone();
+        let report: Progress = Arc::new(move |resources, bytes| {
+            shown.set_message(format!("{verb} {resources} resources, {}", mib(bytes)));
+        });
+        return (report, Box::new(move || bar.finish_and_clear()));
+    }
+    // Not a terminal: a line every 5 seconds, for a Job's log.
+    let last = Mutex::new(Instant::now());
+    let report: Progress = Arc::new(move |resources, bytes| {
+        let Ok(mut last) = last.lock() else { return };
+        if last.elapsed() >= Duration::from_secs(5) {
+            *last = Instant::now();
+            eprintln!(
+                "zbase-station: {verb} {resources} resources, {} so far",
+                mib(bytes)
+            );
+        }
+    });
+    (report, Box::new(|| ()))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
