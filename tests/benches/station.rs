@@ -29,14 +29,20 @@
 //! 10. `tls-handshakes`: full TLS handshakes per second, no resumption (baseline: a bare
 //!     tokio-rustls server with the same certificate and ALPN, see `tls.rs`).
 //!
+//! 11. `backup`: `zbase-station backup` and `restore` throughput, MB/s of snapshot data
+//!     (baseline: the same bytes through `zstd | age` and `age -d | zstd -d`), and the backup
+//!     process's peak RSS at two store sizes. Needs Debian's `age` and `zstd`.
+//!
 //! Figures 6 to 8 need PostgreSQL's server binaries (as `make test` does). Figures 9 and 10
 //! make a throwaway CA and a certificate for 127.0.0.1 in the bench's temporary directory.
 //!
 //! `cargo bench -p zbase-tests --bench station -- [fanout] [latency] [pairs] [snapshots]
 //! [memory] [handshakes] [pg-snapshots] [relayed-latency] [pods-fanout] [tls-fanout]
-//! [tls-handshakes]` runs only the named figures.
+//! [tls-handshakes] [backup]` runs only the named figures.
 
 // A crate root looks for modules beside itself; these live in `station/`.
+#[path = "station/backup.rs"]
+mod backup;
 #[path = "station/bare.rs"]
 mod bare;
 #[path = "station/client.rs"]
@@ -162,6 +168,10 @@ async fn run(wanted: Vec<String>, nofile: u64) -> anyhow::Result<()> {
     }
     if runs("tls-handshakes") {
         figure("tls-handshakes", &mut report, tls_handshakes(dir.path())).await;
+    }
+
+    if runs("backup") {
+        figure("backup", &mut report, backup_throughput(dir.path())).await;
     }
 
     report.print(started.elapsed());
@@ -797,5 +807,40 @@ async fn tls_handshakes(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
              negotiated: station {}, bare {}",
             negotiated.0, negotiated.1
         )),
+    ])
+}
+
+/// Figure 11: backup and restore beside `zstd | age` on the same bytes, and the backup's peak
+/// RSS at a quarter of the store and at the whole of it.
+async fn backup_throughput(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
+    let small = backup::run(&dir.join("backup-small"), 2_500).await?;
+    let large = backup::run(&dir.join("backup-large"), 10_000).await?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let size = format!("10,000 x {} KiB", backup::SNAPSHOT_LEN / 1024);
+    Ok(vec![
+        report::Row::higher(
+            format!("11. backup, MB/s of snapshot data ({size})"),
+            large.backup,
+            large.cli_encrypt,
+            Some(0.5),
+        )
+        .note(format!(
+            "baseline: the same snapshot bytes, concatenated in one file, through `zstd -3 | \
+             age -r`; the backup also reads SQLite, base64-encodes and writes JSON lines. Peak \
+             RSS of the backup process: {:.1} MiB at 2,500 resources, {:.1} MiB at 10,000",
+            mib(small.backup_peak_kib),
+            mib(large.backup_peak_kib)
+        )),
+        report::Row::higher(
+            format!("11. restore, MB/s of snapshot data ({size})"),
+            large.restore,
+            large.cli_decrypt,
+            Some(0.3),
+        )
+        .note(
+            "baseline: `age -d | zstd -d` of that file to /dev/null; the restore also checks \
+             every line and commits it all to SQLite in one durable transaction"
+                .to_owned(),
+        ),
     ])
 }

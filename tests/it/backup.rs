@@ -146,17 +146,19 @@ async fn fill(store: Arc<dyn Store>, n: usize, keys: &[Identity]) -> Vec<Resourc
     ids
 }
 
+/// A fresh SQLite data directory holding [`fill`]'s `n` resources.
+async fn filled(n: usize, keys: &[Identity]) -> (tempfile::TempDir, Vec<ResourceId>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&sqlite_path(dir.path())).await.unwrap());
+    let ids = fill(store.clone(), n, keys).await;
+    store.close().await;
+    (dir, ids)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_resources_restore_byte_for_byte_into_a_station_that_serves_them() {
-    let source = tempfile::tempdir().unwrap();
     let keys: Vec<Identity> = (0..3).map(|_| Identity::ed25519()).collect();
-    let store = Arc::new(
-        SqliteStore::open(&sqlite_path(source.path()))
-            .await
-            .unwrap(),
-    );
-    let ids = fill(store.clone(), 10_000, &keys).await;
-    store.close().await;
+    let (source, ids) = filled(10_000, &keys).await;
     let (point, before) = sqlite_contents(source.path()).await;
     assert_eq!(before.len(), 10_000);
 
@@ -293,14 +295,7 @@ async fn a_backup_during_continuous_writes_is_one_point_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standard_age_and_zstd_tools_open_a_backup() {
-    let source = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(&sqlite_path(source.path()))
-            .await
-            .unwrap(),
-    );
-    let ids = fill(store.clone(), 30, &[]).await;
-    store.close().await;
+    let (source, ids) = filled(30, &[]).await;
     let key = key();
     let backups = tempfile::tempdir().unwrap();
     let folder = backup(
@@ -383,14 +378,7 @@ fn edit_manifest(folder: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_backups_are_refused_by_name_and_nothing_is_written() {
-    let source = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(&sqlite_path(source.path()))
-            .await
-            .unwrap(),
-    );
-    fill(store.clone(), 200, &[]).await;
-    store.close().await;
+    let (source, _) = filled(200, &[]).await;
     let key = key();
     let backups = tempfile::tempdir().unwrap();
     let data = ["--data-dir", source.path().to_str().unwrap()];
@@ -525,14 +513,7 @@ async fn bad_backups_are_refused_by_name_and_nothing_is_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_with_data_is_refused_unless_wiped() {
-    let source = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        SqliteStore::open(&sqlite_path(source.path()))
-            .await
-            .unwrap(),
-    );
-    fill(store.clone(), 10, &[]).await;
-    store.close().await;
+    let (source, _) = filled(10, &[]).await;
     let key = key();
     let backups = tempfile::tempdir().unwrap();
     let folder = backup(

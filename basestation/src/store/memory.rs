@@ -33,6 +33,25 @@ impl MemoryStore {
     }
 }
 
+impl State {
+    /// Every resource changed after `after`, at its latest change, in sequence order.
+    fn changes_after(&self, after: Seq) -> Vec<Change> {
+        let mut changes: Vec<Change> = self
+            .resources
+            .iter()
+            .filter(|(_, r)| r.seq > after)
+            .map(|(id, r)| Change {
+                seq: r.seq,
+                id: *id,
+                jwk: r.jwk.clone(),
+                snapshot: r.snapshot.clone(),
+            })
+            .collect();
+        changes.sort_by_key(|change| change.seq);
+        changes
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for MemoryStore {
     async fn load(&self, id: &ResourceId) -> Result<Option<StoredResource>, StoreError> {
@@ -71,18 +90,7 @@ impl Store for MemoryStore {
 
     async fn changes_since(&self, after: Seq, limit: usize) -> Result<Vec<Change>, StoreError> {
         self.with(|state| {
-            let mut changes: Vec<Change> = state
-                .resources
-                .iter()
-                .filter(|(_, r)| r.seq > after)
-                .map(|(id, r)| Change {
-                    seq: r.seq,
-                    id: *id,
-                    jwk: r.jwk.clone(),
-                    snapshot: r.snapshot.clone(),
-                })
-                .collect();
-            changes.sort_by_key(|change| change.seq);
+            let mut changes = state.changes_after(after);
             changes.truncate(limit);
             Ok(changes)
         })
@@ -98,20 +106,7 @@ impl Store for MemoryStore {
 
     async fn export(&self, into: tokio::sync::mpsc::Sender<Change>) -> Result<Seq, StoreError> {
         // The double copies its state under the lock: that copy is the snapshot.
-        let (last, mut all) = self.with(|state| {
-            let all: Vec<Change> = state
-                .resources
-                .iter()
-                .map(|(id, r)| Change {
-                    seq: r.seq,
-                    id: *id,
-                    jwk: r.jwk.clone(),
-                    snapshot: r.snapshot.clone(),
-                })
-                .collect();
-            Ok((state.seq, all))
-        })?;
-        all.sort_by_key(|c| c.seq);
+        let (last, all) = self.with(|state| Ok((state.seq, state.changes_after(0))))?;
         for change in all {
             if into.send(change).await.is_err() {
                 break;

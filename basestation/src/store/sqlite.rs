@@ -75,14 +75,7 @@ impl SqliteStore {
     /// Refused with [`StoreError::InUse`] while another store (in any process) has the same
     /// directory open.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let dir = match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            Some(dir) => dir,
-            None => Path::new("."),
-        };
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(sqlx::Error::Io)?;
-        let lock = lock_directory(dir)?;
+        let lock = lock_directory(&directory_of(path).await?)?;
         let base = SqliteConnectOptions::new()
             .filename(path)
             .busy_timeout(BUSY_TIMEOUT);
@@ -156,14 +149,7 @@ impl SqliteStore {
         mut from: mpsc::Receiver<RestoreItem>,
         wipe: bool,
     ) -> Result<Seq, StoreError> {
-        let dir = match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            Some(dir) => dir,
-            None => Path::new("."),
-        };
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(sqlx::Error::Io)?;
-        let _lock = lock_directory(dir)?;
+        let _lock = lock_directory(&directory_of(path).await?)?;
         let mut conn = SqliteConnectOptions::new()
             .filename(path)
             .busy_timeout(BUSY_TIMEOUT)
@@ -393,6 +379,18 @@ impl Backend for Writer {
             tracing::warn!(%error, "closing the store's write connection failed");
         }
     }
+}
+
+/// The directory of the store file `path`, created if missing.
+async fn directory_of(path: &Path) -> Result<std::path::PathBuf, StoreError> {
+    let dir = match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(sqlx::Error::Io)?;
+    Ok(dir.to_path_buf())
 }
 
 /// Takes the exclusive lock on `dir`'s [`LOCK_FILE`], or says which directory is in use. The

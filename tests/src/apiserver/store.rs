@@ -673,7 +673,19 @@ impl Store {
             },
         );
         let out = Self::present(&object, info);
+        let owners = owner_uids(&object);
         self.record(EventType::Added, &key, object, None);
+        // The real garbage collector also deletes a new dependent whose every owner is gone
+        // (a controller acting on a stale cache); this one does it at once.
+        let orphaned = !owners.is_empty()
+            && !owners.iter().any(|o| {
+                self.objects
+                    .values()
+                    .any(|e| meta_str(&e.object, "uid") == Some(o.as_str()))
+            });
+        if orphaned {
+            self.delete_key(&key, Propagation::Background);
+        }
         Ok(out)
     }
 
@@ -1425,6 +1437,29 @@ mod tests {
         assert_eq!(
             replaced["metadata"]["resourceVersion"],
             created["metadata"]["resourceVersion"]
+        );
+    }
+
+    #[test]
+    fn a_dependent_created_for_a_deleted_owner_is_collected() {
+        let mut store = Store::new(100);
+        let owner = create(&mut store, "owner", json!({}));
+        let reference = json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]});
+        store
+            .delete(
+                &cm_info(),
+                Some("default"),
+                "owner",
+                &DeleteOptions::default(),
+            )
+            .unwrap();
+        let late = json!({"metadata": {"name": "late", "ownerReferences": [reference]}});
+        store
+            .create(&cm_info(), Some("default"), late, writer())
+            .unwrap();
+        assert!(
+            store.get(&cm_info(), Some("default"), "late").is_err(),
+            "a dependent of nothing stays"
         );
     }
 
