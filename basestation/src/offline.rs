@@ -9,6 +9,7 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use zbase_basestation::backup::retention::Retention;
 use zbase_basestation::backup::{self, Progress, Summary};
 use zbase_basestation::config::{RawSettings, StoreBackend};
 use zbase_basestation::store::{PostgresOptions, PostgresStore, SqliteStore, Store as _};
@@ -113,6 +114,12 @@ struct CreateArgs {
     /// Start a new part file after this many bytes of records. [default: 1 GiB]
     #[arg(long, value_name = "BYTES", default_value_t = backup::DEFAULT_PART_BYTES)]
     part_bytes: u64,
+    /// After a backup, keep the newest N backups in --to (and any --keep-within keeps).
+    #[arg(long, env = "ZBASE_BACKUP_KEEP_LAST", value_name = "N")]
+    keep_last: Option<usize>,
+    /// After a backup, keep every backup in --to younger than this (e.g. 30d).
+    #[arg(long, env = "ZBASE_BACKUP_KEEP_WITHIN", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    keep_within: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +263,16 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         manifest.snapshot_bytes,
         manifest.parts.len()
     );
+    // Only after a good backup, so the newest good one is always this one.
+    let retention = Retention {
+        last: args.keep_last,
+        within: args.keep_within,
+    };
+    let pruned = backup::folder::prune(&to, &retention, std::time::SystemTime::now())
+        .context("the backup was written, but removing old backups failed")?;
+    for old in pruned {
+        println!("removed old backup {}", old.display());
+    }
     Ok(())
 }
 

@@ -511,6 +511,41 @@ async fn bad_backups_are_refused_by_name_and_nothing_is_written() {
     assert!(ok, "{out}");
 }
 
+/// Adds one resource to the SQLite store in `dir`, so the next backup has a new sequence.
+async fn one_more(dir: &Path) {
+    let store = Arc::new(SqliteStore::open(&sqlite_path(dir)).await.unwrap());
+    fill(store.clone(), 1, &[]).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_newest_and_leaves_unreadable_backups_alone() {
+    let (source, _) = filled(5, &[]).await;
+    let key = key();
+    let backups = tempfile::tempdir().unwrap();
+    let data = ["--data-dir", source.path().to_str().unwrap()];
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        one_more(source.path()).await;
+        made.push(backup(&data, backups.path(), &key, &["--keep-last", "2"]));
+    }
+    let folders = |root: &Path| {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(folders(backups.path()), made[1..]);
+
+    // A backup whose manifest is unreadable is neither counted nor deleted.
+    std::fs::write(made[1].join("manifest.json"), b"damaged").unwrap();
+    one_more(source.path()).await;
+    let newest = backup(&data, backups.path(), &key, &["--keep-last", "1"]);
+    assert_eq!(folders(backups.path()), [made[1].clone(), newest]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_with_data_is_refused_unless_wiped() {
     let (source, _) = filled(10, &[]).await;

@@ -5,6 +5,7 @@
 
 use super::BackupError;
 use super::manifest::{MANIFEST_FILE, MANIFEST_MAX_BYTES, Manifest};
+use super::retention::{Candidate, Retention};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
@@ -121,6 +122,30 @@ pub fn list(root: &Path) -> Result<Vec<Listed>, BackupError> {
             dir,
         })
         .collect())
+}
+
+/// Deletes the backups in `root` that `retention` lets go at `now`, and returns them. A
+/// backup whose manifest cannot be read is left alone and does not count as good.
+pub fn prune(
+    root: &Path,
+    retention: &Retention,
+    now: std::time::SystemTime,
+) -> Result<Vec<PathBuf>, BackupError> {
+    let candidates: Vec<Candidate<PathBuf>> = list(root)?
+        .into_iter()
+        .map(|listed| Candidate {
+            created: listed
+                .manifest
+                .ok()
+                .and_then(|m| humantime::parse_rfc3339(&m.created).ok()),
+            key: listed.dir,
+        })
+        .collect();
+    let doomed = retention.expired(&candidates, now);
+    for dir in &doomed {
+        std::fs::remove_dir_all(dir).map_err(|e| BackupError::io(dir, e))?;
+    }
+    Ok(doomed)
 }
 
 /// Makes a rename or a new file in `dir` durable.

@@ -14,6 +14,7 @@
 pub mod folder;
 pub mod manifest;
 pub mod part;
+pub mod retention;
 
 use crate::store::{Change, RestoreItem, Seq, StoreError};
 use manifest::{FORMAT, Manifest, Part};

@@ -101,6 +101,7 @@ pub async fn run(dir: &Path, resources: usize) -> anyhow::Result<Run> {
     for tool in ["age", "age-keygen", "zstd"] {
         if !std::process::Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
             .status()?
             .success()
         {
