@@ -296,14 +296,7 @@ async fn a_backup_during_continuous_writes_is_one_point_in_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standard_age_and_zstd_tools_open_a_backup() {
     let (source, ids) = filled(30, &[]).await;
-    let key = key();
-    let backups = tempfile::tempdir().unwrap();
-    let folder = backup(
-        &["--data-dir", source.path().to_str().unwrap()],
-        backups.path(),
-        &key,
-        &[],
-    );
+    let (key, _backups, folder) = backed_up(source.path());
     let part = folder.join("part-00000.jsonl.zst.age");
     let tool = |name: &str| {
         which(name).unwrap_or_else(|| {
@@ -511,6 +504,20 @@ async fn bad_backups_are_refused_by_name_and_nothing_is_written() {
     assert!(ok, "{out}");
 }
 
+/// A backup of the SQLite store in `data_dir` with a fresh key into a fresh directory: the
+/// key, the directory and the backup's folder.
+fn backed_up(data_dir: &Path) -> (Key, tempfile::TempDir, PathBuf) {
+    let key = key();
+    let backups = tempfile::tempdir().unwrap();
+    let folder = backup(
+        &["--data-dir", data_dir.to_str().unwrap()],
+        backups.path(),
+        &key,
+        &[],
+    );
+    (key, backups, folder)
+}
+
 /// Adds one resource to the SQLite store in `dir`, so the next backup has a new sequence.
 async fn one_more(dir: &Path) {
     let store = Arc::new(SqliteStore::open(&sqlite_path(dir)).await.unwrap());
@@ -549,14 +556,7 @@ async fn retention_keeps_the_newest_and_leaves_unreadable_backups_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_with_data_is_refused_unless_wiped() {
     let (source, _) = filled(10, &[]).await;
-    let key = key();
-    let backups = tempfile::tempdir().unwrap();
-    let folder = backup(
-        &["--data-dir", source.path().to_str().unwrap()],
-        backups.path(),
-        &key,
-        &[],
-    );
+    let (key, _backups, folder) = backed_up(source.path());
 
     let target = tempfile::tempdir().unwrap();
     let store = Arc::new(

@@ -79,21 +79,7 @@ impl SqliteStore {
         let base = SqliteConnectOptions::new()
             .filename(path)
             .busy_timeout(BUSY_TIMEOUT);
-        let writer_options = base
-            .clone()
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .pragma("journal_size_limit", WAL_SIZE_LIMIT);
-        // The first statements on a file are where SQLite notices it is not a database.
-        let mut conn = writer_options
-            .connect()
-            .await
-            .map_err(|e| on_disk(path, e))?;
-        refuse_foreign(&mut conn, path)
-            .await
-            .map_err(|e| on_disk(path, e))?;
-        MIGRATOR.run(&mut conn).await?;
+        let (mut conn, writer_options) = open_writer(path).await?;
         let last = max_seq(&mut conn).await?;
 
         // query_only makes a read connection unable to write even by mistake, so the writer's
@@ -150,19 +136,7 @@ impl SqliteStore {
         wipe: bool,
     ) -> Result<Seq, StoreError> {
         let _lock = lock_directory(&directory_of(path).await?)?;
-        let mut conn = SqliteConnectOptions::new()
-            .filename(path)
-            .busy_timeout(BUSY_TIMEOUT)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .connect()
-            .await
-            .map_err(|e| on_disk(path, e))?;
-        refuse_foreign(&mut conn, path)
-            .await
-            .map_err(|e| on_disk(path, e))?;
-        MIGRATOR.run(&mut conn).await?;
+        let (mut conn, _) = open_writer(path).await?;
         let mut tx = conn.begin().await?;
         let held: i64 = sqlx::query_scalar("SELECT count(*) FROM resources")
             .fetch_one(&mut *tx)
@@ -379,6 +353,25 @@ impl Backend for Writer {
             tracing::warn!(%error, "closing the store's write connection failed");
         }
     }
+}
+
+/// The writing connection to the store file `path` (created if missing), checked to be a
+/// zbase store and migrated, and the options to open it again.
+async fn open_writer(path: &Path) -> Result<(SqliteConnection, SqliteConnectOptions), StoreError> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .busy_timeout(BUSY_TIMEOUT)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .pragma("journal_size_limit", WAL_SIZE_LIMIT);
+    // The first statements on a file are where SQLite notices it is not a database.
+    let mut conn = options.connect().await.map_err(|e| on_disk(path, e))?;
+    refuse_foreign(&mut conn, path)
+        .await
+        .map_err(|e| on_disk(path, e))?;
+    MIGRATOR.run(&mut conn).await?;
+    Ok((conn, options))
 }
 
 /// The directory of the store file `path`, created if missing.
