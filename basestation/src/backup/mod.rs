@@ -244,26 +244,27 @@ where
             Ok(())
         };
         while let Some(change) = rx.blocking_recv() {
-            if current.is_none() {
-                let file = format!("part-{:05}.jsonl.zst.age", parts.len());
-                let path = staging.path(&file);
-                let writer = part::PartWriter::create(&path, &recipients)?;
-                current = Some((file, path, writer));
+            let (file, path, mut writer) = match current.take() {
+                Some(open) => open,
+                None => {
+                    let file = format!("part-{:05}.jsonl.zst.age", parts.len());
+                    let path = staging.path(&file);
+                    let writer = part::PartWriter::create(&path, &recipients)?;
+                    (file, path, writer)
+                }
+            };
+            writer.write(&change, &path)?;
+            totals.resources += 1;
+            totals.sequence = totals.sequence.max(change.seq);
+            if let Some(snapshot) = &change.snapshot {
+                totals.snapshots += 1;
+                totals.snapshot_bytes += snapshot.len() as u64;
             }
-            if let Some((_, path, writer)) = current.as_mut() {
-                writer.write(&change, path)?;
-                totals.resources += 1;
-                totals.sequence = totals.sequence.max(change.seq);
-                if let Some(snapshot) = &change.snapshot {
-                    totals.snapshots += 1;
-                    totals.snapshot_bytes += snapshot.len() as u64;
-                }
-                progress(totals.resources, totals.snapshot_bytes);
-                if writer.plain_bytes() >= part_bytes
-                    && let Some(full) = current.take()
-                {
-                    close(full, &mut parts)?;
-                }
+            progress(totals.resources, totals.snapshot_bytes);
+            if writer.plain_bytes() >= part_bytes {
+                close((file, path, writer), &mut parts)?;
+            } else {
+                current = Some((file, path, writer));
             }
         }
         if let Some(last) = current.take() {
@@ -325,10 +326,8 @@ where
     let (tx, rx) = mpsc::channel::<RestoreItem>(QUEUE);
     let dir = dir.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || {
-        let sender = tx.clone();
         let summary = read_all(&dir, &identities, &progress, &mut |change| {
-            sender
-                .blocking_send(RestoreItem::Resource(change))
+            tx.blocking_send(RestoreItem::Resource(change))
                 // The store stopped taking: its own error says why.
                 .map_err(|_| BackupError::Store(StoreError::RestoreAbandoned))
         })?;
