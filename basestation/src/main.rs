@@ -30,20 +30,20 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve WebSocket and gRPC clients on one port, with the store in --data-dir or --store.
-    // Boxed: every setting of the station dwarfs the other commands.
+    // Boxed: each command's settings are large, and only one is ever built.
     Serve(Box<RawSettings>),
     /// Write an encrypted backup of the store (while it serves), or verify or list backups.
-    Backup(offline::BackupArgs),
+    Backup(Box<offline::BackupArgs>),
     /// Restore a backup into a fresh store (a new --data-dir, or an empty database).
-    Restore(offline::RestoreArgs),
+    Restore(Box<offline::RestoreArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let raw = match cli.command {
         Command::Serve(raw) => *raw,
-        Command::Backup(args) => return offline::run(offline::backup(args)),
-        Command::Restore(args) => return offline::run(offline::restore(args)),
+        Command::Backup(args) => return offline::run(offline::backup(*args)),
+        Command::Restore(args) => return offline::run(offline::restore(*args)),
     };
     let settings = match settings(raw) {
         Ok(settings) => settings,

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zbase_basestation::backup::retention::Retention;
-use zbase_basestation::backup::{self, Progress, Summary};
+use zbase_basestation::backup::{self, Location, Progress, S3Settings, Summary};
 use zbase_basestation::config::{RawSettings, StoreBackend};
 use zbase_basestation::store::{PostgresOptions, PostgresStore, SqliteStore, Store as _};
 
@@ -74,6 +74,62 @@ async fn postgres(url: &str, password: Option<String>) -> anyhow::Result<Postgre
         .context("cannot open the PostgreSQL store")
 }
 
+/// How to reach S3-compatible storage, for `s3://` places. Credentials come from
+/// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, or from files (a mounted Secret).
+#[derive(Debug, Args)]
+struct S3Args {
+    /// URL of the S3-compatible server, e.g. https://s3.example.org:9000 (path-style).
+    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// Region to sign requests for. [default: AWS_REGION, else us-east-1]
+    #[arg(long, env = "AWS_REGION", value_name = "REGION")]
+    s3_region: Option<String>,
+    /// File holding the access key id (instead of AWS_ACCESS_KEY_ID).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID_FILE", value_name = "FILE")]
+    s3_access_key_id_file: Option<PathBuf>,
+    /// File holding the secret access key (instead of AWS_SECRET_ACCESS_KEY).
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY_FILE", value_name = "FILE")]
+    s3_secret_access_key_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for the server, besides the system's.
+    #[arg(long, env = "ZBASE_S3_CA_FILE", value_name = "FILE")]
+    s3_ca_file: Option<PathBuf>,
+}
+
+impl S3Args {
+    /// Resolves `text` (a directory or `s3://bucket/prefix`) with these settings.
+    fn place(&self, text: &str) -> anyhow::Result<Location> {
+        let read = |file: &Option<PathBuf>, what: &str| -> anyhow::Result<Option<String>> {
+            file.as_ref()
+                .map(|path| {
+                    std::fs::read_to_string(path)
+                        .map(|t| t.trim().to_owned())
+                        .with_context(|| format!("cannot read the {what} file {}", path.display()))
+                })
+                .transpose()
+        };
+        let settings = if text.starts_with("s3://") {
+            S3Settings {
+                endpoint: self.s3_endpoint.clone(),
+                region: self.s3_region.clone(),
+                access_key_id: read(&self.s3_access_key_id_file, "S3 access key id")?,
+                secret_access_key: read(&self.s3_secret_access_key_file, "S3 secret access key")?,
+                ca_pem: self
+                    .s3_ca_file
+                    .as_ref()
+                    .map(|path| {
+                        std::fs::read(path).with_context(|| {
+                            format!("cannot read the S3 CA file {}", path.display())
+                        })
+                    })
+                    .transpose()?,
+            }
+        } else {
+            S3Settings::default()
+        };
+        Ok(Location::parse(text, &settings)?)
+    }
+}
+
 /// `zbase-station backup`: take a backup, or verify or list them.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -97,9 +153,16 @@ enum BackupAction {
 struct CreateArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// Directory the backup's folder is written into (a mounted volume).
-    #[arg(long, env = "ZBASE_BACKUP_TO", value_name = "DIR", required = true)]
-    to: Option<PathBuf>,
+    /// Where the backup is written: a directory (a mounted volume) or s3://bucket/prefix.
+    #[arg(
+        long,
+        env = "ZBASE_BACKUP_TO",
+        value_name = "DIR|s3://...",
+        required = true
+    )]
+    to: Option<String>,
+    #[command(flatten)]
+    s3: S3Args,
     /// An age recipient (`age1...`) the backup is encrypted to; repeat for several.
     #[arg(
         long = "recipient",
@@ -124,9 +187,11 @@ struct CreateArgs {
 
 #[derive(Debug, Args)]
 struct VerifyArgs {
-    /// The backup's folder (`.../zbase-<time>-<sequence>`).
-    #[arg(long, value_name = "DIR")]
-    from: PathBuf,
+    /// The backup: its folder or prefix (`.../zbase-<time>-...`).
+    #[arg(long, value_name = "DIR|s3://...")]
+    from: String,
+    #[command(flatten)]
+    s3: S3Args,
     /// An age identity file holding a key the backup was encrypted to.
     #[arg(long, env = "ZBASE_BACKUP_IDENTITY", value_name = "FILE")]
     identity: PathBuf,
@@ -134,9 +199,11 @@ struct VerifyArgs {
 
 #[derive(Debug, Args)]
 struct ListArgs {
-    /// The directory backups are written into.
-    #[arg(long = "in", value_name = "DIR")]
-    dir: PathBuf,
+    /// Where backups are written: a directory or s3://bucket/prefix.
+    #[arg(long = "in", value_name = "DIR|s3://...")]
+    place: String,
+    #[command(flatten)]
+    s3: S3Args,
 }
 
 /// `zbase-station restore`: a backup into a fresh station.
@@ -144,9 +211,11 @@ struct ListArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// The backup's folder (`.../zbase-<time>-<sequence>`).
-    #[arg(long, value_name = "DIR")]
-    from: PathBuf,
+    /// The backup: its folder or prefix (`.../zbase-<time>-...`).
+    #[arg(long, value_name = "DIR|s3://...")]
+    from: String,
+    #[command(flatten)]
+    s3: S3Args,
     /// An age identity file holding a key the backup was encrypted to.
     #[arg(long, env = "ZBASE_BACKUP_IDENTITY", value_name = "FILE")]
     identity: PathBuf,
@@ -180,26 +249,31 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     match args.action {
         Some(BackupAction::Verify(verify)) => {
             let identities = backup::identities(&verify.identity)?;
+            let from = verify.s3.place(&verify.from)?;
             let (progress, done) = progress("verified");
-            let summary = backup::verify(&verify.from, identities, progress).await;
+            let summary = backup::verify(&from, identities, progress).await;
             done();
-            let summary =
-                summary.with_context(|| format!("{} is not sound", verify.from.display()))?;
-            println!("{} is sound: {}", verify.from.display(), describe(&summary));
+            let summary = summary.with_context(|| format!("{from} is not sound"))?;
+            println!("{from} is sound: {}", describe(&summary));
             Ok(())
         }
         Some(BackupAction::List(list)) => {
-            for listed in backup::folder::list(&list.dir)? {
+            let place = list.s3.place(&list.place)?;
+            let listed = place
+                .list()
+                .await
+                .with_context(|| format!("cannot list the backups in {place}"))?;
+            for listed in listed {
                 match listed.manifest {
                     Ok(m) => println!(
                         "{}\t{}\tsequence {}\t{} resources\t{} parts",
-                        listed.dir.display(),
+                        listed.backup,
                         m.created,
                         m.sequence,
                         m.resources,
                         m.parts.len()
                     ),
-                    Err(e) => println!("{}\tunreadable: {e}", listed.dir.display()),
+                    Err(e) => println!("{}\tunreadable: {e}", listed.backup),
                 }
             }
             Ok(())
@@ -211,7 +285,8 @@ pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
 async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let to = args
         .to
-        .context("--to DIR is required: where the backup's folder is written")?;
+        .context("--to is required: a directory or s3://bucket/prefix for the backup")?;
+    let to = args.s3.place(&to)?;
     let mut texts = args.recipients;
     if let Some(file) = &args.recipients_file {
         let text = std::fs::read_to_string(file)
@@ -254,10 +329,9 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         }
     };
     done();
-    let (dir, manifest) = made.context("the backup failed; nothing was kept")?;
+    let (written, manifest) = made.context("the backup failed; nothing was kept")?;
     println!(
-        "backup {} written: sequence {}, {} resources, {} snapshot bytes, {} parts",
-        dir.display(),
+        "backup {written} written: sequence {}, {} resources, {} snapshot bytes, {} parts",
         manifest.sequence,
         manifest.resources,
         manifest.snapshot_bytes,
@@ -268,10 +342,12 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         last: args.keep_last,
         within: args.keep_within,
     };
-    let pruned = backup::folder::prune(&to, &retention, std::time::SystemTime::now())
+    let pruned = to
+        .prune(&retention, std::time::SystemTime::now())
+        .await
         .context("the backup was written, but removing old backups failed")?;
     for old in pruned {
-        println!("removed old backup {}", old.display());
+        println!("removed old backup {old}");
     }
     Ok(())
 }
@@ -279,12 +355,13 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
 /// Runs `restore`.
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let identities = backup::identities(&args.identity)?;
+    let from = args.s3.place(&args.from)?;
     let (progress, done) = progress("restored");
     let wipe = args.wipe;
     let restored = match args.store.target()? {
         Target::Sqlite(path) => {
             backup::restore(
-                &args.from,
+                &from,
                 identities,
                 |rx| async move { SqliteStore::restore(&path, rx, wipe).await },
                 progress,
@@ -294,7 +371,7 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         Target::Postgres { url, password } => {
             let store = postgres(&url, password).await?;
             let restored = backup::restore(
-                &args.from,
+                &from,
                 identities,
                 |rx| {
                     let store = &store;
@@ -308,13 +385,9 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         }
     };
     done();
-    let summary = restored.with_context(|| {
-        format!(
-            "cannot restore {}; nothing was written to the store",
-            args.from.display()
-        )
-    })?;
-    println!("restored {}: {}", args.from.display(), describe(&summary));
+    let summary = restored
+        .with_context(|| format!("cannot restore {from}; nothing was written to the store"))?;
+    println!("restored {from}: {}", describe(&summary));
     Ok(())
 }
 

@@ -14,13 +14,13 @@ use zbase_tests::client::{Identity, Transport, join, random_bytes};
 use zbase_tests::station::{StationBuilder, station_bin};
 
 /// An age key pair: the identity file's path and the recipient.
-struct Key {
+pub(super) struct Key {
     _dir: tempfile::TempDir,
-    identity: PathBuf,
-    recipient: String,
+    pub(super) identity: PathBuf,
+    pub(super) recipient: String,
 }
 
-fn key() -> Key {
+pub(super) fn key() -> Key {
     use age::secrecy::ExposeSecret as _;
     let dir = tempfile::tempdir().unwrap();
     let identity = age::x25519::Identity::generate();
@@ -35,9 +35,15 @@ fn key() -> Key {
 
 /// Runs `zbase-station ARGS`: whether it succeeded, and stdout then stderr.
 fn station(args: &[&str]) -> (bool, String) {
+    station_env(args, &[])
+}
+
+/// Runs `zbase-station ARGS` with `env` added: whether it succeeded, and stdout then stderr.
+pub(super) fn station_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(station_bin())
         .args(args)
         .env_remove("ZBASE_STORE")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
@@ -78,7 +84,7 @@ fn restore(from: &Path, key: &Key, store: &[&str], extra: &[&str]) -> (bool, Str
     station(&args)
 }
 
-fn sqlite_path(data_dir: &Path) -> PathBuf {
+pub(super) fn sqlite_path(data_dir: &Path) -> PathBuf {
     data_dir.join("station.sqlite3")
 }
 
@@ -95,7 +101,7 @@ async fn contents(store: &dyn Store) -> (u64, Vec<Change>) {
     (point.unwrap(), all)
 }
 
-async fn sqlite_contents(data_dir: &Path) -> (u64, Vec<Change>) {
+pub(super) async fn sqlite_contents(data_dir: &Path) -> (u64, Vec<Change>) {
     let store = SqliteStore::open(&sqlite_path(data_dir)).await.unwrap();
     let found = contents(&store).await;
     store.close().await;
@@ -147,7 +153,7 @@ async fn fill(store: Arc<dyn Store>, n: usize, keys: &[Identity]) -> Vec<Resourc
 }
 
 /// A fresh SQLite data directory holding [`fill`]'s `n` resources.
-async fn filled(n: usize, keys: &[Identity]) -> (tempfile::TempDir, Vec<ResourceId>) {
+pub(super) async fn filled(n: usize, keys: &[Identity]) -> (tempfile::TempDir, Vec<ResourceId>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(&sqlite_path(dir.path())).await.unwrap());
     let ids = fill(store.clone(), n, keys).await;

@@ -4,6 +4,7 @@
 mod acme;
 mod apiserver;
 mod backup;
+mod backup_s3;
 mod browser;
 mod chart;
 mod durability;

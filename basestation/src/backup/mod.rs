@@ -11,15 +11,19 @@
 //! transaction committed only once every part, line and count was found sound, so a bad
 //! backup writes nothing. Neither holds more than a bounded queue of resources in memory.
 
+pub mod bucket;
 pub mod folder;
+pub mod location;
 pub mod manifest;
 pub mod part;
 pub mod retention;
 
 use crate::store::{Change, RestoreItem, Seq, StoreError};
+pub use bucket::S3Settings;
+pub use location::Location;
 use manifest::{FORMAT, Manifest, Part};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tokio::sync::mpsc;
 
 /// Resources queued between the database and the files.
@@ -30,13 +34,21 @@ pub const DEFAULT_PART_BYTES: u64 = 1024 * 1024 * 1024;
 /// Why a backup, verification or restore failed. Each message names the file, part or line.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
-    /// Reading or writing a file failed.
-    #[error("{path}: {error}")]
+    /// Reading or writing a file or object failed.
+    #[error("{at}: {error}")]
     Io {
-        /// The file.
-        path: PathBuf,
+        /// The file or object.
+        at: String,
         /// What the system said.
         error: std::io::Error,
+    },
+    /// The object store refused or failed.
+    #[error("{at}: {reason}")]
+    Remote {
+        /// The bucket, prefix or object.
+        at: String,
+        /// What the store said, and what to do about it.
+        reason: String,
     },
     /// The manifest is not one this station can use.
     #[error("{file} {reason}")]
@@ -135,9 +147,9 @@ pub enum BackupError {
 }
 
 impl BackupError {
-    pub(crate) fn io(path: &Path, error: std::io::Error) -> BackupError {
+    pub(crate) fn io(at: impl std::fmt::Display, error: std::io::Error) -> BackupError {
         BackupError::Io {
-            path: path.to_path_buf(),
+            at: at.to_string(),
             error,
         }
     }
@@ -205,116 +217,146 @@ pub struct Summary {
     pub snapshot_bytes: u64,
 }
 
-/// Takes a backup into a new folder under `root`: `export` sends every resource at one
-/// sequence point to the channel and returns that point. Returns the folder and manifest.
+/// Takes a backup into `place` (a directory or a bucket prefix): `export` sends every
+/// resource at one sequence point to the channel and returns that point. Returns where the
+/// backup is and its manifest. A backup that fails leaves nothing complete behind.
 pub async fn create<F, Fut>(
-    root: &Path,
+    place: &Location,
     recipients: Vec<age::x25519::Recipient>,
     part_bytes: u64,
     export: F,
     progress: Progress,
-) -> Result<(PathBuf, Manifest), BackupError>
+) -> Result<(Location, Manifest), BackupError>
 where
     F: FnOnce(mpsc::Sender<Change>) -> Fut,
     Fut: Future<Output = Result<Seq, StoreError>>,
 {
     let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let staging = folder::Staging::begin(root)?;
-    let (tx, mut rx) = mpsc::channel::<Change>(QUEUE);
+    let staging = std::sync::Arc::new(place.begin().await?);
+    let (tx, rx) = mpsc::channel::<Change>(QUEUE);
     let names: Vec<String> = recipients.iter().map(ToString::to_string).collect();
+    let writing = staging.clone();
     let writer = tokio::task::spawn_blocking(move || {
-        let mut parts: Vec<Part> = Vec::new();
-        let mut current: Option<(String, PathBuf, part::PartWriter)> = None;
-        let mut totals = Summary {
-            sequence: 0,
-            resources: 0,
-            snapshots: 0,
-            snapshot_bytes: 0,
-        };
-        let close = |(file, path, writer): (String, PathBuf, part::PartWriter),
-                     parts: &mut Vec<Part>|
-         -> Result<(), BackupError> {
-            let written = writer.finish(&path)?;
-            parts.push(Part {
-                file,
-                records: written.records,
-                size: written.size,
-                sha256: written.sha256,
-            });
-            Ok(())
-        };
-        while let Some(change) = rx.blocking_recv() {
-            let (file, path, mut writer) = match current.take() {
-                Some(open) => open,
-                None => {
-                    let file = format!("part-{:05}.jsonl.zst.age", parts.len());
-                    let path = staging.path(&file);
-                    let writer = part::PartWriter::create(&path, &recipients)?;
-                    (file, path, writer)
-                }
-            };
-            writer.write(&change, &path)?;
-            totals.resources += 1;
-            totals.sequence = totals.sequence.max(change.seq);
-            if let Some(snapshot) = &change.snapshot {
-                totals.snapshots += 1;
-                totals.snapshot_bytes += snapshot.len() as u64;
-            }
-            progress(totals.resources, totals.snapshot_bytes);
-            if writer.plain_bytes() >= part_bytes {
-                close((file, path, writer), &mut parts)?;
-            } else {
-                current = Some((file, path, writer));
-            }
-        }
-        if let Some(last) = current.take() {
-            close(last, &mut parts)?;
-        }
-        Ok::<_, BackupError>((staging, parts, totals))
+        write_parts(&writing, &recipients, part_bytes, rx, &progress)
     });
     let exported = export(tx).await;
-    let (staging, parts, totals) = writer
-        .await
-        .map_err(|e| BackupError::Thread(e.to_string()))??;
-    let sequence = exported?;
-    if totals.sequence > sequence {
-        return Err(BackupError::Store(StoreError::Corrupt(format!(
-            "the export sent a change at sequence {} past its point {sequence}",
-            totals.sequence
-        ))));
-    }
+    let written = writer.await.map_err(|e| BackupError::Thread(e.to_string()));
+    let staging = std::sync::Arc::into_inner(staging).ok_or_else(|| {
+        BackupError::Thread("the backup's file thread still holds the backup".into())
+    })?;
+    // A writer that failed explains a store that could not send; a store that failed ends
+    // the channel early, so the writer's totals mean nothing then.
+    let checked = written.and_then(|w| w).and_then(|(parts, totals)| {
+        let sequence = exported?;
+        if totals.sequence > sequence {
+            return Err(BackupError::Store(StoreError::Corrupt(format!(
+                "the export sent a change at sequence {} past its point {sequence}",
+                totals.sequence
+            ))));
+        }
+        Ok((parts, Summary { sequence, ..totals }))
+    });
+    let (parts, totals) = match checked {
+        Ok(done) => done,
+        Err(failed) => {
+            staging.abandon().await;
+            return Err(failed);
+        }
+    };
     let manifest = Manifest {
         format: FORMAT.to_owned(),
         station_version: env!("CARGO_PKG_VERSION").to_owned(),
         created,
-        sequence,
+        sequence: totals.sequence,
         resources: totals.resources,
         snapshots: totals.snapshots,
         snapshot_bytes: totals.snapshot_bytes,
         recipients: names,
         parts,
     };
-    let dir = staging.commit(&manifest)?;
-    Ok((dir, manifest))
+    let backup = staging.commit(&manifest).await?;
+    Ok((backup, manifest))
 }
 
-/// Reads the whole backup in `dir`, checking every part, line and count against the manifest.
+/// The writer thread of [`create`]: every resource from `rx` into parts of about
+/// `part_bytes` each. Returns the parts and the totals (the highest sequence seen).
+fn write_parts(
+    staging: &location::Staging,
+    recipients: &[age::x25519::Recipient],
+    part_bytes: u64,
+    mut rx: mpsc::Receiver<Change>,
+    progress: &Progress,
+) -> Result<(Vec<Part>, Summary), BackupError> {
+    let mut parts: Vec<Part> = Vec::new();
+    let mut current: Option<(String, part::PartWriter)> = None;
+    let mut totals = Summary {
+        sequence: 0,
+        resources: 0,
+        snapshots: 0,
+        snapshot_bytes: 0,
+    };
+    let close = |(file, writer): (String, part::PartWriter),
+                 parts: &mut Vec<Part>|
+     -> Result<(), BackupError> {
+        let written = writer.finish()?;
+        parts.push(Part {
+            file,
+            records: written.records,
+            size: written.size,
+            sha256: written.sha256,
+        });
+        Ok(())
+    };
+    while let Some(change) = rx.blocking_recv() {
+        let (file, mut writer) = match current.take() {
+            Some(open) => open,
+            None => {
+                let file = format!("part-{:05}.jsonl.zst.age", parts.len());
+                let (output, at) = staging.part(&file)?;
+                (file, part::PartWriter::create(output, at, recipients)?)
+            }
+        };
+        writer.write(&change)?;
+        totals.resources += 1;
+        totals.sequence = totals.sequence.max(change.seq);
+        if let Some(snapshot) = &change.snapshot {
+            totals.snapshots += 1;
+            totals.snapshot_bytes += snapshot.len() as u64;
+        }
+        progress(totals.resources, totals.snapshot_bytes);
+        if writer.plain_bytes() >= part_bytes {
+            close((file, writer), &mut parts)?;
+        } else {
+            current = Some((file, writer));
+        }
+    }
+    if let Some(last) = current.take() {
+        close(last, &mut parts)?;
+    }
+    Ok((parts, totals))
+}
+
+/// Reads the whole backup at `backup`, checking every part, line and count against the
+/// manifest.
 pub async fn verify(
-    dir: &Path,
+    backup: &Location,
     identities: Vec<Box<dyn age::Identity + Send + Sync>>,
     progress: Progress,
 ) -> Result<Summary, BackupError> {
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || read_all(&dir, &identities, &progress, &mut |_| Ok(())))
-        .await
-        .map_err(|e| BackupError::Thread(e.to_string()))?
+    let manifest = backup.manifest().await?;
+    let backup = backup.clone();
+    tokio::task::spawn_blocking(move || {
+        read_all(&backup, &manifest, &identities, &progress, &mut |_| Ok(()))
+    })
+    .await
+    .map_err(|e| BackupError::Thread(e.to_string()))?
 }
 
-/// Restores the backup in `dir` through `import`, which must write what it receives in one
-/// transaction and commit only on [`RestoreItem::Commit`]; that comes once the whole backup
-/// was read and found sound, so a bad backup writes nothing.
+/// Restores the backup at `backup` through `import`, which must write what it receives in
+/// one transaction and commit only on [`RestoreItem::Commit`]; that comes once the whole
+/// backup was read and found sound, so a bad backup writes nothing.
 pub async fn restore<F, Fut>(
-    dir: &Path,
+    backup: &Location,
     identities: Vec<Box<dyn age::Identity + Send + Sync>>,
     import: F,
     progress: Progress,
@@ -323,10 +365,11 @@ where
     F: FnOnce(mpsc::Receiver<RestoreItem>) -> Fut,
     Fut: Future<Output = Result<Seq, StoreError>>,
 {
+    let manifest = backup.manifest().await?;
     let (tx, rx) = mpsc::channel::<RestoreItem>(QUEUE);
-    let dir = dir.to_path_buf();
+    let backup = backup.clone();
     let reader = tokio::task::spawn_blocking(move || {
-        let summary = read_all(&dir, &identities, &progress, &mut |change| {
+        let summary = read_all(&backup, &manifest, &identities, &progress, &mut |change| {
             tx.blocking_send(RestoreItem::Resource(change))
                 // The store stopped taking: its own error says why.
                 .map_err(|_| BackupError::Store(StoreError::RestoreAbandoned))
@@ -351,14 +394,14 @@ where
     }
 }
 
-/// Reads every part of the backup in `dir` in order, handing each resource to `each`.
+/// Reads every part of `backup` in order, handing each resource to `each`.
 fn read_all(
-    dir: &Path,
+    backup: &Location,
+    manifest: &Manifest,
     identities: &[Box<dyn age::Identity + Send + Sync>],
     progress: &Progress,
     each: &mut dyn FnMut(Change) -> Result<(), BackupError>,
 ) -> Result<Summary, BackupError> {
-    let manifest = folder::manifest(dir)?;
     let mut found = Summary {
         sequence: manifest.sequence,
         resources: 0,
@@ -368,7 +411,8 @@ fn read_all(
     let mut last_seq = 0;
     for part in &manifest.parts {
         let mut line = 0;
-        part::read(&dir.join(&part.file), part, identities, &mut |change| {
+        let (source, at) = backup.open_part(&part.file)?;
+        part::read(source, &at, part, identities, &mut |change| {
             line += 1;
             let out_of_order = |reason: String| BackupError::Order {
                 part: part.file.clone(),

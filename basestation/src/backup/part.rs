@@ -15,13 +15,14 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::path::Path;
 use zbase_proto::wire::ResourceId;
 
 /// zstd level 3, its default: snapshots are ciphertext, so more effort buys nothing.
 const ZSTD_LEVEL: i32 = 3;
 /// A line longer than this is not one we wrote: the largest snapshot base64-encoded, plus room.
 const LINE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Reads from a part's file or download in pieces this large.
+const READ_BUFFER: usize = 256 * 1024;
 
 /// One resource as a line of a part.
 #[derive(Serialize, Deserialize)]
@@ -87,38 +88,48 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// Where a part's encrypted bytes go: a file, or an upload.
+pub trait Output: Write + Send {
+    /// Makes everything written durable: syncs the file, or completes the upload.
+    fn finish(self: Box<Self>) -> io::Result<()>;
+}
+
+impl Output for BufWriter<File> {
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        self.flush()?;
+        self.get_ref().sync_all()
+    }
+}
+
 type Sink =
-    zstd::stream::write::Encoder<'static, age::stream::StreamWriter<Hashing<BufWriter<File>>>>;
+    zstd::stream::write::Encoder<'static, age::stream::StreamWriter<Hashing<Box<dyn Output>>>>;
 
 /// A part being written.
 pub struct PartWriter {
     sink: Sink,
+    /// Where it goes, for errors.
+    at: String,
     records: u64,
     plain_bytes: u64,
     line: Vec<u8>,
 }
 
 impl PartWriter {
-    /// Creates `path` (which must not exist) encrypted to `recipients`.
+    /// Starts a part into `output` (named `at` in errors), encrypted to `recipients`.
     pub fn create(
-        path: &Path,
+        output: Box<dyn Output>,
+        at: String,
         recipients: &[age::x25519::Recipient],
     ) -> Result<PartWriter, BackupError> {
-        let io = |source| BackupError::io(path, source);
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(io)?;
         let encryptor =
             age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
                 .map_err(|e| BackupError::Recipients(e.to_string()))?;
-        let encrypted = encryptor
-            .wrap_output(Hashing::new(BufWriter::new(file)))
-            .map_err(io)?;
+        let io = |source| BackupError::io(&at, source);
+        let encrypted = encryptor.wrap_output(Hashing::new(output)).map_err(io)?;
         let sink = zstd::stream::write::Encoder::new(encrypted, ZSTD_LEVEL).map_err(io)?;
         Ok(PartWriter {
             sink,
+            at,
             records: 0,
             plain_bytes: 0,
             line: Vec::new(),
@@ -126,7 +137,7 @@ impl PartWriter {
     }
 
     /// Appends one resource.
-    pub fn write(&mut self, change: &Change, path: &Path) -> Result<(), BackupError> {
+    pub fn write(&mut self, change: &Change) -> Result<(), BackupError> {
         self.line.clear();
         let line = Line {
             seq: change.seq,
@@ -139,7 +150,7 @@ impl PartWriter {
         self.line.push(b'\n');
         self.sink
             .write_all(&self.line)
-            .map_err(|e| BackupError::io(path, e))?;
+            .map_err(|e| BackupError::io(&self.at, e))?;
         self.records += 1;
         self.plain_bytes += self.line.len() as u64;
         Ok(())
@@ -150,33 +161,33 @@ impl PartWriter {
         self.plain_bytes
     }
 
-    /// Ends the zstd frame and the age stream, and flushes and syncs the file.
-    pub fn finish(self, path: &Path) -> Result<Written, BackupError> {
-        let io = |source| BackupError::io(path, source);
+    /// Ends the zstd frame and the age stream, and makes the output durable.
+    pub fn finish(self) -> Result<Written, BackupError> {
+        let io = |source| BackupError::io(&self.at, source);
         let encrypted = self.sink.finish().map_err(io)?;
-        let mut hashing = encrypted.finish().map_err(io)?;
-        hashing.flush().map_err(io)?;
-        hashing.inner.get_ref().sync_all().map_err(io)?;
+        let hashing = encrypted.finish().map_err(io)?;
+        let (size, sha256) = (hashing.bytes, hashing.digest());
+        hashing.inner.finish().map_err(io)?;
         Ok(Written {
             records: self.records,
-            size: hashing.bytes,
-            sha256: hashing.digest(),
+            size,
+            sha256,
         })
     }
 }
 
-/// Reads the part at `path`, handing each resource to `each` in order; checks the file's size
-/// and checksum against `expected` once it has been read whole. Everything wrong is an error
-/// naming the part (and the line, for a bad record).
+/// Reads a part from `source` (named `at` in errors), handing each resource to `each` in
+/// order; checks its size and checksum against `expected` once it has been read whole.
+/// Everything wrong is an error naming the part (and the line, for a bad record).
 pub fn read(
-    path: &Path,
+    source: Box<dyn Read + Send>,
+    at: &str,
     expected: &super::manifest::Part,
     identities: &[Box<dyn age::Identity + Send + Sync>],
     each: &mut dyn FnMut(Change) -> Result<(), BackupError>,
 ) -> Result<u64, BackupError> {
     let part = expected.file.as_str();
-    let file = File::open(path).map_err(|e| BackupError::io(path, e))?;
-    let mut hashing = Hashing::new(BufReader::new(file));
+    let mut hashing = Hashing::new(BufReader::with_capacity(READ_BUFFER, source));
     let records = {
         let decryptor =
             age::Decryptor::new(&mut hashing).map_err(|e| BackupError::decrypt(part, e))?;
@@ -191,7 +202,7 @@ pub fn read(
         read_lines(BufReader::new(decoded), part, each)?
     };
     // Whatever follows the age stream's last chunk is still part of the file, and of its sum.
-    io::copy(&mut hashing, &mut io::sink()).map_err(|e| BackupError::io(path, e))?;
+    io::copy(&mut hashing, &mut io::sink()).map_err(|e| BackupError::io(at, e))?;
     if hashing.bytes != expected.size || hashing.digest() != expected.sha256 {
         return Err(BackupError::Checksum {
             part: part.to_owned(),
