@@ -28,12 +28,14 @@ build:
 
 ## Every test: unit, property, store conformance, and end-to-end through the real binary;
 ## then the wire contract again, judged through HAProxy in front of three pods on PostgreSQL
-## (all but per-IP limits and one process's SIGTERM drain, which are per pod by design).
+## (all but per-IP limits and one process's SIGTERM drain, which are per pod by design), and
+## once more against stations restored from a backup.
 ## `--workspace` again so features unify as in the first run and nothing is rebuilt.
 test: build helm-venv
 	$(CARGO) test --workspace --no-fail-fast
 	ZBASE_TEST_TOPOLOGY=pods $(CARGO) test --workspace --test it -- wire:: \
 	  --skip s9_connections_per_ip --skip s9_failed_handshakes --skip s8_sigterm_drains
+	ZBASE_TEST_TOPOLOGY=restored $(CARGO) test --workspace --test it -- wire::
 
 ## Regenerate the BaseStation CRD the chart ships, from the operator's Rust types.
 crds:

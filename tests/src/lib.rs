@@ -11,5 +11,6 @@ pub mod helm;
 pub mod kubelet;
 pub mod pods;
 pub mod postgres;
+pub mod restored;
 pub mod station;
 pub mod tls;

@@ -126,7 +126,8 @@ impl StationBuilder {
     /// With `ZBASE_TEST_TOPOLOGY=pods` in the environment, "the station" is instead three
     /// pods on a fresh PostgreSQL database behind HAProxy, each started with these flags, and
     /// [`Station::addr`] is the virtual IP: the same tests then judge the deployment from
-    /// outside, as a client sees it.
+    /// outside, as a client sees it. With `ZBASE_TEST_TOPOLOGY=restored`, the station starts
+    /// on a store restored from a backup (unless the test gave its own data directory).
     pub async fn start(self) -> Station {
         if topology_is_pods() {
             let pods = crate::pods::Pods::start_with(PODS, self.clone()).await;
@@ -145,12 +146,22 @@ impl StationBuilder {
                 deployment: Some(Box::new(pods)),
             };
         }
+        if crate::restored::topology_is_restored() && self.data_dir.is_none() {
+            let (dir, data_dir) = self.folders();
+            crate::restored::restore_into(&data_dir).await;
+            return self.spawn_in(dir, data_dir).await;
+        }
         self.start_process().await
     }
 
     /// Starts one station process, whatever the test topology.
     pub async fn start_process(self) -> Station {
         let (dir, data_dir) = self.folders();
+        self.spawn_in(dir, data_dir).await
+    }
+
+    /// Starts one station process on `data_dir`, its log and anything else in `dir`.
+    async fn spawn_in(self, dir: tempfile::TempDir, data_dir: PathBuf) -> Station {
         let mut station = Station {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
