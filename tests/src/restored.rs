@@ -5,6 +5,7 @@
 //! The backup is made once per test process, by the real `zbase-station backup`, from a store
 //! of [`SEED_RESOURCES`] resources (keys and snapshots); each station then gets its own
 //! `zbase-station restore` of it into its fresh data directory.
+#![allow(clippy::expect_used)]
 
 use crate::client::random_bytes;
 use crate::station::station_bin;
