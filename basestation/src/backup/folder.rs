@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 /// Prefix of every backup folder's name.
 pub const PREFIX: &str = "zbase-";
+/// How many backups may share one second and store sequence in one folder.
+const MAX_SAME_NAME: u32 = 9;
 /// Prefix of a folder being written.
 const STAGING: &str = ".zbase-staging-";
 
@@ -71,13 +73,21 @@ impl Staging {
             .map_err(|e| BackupError::io(path.display(), e))?;
         sync_dir(&self.dir)?;
         let name = format!("{PREFIX}{}-{}", stamp(&manifest.created), manifest.sequence);
-        let target = self.root.join(&name);
+        // Two backups of an unchanged store within one second (a run by hand beside the
+        // scheduled one) get `-2`, `-3`..., which sort after the first.
+        let mut target = self.root.join(&name);
+        for n in 2..=MAX_SAME_NAME {
+            if !target.exists() {
+                break;
+            }
+            target = self.root.join(format!("{name}-{n}"));
+        }
         if target.exists() {
             return Err(BackupError::io(
                 target.display(),
                 std::io::Error::new(
                     std::io::ErrorKind::AlreadyExists,
-                    "a backup of this time and sequence exists already",
+                    format!("{MAX_SAME_NAME} backups of this time and sequence exist already"),
                 ),
             ));
         }
@@ -143,4 +153,41 @@ fn sync_dir(dir: &Path) -> Result<(), BackupError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| BackupError::io(dir.display(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn backups_of_one_second_and_sequence_get_names_that_sort_in_order() {
+        let root = tempfile::tempdir().unwrap();
+        let manifest = Manifest {
+            format: "zbase-backup/1".into(),
+            station_version: "test".into(),
+            created: "2026-12-03T06:18:09Z".into(),
+            sequence: 557,
+            resources: 0,
+            snapshots: 0,
+            snapshot_bytes: 0,
+            recipients: Vec::new(),
+            parts: Vec::new(),
+        };
+        let taken: Vec<PathBuf> = (0..MAX_SAME_NAME)
+            .map(|_| {
+                Staging::begin(root.path())
+                    .unwrap()
+                    .commit(&manifest)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(taken[0], root.path().join("zbase-20261203T061809Z-557"));
+        assert_eq!(taken[1], root.path().join("zbase-20261203T061809Z-557-2"));
+        assert_eq!(list(root.path()).unwrap(), taken, "oldest first");
+        let Err(refused) = Staging::begin(root.path()).unwrap().commit(&manifest) else {
+            panic!("a tenth backup of the same name is refused")
+        };
+        assert!(refused.to_string().contains("exist already"), "{refused}");
+    }
 }
