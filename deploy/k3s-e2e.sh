@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The operator's end-to-end scenario on a real k3s cluster: build and import the images,
 # install the chart, apply the one-node example, wait for Ready, connect a client, then check
-# that the operator restores a deleted child and that a config change rolls the pod.
+# that the operator restores a deleted child, that a config change rolls the pod, and that a
+# scheduled backup's Job writes an encrypted backup of the running station into a volume.
 #
-# Needs: kubectl pointing at the cluster, helm 3 or 4, podman or docker, and this repository
-# with Rust (for the demo client). On the k3s node itself the images are imported with
+# Needs: kubectl pointing at the cluster, helm 3 or 4, podman or docker, age-keygen, and this
+# repository with Rust (for the demo client). On the k3s node itself the images are imported with
 # `k3s ctr`; elsewhere set IMAGE_REGISTRY to a registry the cluster pulls from.
 #
 #   deploy/k3s-e2e.sh            # run it
@@ -74,5 +75,23 @@ kubectl -n "$NS" rollout status statefulset/home --timeout=3m
 after=$(kubectl -n "$NS" get pod home-0 -o jsonpath='{.metadata.uid}')
 [ "$before" != "$after" ] || fail "the pod was not replaced after a configuration change"
 kubectl -n "$NS" wait basestation/home --for=condition=Ready --timeout=3m
+
+step "a backup Job backs up the running station"
+age-keygen -o "$WORK/backup-key.txt" 2>/dev/null
+recipient=$(age-keygen -y "$WORK/backup-key.txt")
+kubectl -n "$NS" apply -f - <<YAML
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: backups}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+YAML
+kubectl -n "$NS" patch basestation home --type merge -p "{\"spec\":{\"backup\":{
+  \"schedule\":\"30 2 * * *\",\"recipients\":[\"$recipient\"],
+  \"volume\":{\"claimName\":\"backups\",\"subPath\":\"home\"},\"keepLast\":3}}}"
+for _ in $(seq 30); do kubectl -n "$NS" get cronjob home-backup >/dev/null 2>&1 && break; sleep 1; done
+kubectl -n "$NS" create job --from=cronjob/home-backup home-backup-e2e
+kubectl -n "$NS" wait job/home-backup-e2e --for=condition=Complete --timeout=5m \
+  || { kubectl -n "$NS" logs job/home-backup-e2e >&2 || true; fail "the backup Job did not complete"; }
+kubectl -n "$NS" logs job/home-backup-e2e | grep -q ' written: ' || fail "the backup Job wrote no backup"
 
 step "passed"

@@ -7,6 +7,7 @@ use crate::reconcile::{self, Context};
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -76,7 +77,9 @@ async fn run_one(
         .owns(api::<Secret>(&ctx, ns), owned.clone())
         .owns(api::<ServiceAccount>(&ctx, ns), owned.clone())
         .owns(api::<PodDisruptionBudget>(&ctx, ns), owned.clone())
-        .owns(api::<NetworkPolicy>(&ctx, ns), owned)
+        .owns(api::<NetworkPolicy>(&ctx, ns), owned.clone())
+        // A backup run that ends changes the CronJob's status, which the Backup condition tells.
+        .owns(api::<CronJob>(&ctx, ns), owned)
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
         .for_each(|result| async move {

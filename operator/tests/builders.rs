@@ -32,6 +32,8 @@ fn all_present() -> References {
         secrets: [
             ("home-cert", vec!["tls.crt", "tls.key", "ca.crt"]),
             ("relay-db", vec!["url"]),
+            ("relay-s3", vec!["access-key-id", "secret-access-key"]),
+            ("storage-ca", vec!["ca.crt"]),
         ]
         .into_iter()
         .map(|(n, keys)| (n.to_owned(), keys.into_iter().map(String::from).collect()))
@@ -83,6 +85,7 @@ fn render(desired: &Desired) -> String {
         pod_disruption_budget,
         network_policy,
         certificate,
+        backup_cron_job,
         config_hash: _,
     } = desired;
     let mut docs = vec![
@@ -103,6 +106,11 @@ fn render(desired: &Desired) -> String {
     );
     docs.extend(
         certificate
+            .iter()
+            .map(|c| serde_yaml::to_string(c).unwrap()),
+    );
+    docs.extend(
+        backup_cron_job
             .iter()
             .map(|c| serde_yaml::to_string(c).unwrap()),
     );
@@ -326,6 +334,171 @@ fn invalid_specs_are_refused_with_what_to_change() {
     let mut long = fixture("minimal");
     long.metadata.name = Some("x".repeat(53));
     assert!(problems(&long, &all_present()).contains("at most 52"));
+}
+
+#[test]
+fn invalid_backups_are_refused_with_what_to_change() {
+    let mut bs = fixture("sqlite-tls-secret");
+    let backup = bs.spec.backup.as_mut().unwrap();
+    backup.schedule = "daily".into();
+    backup.recipients.push("age1notakey".into());
+    backup.keep_within = Some("a month".into());
+    backup.keep_last = Some(0);
+    backup.volume.as_mut().unwrap().sub_path = Some("../elsewhere".into());
+    let message = problems(&bs, &all_present());
+    for part in [
+        "backup.schedule 'daily' is not a cron schedule",
+        "backup.recipients[1]",
+        "backup.keepWithin 'a month' is not a duration",
+        "backup.keepLast is 0",
+        "backup.volume.subPath '../elsewhere' must be a relative path",
+    ] {
+        assert!(message.contains(part), "{part} missing from: {message}");
+    }
+    assert!(
+        !message.contains("backup.recipients[0]"),
+        "the good recipient passes: {message}"
+    );
+
+    let mut both = fixture("sqlite-tls-secret");
+    both.spec.backup.as_mut().unwrap().s3 = fixture("postgres-three-pods").spec.backup.unwrap().s3;
+    assert!(problems(&both, &all_present()).contains("exactly one destination"));
+    let mut neither = fixture("sqlite-tls-secret");
+    neither.spec.backup.as_mut().unwrap().volume = None;
+    assert!(problems(&neither, &all_present()).contains("exactly one destination"));
+
+    let mut s3 = fixture("postgres-three-pods");
+    let dest = s3.spec.backup.as_mut().unwrap().s3.as_mut().unwrap();
+    dest.url = "s3://".into();
+    dest.endpoint = Some("minio:9000".into());
+    let message = problems(&s3, &all_present());
+    assert!(message.contains("backup.s3.url"), "{message}");
+    assert!(
+        message.contains("backup.s3.endpoint 'minio:9000' is not an http(s):// URL"),
+        "{message}"
+    );
+
+    let only_db = References {
+        secrets: [
+            ("relay-db".to_owned(), vec!["url".to_owned()]),
+            ("relay-s3".to_owned(), vec!["access-key-id".to_owned()]),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let message = problems(&fixture("postgres-three-pods"), &only_db);
+    assert!(
+        message.contains("backup.s3.credentialsSecret names Secret 'relay-s3', which has no key 'secret-access-key'"),
+        "{message}"
+    );
+    assert!(
+        message.contains("backup.s3.ca names Secret 'storage-ca', which does not exist"),
+        "{message}"
+    );
+    assert_eq!(
+        validate::referenced_secrets(&fixture("postgres-three-pods")),
+        ["relay-db", "relay-s3", "storage-ca"],
+        "the operator watches the Secrets a backup reads"
+    );
+}
+
+/// The backup CronJob's only pod template.
+fn backup_pod(desired: &Desired) -> k8s_openapi::api::core::v1::PodSpec {
+    let cron = desired
+        .backup_cron_job
+        .clone()
+        .expect("spec.backup builds a CronJob");
+    let spec = cron.spec.unwrap();
+    assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+    spec.job_template.spec.unwrap().template.spec.unwrap()
+}
+
+#[test]
+fn the_backup_job_reads_pod_zeros_volume_on_its_node_and_is_no_station_pod() {
+    let desired = built(&station(&fixture("sqlite-tls-secret")));
+    let selector = desired
+        .stateful_set
+        .spec
+        .as_ref()
+        .unwrap()
+        .selector
+        .match_labels
+        .clone()
+        .unwrap();
+    let cron = desired.backup_cron_job.clone().unwrap();
+    let labels = cron
+        .spec
+        .unwrap()
+        .job_template
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .labels
+        .unwrap();
+    assert!(
+        selector.iter().any(|(k, v)| labels.get(k) != Some(v)),
+        "a backup pod must not be counted as a station pod: {labels:?}"
+    );
+    let pod = backup_pod(&desired);
+    let claims: Vec<_> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.as_str())
+        .collect();
+    assert_eq!(claims, ["data-home-0", "home-backups"]);
+    let term = &pod
+        .affinity
+        .unwrap()
+        .pod_affinity
+        .unwrap()
+        .required_during_scheduling_ignored_during_execution
+        .unwrap()[0];
+    assert_eq!(term.topology_key, "kubernetes.io/hostname");
+    assert_eq!(
+        term.label_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["statefulset.kubernetes.io/pod-name"],
+        "home-0"
+    );
+
+    // A stopped station runs no pod to be beside; its volume is free.
+    let mut stopped = fixture("sqlite-tls-secret");
+    stopped.spec.replicas = 0;
+    assert!(backup_pod(&built(&station(&stopped))).affinity.is_none());
+
+    // PostgreSQL: the store's Secret, no volume of the station's, and no affinity.
+    let pod = backup_pod(&built(&station(&fixture("postgres-three-pods"))));
+    assert!(pod.affinity.is_none());
+    let env = pod.containers[0].env.clone().unwrap();
+    let store = env.iter().find(|e| e.name == "ZBASE_STORE").unwrap();
+    assert_eq!(
+        store
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "relay-db"
+    );
+    assert!(
+        !pod.volumes
+            .iter()
+            .flatten()
+            .any(|v| v.persistent_volume_claim.is_some())
+    );
+
+    let mut no_backup = fixture("postgres-three-pods");
+    no_backup.spec.backup = None;
+    assert!(built(&station(&no_backup)).backup_cron_job.is_none());
 }
 
 #[test]

@@ -66,6 +66,7 @@ fn the_schema_carries_the_rules_kubernetes_can_check() {
             "Desired",
             "Endpoint",
             "Cert-Expiry",
+            "Last-Backup",
             "Reason",
             "Age"
         ]

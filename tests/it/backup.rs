@@ -71,7 +71,8 @@ fn backup(store: &[&str], to: &Path, key: &Key, extra: &[&str]) -> PathBuf {
     PathBuf::from(folder)
 }
 
-fn restore(from: &Path, key: &Key, store: &[&str], extra: &[&str]) -> (bool, String) {
+/// `zbase-station restore --from from` with `key`, into `store`.
+pub(super) fn restore(from: &Path, key: &Key, store: &[&str], extra: &[&str]) -> (bool, String) {
     let mut args = vec![
         "restore",
         "--from",

@@ -12,12 +12,12 @@ use zbase_basestation::store::{SqliteStore, Store as _};
 use zbase_proto::wire::ResourceId;
 use zbase_tests::client::random_bytes;
 
-const BUCKET: &str = "backups";
-const ACCESS_KEY: &str = "zbase-test";
-const SECRET_KEY: &str = "s3cret-for-tests-only";
+pub(super) const BUCKET: &str = "backups";
+pub(super) const ACCESS_KEY: &str = "zbase-test";
+pub(super) const SECRET_KEY: &str = "s3cret-for-tests-only";
 
 /// An S3 server on loopback, and every request line it received.
-struct S3 {
+pub(super) struct S3 {
     addr: SocketAddr,
     root: tempfile::TempDir,
     requests: Arc<Mutex<Vec<String>>>,
@@ -31,7 +31,7 @@ impl Drop for S3 {
 }
 
 impl S3 {
-    async fn start() -> S3 {
+    pub(super) async fn start() -> S3 {
         use hyper_util::rt::{TokioExecutor, TokioIo};
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
@@ -72,12 +72,12 @@ impl S3 {
         }
     }
 
-    fn endpoint(&self) -> String {
+    pub(super) fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// The environment a backup Job would have: endpoint and credentials in `AWS_*`.
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(super) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ENDPOINT_URL", self.endpoint()),
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
@@ -109,7 +109,7 @@ impl S3 {
     }
 
     /// The backups (prefixes with a manifest) below `prefix`.
-    fn backups(&self, prefix: &str) -> Vec<String> {
+    pub(super) fn backups(&self, prefix: &str) -> Vec<String> {
         self.objects()
             .iter()
             .filter_map(|k| {

@@ -14,7 +14,7 @@ use zbase_operator::pki;
 use zbase_operator::reconcile::build::{self, CONFIG_KEY, SiteCredentials};
 use zbase_operator::reconcile::validate::{self, Defaults, References};
 use zbase_tests::client::{Conn, Tls};
-use zbase_tests::kubelet::{LocalPod, VolumeFiles};
+use zbase_tests::kubelet::{LocalPod, LocalVolume, VolumeFiles};
 use zbase_tests::station::station_bin;
 use zbase_tests::tls::{TestCa, tls_client_config};
 
@@ -51,11 +51,12 @@ async fn probe(addr: std::net::SocketAddr, path: &str, ca: Option<&str>) -> Opti
 }
 
 /// Starts the station of `bs` as its pod template says, with the site credentials the
-/// operator's own plan issues (returned, for the CA), `tls` as the `tls` volume, and `env`.
+/// operator's own plan issues (returned, for the CA), `volumes` beside the config and site
+/// credentials (`tls`, `data`), and `env`.
 async fn start(
     bs: &BaseStation,
     refs: &References,
-    tls: Option<VolumeFiles>,
+    volumes: BTreeMap<String, LocalVolume>,
     env: &[(&str, String)],
 ) -> (LocalPod, pki::Plan) {
     let station = validate::validate(
@@ -91,13 +92,9 @@ async fn start(
         .map(|(k, v)| (k, v.into_bytes()))
         .collect();
     assert!(config.contains_key(CONFIG_KEY));
-    let mut volumes = BTreeMap::from([
-        ("config".to_owned(), config),
-        ("site-tls".to_owned(), plan.leaf.clone()),
-    ]);
-    if let Some(files) = tls {
-        volumes.insert("tls".to_owned(), files);
-    }
+    let mut volumes = volumes;
+    volumes.insert("config".to_owned(), config.into());
+    volumes.insert("site-tls".to_owned(), plan.leaf.clone().into());
     let pod = LocalPod::start(
         &template,
         "station",
@@ -125,7 +122,7 @@ async fn wait_ready(pod: &mut LocalPod, ca: Option<&str>) {
 async fn the_rendered_pod_template_starts_the_real_station() {
     let mut plain = fixture("minimal");
     plain.spec.tls.plain_http = true;
-    let (mut pod, _) = start(&plain, &References::default(), None, &[]).await;
+    let (mut pod, _) = start(&plain, &References::default(), BTreeMap::new(), &[]).await;
     wait_ready(&mut pod, None).await;
     assert_eq!(probe(pod.port("public"), "/healthz", None).await, Some(200));
     Conn::ws(
@@ -157,7 +154,8 @@ async fn the_rendered_pod_template_serves_tls_from_the_mounted_secret() {
         .into(),
         ..Default::default()
     };
-    let (mut pod, _) = start(&fixture("sqlite-tls-secret"), &refs, Some(files), &[]).await;
+    let tls = BTreeMap::from([("tls".to_owned(), files.into())]);
+    let (mut pod, _) = start(&fixture("sqlite-tls-secret"), &refs, tls, &[]).await;
     wait_ready(&mut pod, Some(&ca.pem())).await;
     let conn = Conn::ws_tls(
         pod.port("public"),
@@ -200,6 +198,7 @@ async fn internal_first_read(
 async fn by_default_the_site_ca_secures_both_ports() {
     // The internal port exists with PostgreSQL, where pods share the store.
     let mut bs = fixture("postgres-three-pods");
+    bs.spec.backup = None;
     bs.spec.tls = TlsSpec {
         names: vec!["localhost".into()],
         ..Default::default()
@@ -209,7 +208,7 @@ async fn by_default_the_site_ca_secures_both_ports() {
         ..Default::default()
     };
     let url = zbase_tests::postgres::fresh_database().await;
-    let (mut pod, plan) = start(&bs, &refs, None, &[("ZBASE_STORE", url)]).await;
+    let (mut pod, plan) = start(&bs, &refs, BTreeMap::new(), &[("ZBASE_STORE", url)]).await;
     let text = |data: &pki::SecretData, key: &str| String::from_utf8(data[key].clone()).unwrap();
     let trust = text(&plan.leaf, pki::TLS_TRUST);
     wait_ready(&mut pod, Some(&trust)).await;
@@ -253,5 +252,203 @@ async fn by_default_the_site_ca_secures_both_ports() {
     assert!(
         read.is_err() || read.as_ref().is_ok_and(|n| *n == 0),
         "another CA: {read:?}"
+    );
+}
+
+/// The backup CronJob's pod template, as the operator builds it for `bs`.
+fn backup_template(
+    bs: &BaseStation,
+    refs: &References,
+) -> k8s_openapi::api::core::v1::PodTemplateSpec {
+    let station = validate::validate(
+        bs,
+        &Defaults {
+            station_image: "unused".into(),
+        },
+        refs,
+    )
+    .unwrap();
+    let plan = pki::plan(
+        &station.name,
+        &station.site_names,
+        None,
+        None,
+        &pki::Policy::default(),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let site = SiteCredentials {
+        ca: plan.ca,
+        leaf: plan.leaf,
+    };
+    let Ok(desired) = build::build(&station, &site) else {
+        panic!("{} does not build", station.name)
+    };
+    let cron = desired
+        .backup_cron_job
+        .expect("spec.backup gives a CronJob");
+    cron.spec.unwrap().job_template.spec.unwrap().template
+}
+
+/// Runs the backup Job's pod to its end, as the Job controller would once; fails with its log
+/// if it does not succeed.
+async fn run_backup_job(
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    volumes: &BTreeMap<String, LocalVolume>,
+    env: &[(&str, String)],
+) -> String {
+    let mut job = LocalPod::start(
+        template,
+        build::BACKUP_CONTAINER,
+        &station_bin(),
+        volumes,
+        "home-backup-29412345-x7k2p",
+        "zbase",
+        env,
+    );
+    let status = job.finished(Duration::from_secs(120)).await;
+    let log = job.stderr_log();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the backup Job's pod did not succeed ({status:?}):\n{log}"
+    );
+    log
+}
+
+#[tokio::test]
+async fn the_rendered_backup_job_backs_up_the_running_station_into_a_volume() {
+    let key = super::backup::key();
+    let (data, _) = super::backup::filled(300, &[]).await;
+    let (point, before) = super::backup::sqlite_contents(data.path()).await;
+    let mut bs = fixture("minimal");
+    bs.spec.tls.plain_http = true;
+    bs.spec.backup = fixture("sqlite-tls-secret").spec.backup;
+    let spec = bs.spec.backup.as_mut().unwrap();
+    spec.recipients = vec![key.recipient.clone()];
+    spec.keep_last = Some(2);
+
+    // The station's claim and the backup Job's mount of it are one folder, as pod 0's volume
+    // is on its node; the backup runs while the station serves from it.
+    let claim = || LocalVolume::Shared(data.path().to_owned());
+    let (mut station, _) = start(
+        &bs,
+        &References::default(),
+        BTreeMap::from([("data".to_owned(), claim())]),
+        &[],
+    )
+    .await;
+    wait_ready(&mut station, None).await;
+    let backups = tempfile::tempdir().unwrap();
+    let volumes = BTreeMap::from([
+        ("data".to_owned(), claim()),
+        (
+            "backups".to_owned(),
+            LocalVolume::Shared(backups.path().to_owned()),
+        ),
+    ]);
+    let template = backup_template(&bs, &References::default());
+    for _ in 0..3 {
+        run_backup_job(&template, &volumes, &[]).await;
+    }
+    assert!(
+        !station.exited(),
+        "the station runs on: {}",
+        station.stderr_log()
+    );
+
+    // Into the subPath the spec names; keepLast 2 of the three runs.
+    let folder = backups.path().join("zbase/home");
+    let mut taken: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    taken.sort();
+    assert_eq!(taken.len(), 2, "keepLast 2: {taken:?}");
+    let restored = tempfile::tempdir().unwrap();
+    let target = restored.path().join("data");
+    let (ok, out) = super::backup::restore(
+        taken.last().unwrap(),
+        &key,
+        &["--data-dir", target.to_str().unwrap()],
+        &[],
+    );
+    assert!(ok, "restore failed: {out}");
+    assert_eq!(
+        super::backup::sqlite_contents(&target).await,
+        (point, before),
+        "the backup holds what the station stored"
+    );
+}
+
+// Two workers: the restore below blocks one, and the S3 server runs on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_backup_job_writes_to_s3_with_the_mounted_credentials() {
+    use super::backup_s3::{ACCESS_KEY, BUCKET, S3, SECRET_KEY};
+    let s3 = S3::start().await;
+    let key = super::backup::key();
+    let (data, _) = super::backup::filled(120, &[]).await;
+    let (point, before) = super::backup::sqlite_contents(data.path()).await;
+    let mut bs = fixture("minimal");
+    bs.spec.tls.plain_http = true;
+    bs.spec.backup = fixture("postgres-three-pods").spec.backup;
+    let spec = bs.spec.backup.as_mut().unwrap();
+    spec.recipients = vec![key.recipient.clone()];
+    let dest = spec.s3.as_mut().unwrap();
+    dest.url = format!("s3://{BUCKET}/sites/home");
+    dest.endpoint = Some(s3.endpoint());
+    dest.ca = None;
+    let refs = References {
+        secrets: [(
+            dest.credentials_secret.clone(),
+            vec!["access-key-id".to_owned(), "secret-access-key".to_owned()],
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let template = backup_template(&bs, &refs);
+    // The Secret's keys, as the kubelet mounts them.
+    let credentials: VolumeFiles = BTreeMap::from([
+        ("access-key-id".to_owned(), ACCESS_KEY.as_bytes().to_vec()),
+        (
+            "secret-access-key".to_owned(),
+            SECRET_KEY.as_bytes().to_vec(),
+        ),
+    ]);
+    let volumes = BTreeMap::from([
+        (
+            "data".to_owned(),
+            LocalVolume::Shared(data.path().to_owned()),
+        ),
+        ("s3-credentials".to_owned(), credentials.into()),
+    ]);
+    run_backup_job(&template, &volumes, &[]).await;
+    let taken = s3.backups("sites/home");
+    assert_eq!(
+        taken.len(),
+        1,
+        "one backup under the url's prefix: {taken:?}"
+    );
+
+    let restored = tempfile::tempdir().unwrap();
+    let target = restored.path().join("data");
+    let from = format!("s3://{BUCKET}/sites/home/{}", taken[0]);
+    let env: Vec<(&str, String)> = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (ok, out) = super::backup::station_env(
+        &[
+            "restore",
+            "--from",
+            &from,
+            "--identity",
+            key.identity.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert!(ok, "restore failed: {out}");
+    assert_eq!(
+        super::backup::sqlite_contents(&target).await,
+        (point, before)
     );
 }

@@ -1,12 +1,14 @@
 //! The real `zbase-operator` binary reconciling against the stand-in API server
 //! (`zbase_tests::apiserver`): create, update, scale, an invalid spec, pause, an owned object
-//! deleted by hand, a configuration change, status and Events, leader election, and the
-//! chart's own Deployment command.
+//! deleted by hand, a configuration change, scheduled backups and their status, status and
+//! Events, leader election, and the chart's own Deployment command.
 //!
 //! Nothing runs pods here, so the tests play the kubelet and StatefulSet controller: they
-//! write the StatefulSet's status to say how many pods are ready.
+//! write the StatefulSet's status to say how many pods are ready, and the CronJob's status to
+//! say when a backup ran.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -337,6 +339,102 @@ async fn a_new_station_gets_every_object_then_ready_status_and_events() {
         Some(0.0),
         "a successful reconcile is not counted as failed"
     );
+}
+
+/// Plays the CronJob controller: when the last run was scheduled, and when one last succeeded.
+async fn backup_ran(client: &Client, scheduled: &str, succeeded: Option<&str>) {
+    Api::<CronJob>::namespaced(client.clone(), NS)
+        .patch_status(
+            "home-backup",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {
+                "lastScheduleTime": scheduled, "lastSuccessfulTime": succeeded, "active": null
+            }})),
+        )
+        .await
+        .unwrap();
+}
+
+const BACKED_UP: &str = r#"apiVersion: zbase.dev/v1alpha1
+kind: BaseStation
+metadata: {name: home, namespace: zbase}
+spec:
+  backup:
+    schedule: "0 3 * * *"
+    recipients: [age1ettwec0qlwg8jtczntrxd0zxvfhgat2k8wyrs8arz7m6qd5xtueqt5z2rq]
+    volume: {claimName: backups}
+    keepLast: 7
+"#;
+
+#[tokio::test]
+async fn a_backup_schedule_gets_a_cron_job_whose_runs_the_status_reports() {
+    let (api, client) = cluster().await;
+    let op = Operator::start(&api, "op-a");
+    let bs = create(&client, BACKED_UP).await;
+    let cron = eventually(&op, "the backup CronJob exists", || async {
+        Api::<CronJob>::namespaced(client.clone(), NS)
+            .get_opt("home-backup")
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(cron.owner_references()[0].uid, bs.uid().unwrap());
+    assert_eq!(cron.spec.as_ref().unwrap().schedule, "0 3 * * *");
+    let (ok, reason, _) = eventually(&op, "no backup yet", || async {
+        condition(&station(&client, "home").await, "Backup")
+    })
+    .await;
+    assert_eq!((ok.as_str(), reason.as_str()), ("False", "NoBackupYet"));
+
+    backup_ran(
+        &client,
+        "2026-12-01T03:00:00Z",
+        Some("2026-12-01T03:02:30Z"),
+    )
+    .await;
+    let bs = eventually(&op, "the run is reported", || async {
+        let bs = station(&client, "home").await;
+        (condition(&bs, "Backup")?.1 == "BackupSucceeded").then_some(bs)
+    })
+    .await;
+    assert_eq!(
+        bs.status.unwrap().last_backup.as_deref(),
+        Some("2026-12-01T03:02:30Z")
+    );
+
+    backup_ran(
+        &client,
+        "2026-12-02T03:00:00Z",
+        Some("2026-12-01T03:02:30Z"),
+    )
+    .await;
+    let (ok, _, message) = eventually(&op, "a failed run turns Backup False", || async {
+        let c = condition(&station(&client, "home").await, "Backup")?;
+        (c.1 == "BackupFailed").then_some(c)
+    })
+    .await;
+    assert_eq!(ok, "False");
+    assert!(message.contains("2026-12-02T03:00:00Z"), "{message}");
+    eventually(&op, "a Warning event says so", || async {
+        events(&client)
+            .await
+            .contains(&("Warning".into(), "BackupFailed".into()))
+            .then_some(())
+    })
+    .await;
+
+    // Without spec.backup the CronJob goes (the backups stay where they are).
+    patch_spec(&client, "home", json!({"backup": null})).await;
+    eventually(&op, "the CronJob is pruned", || async {
+        (!exists::<CronJob>(&client, "home-backup").await).then_some(())
+    })
+    .await;
+    eventually(&op, "the Backup condition goes with it", || async {
+        condition(&station(&client, "home").await, "Backup")
+            .is_none()
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

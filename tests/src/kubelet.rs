@@ -15,10 +15,24 @@ use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 /// Files to put in a volume: file name to contents.
 pub type VolumeFiles = BTreeMap<String, Vec<u8>>;
+
+/// What a volume of a local pod holds.
+pub enum LocalVolume {
+    /// These files, written into the pod's own root (a Secret, a ConfigMap).
+    Files(VolumeFiles),
+    /// This host folder, shared with whoever else mounts it (one claim, two pods).
+    Shared(PathBuf),
+}
+
+impl From<VolumeFiles> for LocalVolume {
+    fn from(files: VolumeFiles) -> Self {
+        LocalVolume::Files(files)
+    }
+}
 
 /// A container of a pod template running as a local process; killed on drop.
 pub struct LocalPod {
@@ -29,13 +43,14 @@ pub struct LocalPod {
 
 impl LocalPod {
     /// Starts container `container` of `template` from `binary`, with `volumes` (volume name
-    /// to files) mounted where the container's volumeMounts say, and `extra_env` set (over
-    /// the template's variables of the same name, which are then not resolved).
+    /// to files or a shared folder) mounted where the container's volumeMounts say, and
+    /// `extra_env` set (over the template's variables of the same name, which are then not
+    /// resolved).
     pub fn start(
         template: &PodTemplateSpec,
         container: &str,
         binary: &Path,
-        volumes: &BTreeMap<String, VolumeFiles>,
+        volumes: &BTreeMap<String, LocalVolume>,
         pod_name: &str,
         namespace: &str,
         extra_env: &[(&str, String)],
@@ -69,22 +84,46 @@ impl LocalPod {
             .flatten()
             .map(|m| (m.name.clone(), m.mount_path.clone()))
             .collect();
-        for (_, path) in &mounts {
-            rewrites.push((
-                path.clone(),
-                host_path(root.path(), path).display().to_string(),
-            ));
+        let mounted = |volume: &str, path: &str| match volumes.get(volume) {
+            Some(LocalVolume::Shared(dir)) => dir.clone(),
+            _ => host_path(root.path(), path),
+        };
+        for (volume, path) in &mounts {
+            rewrites.push((path.clone(), mounted(volume, path).display().to_string()));
         }
+        // Longest first, so a mount inside another's path is rewritten as itself.
+        rewrites.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
+        // One pass, longest match first: a host path that was put in is never rewritten again
+        // (the pod's root is itself under /tmp, which may be a mount path).
         let rewrite = |text: &str| {
-            rewrites
-                .iter()
-                .fold(text.to_owned(), |acc, (from, to)| acc.replace(from, to))
+            let mut out = String::with_capacity(text.len());
+            let mut rest = text;
+            while let Some(c) = rest.chars().next() {
+                match rewrites
+                    .iter()
+                    .find(|(from, _)| rest.starts_with(from.as_str()))
+                {
+                    Some((from, to)) => {
+                        out.push_str(to);
+                        rest = &rest[from.len()..];
+                    }
+                    None => {
+                        out.push(c);
+                        rest = &rest[c.len_utf8()..];
+                    }
+                }
+            }
+            out
         };
 
         for (volume, path) in &mounts {
-            let dir = host_path(root.path(), path);
+            let dir = mounted(volume, path);
             std::fs::create_dir_all(&dir).expect("mount dir");
-            for (file, contents) in volumes.get(volume).into_iter().flatten() {
+            let files = match volumes.get(volume) {
+                Some(LocalVolume::Files(files)) => Some(files),
+                _ => None,
+            };
+            for (file, contents) in files.into_iter().flatten() {
                 let contents = match std::str::from_utf8(contents) {
                     Ok(text) => rewrite(text).into_bytes(),
                     Err(_) => contents.clone(),
@@ -154,6 +193,24 @@ impl LocalPod {
     /// Whether the process has exited.
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits for the process to end, as a Job's pod does; `None` if it still runs after
+    /// `limit` (it is then killed on drop).
+    pub async fn finished(&mut self, limit: std::time::Duration) -> Option<ExitStatus> {
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// Where the container's `path`, in a volume of the pod's own, is on this host.
+    pub fn host_path(&self, path: &str) -> PathBuf {
+        host_path(self.root.path(), path)
     }
 }
 

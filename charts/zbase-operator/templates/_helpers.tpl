@@ -113,7 +113,8 @@ rule says why the operator needs it.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Scheduled jobs such as backups: server-side applied and pruned.
+# Scheduled backups (spec.backup): the CronJob is applied and pruned, and watched for its last
+# successful run, which the Backup condition reports.
 - apiGroups: ["batch"]
   resources: ["cronjobs"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]

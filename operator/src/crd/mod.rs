@@ -52,6 +52,12 @@ pub const GROUP: &str = "zbase.dev";
         priority = 1
     ),
     printcolumn(
+        name = "Last-Backup",
+        type_ = "date",
+        json_path = ".status.lastBackup",
+        priority = 1
+    ),
+    printcolumn(
         name = "Reason",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
@@ -140,6 +146,94 @@ pub struct BaseStationSpec {
     /// only from this station's pods. [default: true]
     #[serde(default = "default_true")]
     pub network_policy: bool,
+
+    /// Scheduled encrypted backups (a CronJob running `zbase-station backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+}
+
+/// Scheduled encrypted backups: what, when, to whom, where, and how many to keep. See
+/// `docs/BACKUP.md`; the cluster holds only the age recipients (public keys).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.volume) != has(self.s3)").message("spec.backup needs exactly one destination: volume or s3"))]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// When to take a backup, in cron syntax (`0 3 * * *`: daily at 03:00).
+    #[schemars(length(min = 1, max = 100))]
+    pub schedule: String,
+    /// The IANA time zone of the schedule (`Europe/Berlin`). [default: the controller's, UTC
+    /// on k3s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Stop taking scheduled backups; the CronJob and every backup are kept.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub suspend: bool,
+    /// age recipients (`age1...`, from `age-keygen -y`) the backups are encrypted to; any one
+    /// of their private keys opens a backup.
+    #[schemars(length(min = 1, max = 32))]
+    pub recipients: Vec<String>,
+    /// A PersistentVolumeClaim in this namespace to write backups into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<BackupVolume>,
+    /// S3-compatible object storage to write backups into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+    /// Keep the newest this many backups (and any that keepWithin keeps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep_last: Option<u32>,
+    /// Keep every backup younger than this (`30d`, `12h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_within: Option<String>,
+}
+
+/// A PersistentVolumeClaim that holds backups.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupVolume {
+    /// The claim's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+    /// A folder in the volume. [default: the volume's root]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+}
+
+/// S3-compatible object storage (MinIO, Garage, SeaweedFS, Ceph RGW, AWS).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    /// `s3://bucket/prefix`.
+    #[x_kube(validation = Rule::new("self.startsWith('s3://') && size(self) > 5").message("s3.url is s3://bucket/prefix"))]
+    pub url: String,
+    /// The server's URL (`https://s3.example.org:9000`). [default: AWS]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The region requests are signed for. [default: us-east-1]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// A Secret in this namespace with keys `access-key-id` and `secret-access-key`.
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: String,
+    /// A Secret key holding PEM CA certificates to trust for the server (a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<CaKeyRef>,
+}
+
+/// One key of a Secret holding PEM certificates.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CaKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key holding the certificates. [default: ca.crt]
+    #[serde(default = "default_ca_key")]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
 }
 
 /// Where resources are stored.

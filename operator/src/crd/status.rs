@@ -11,7 +11,7 @@ pub struct BaseStationStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Progressing, Degraded, and one per concern (Store, TLS, Paused).
+    /// Ready, Progressing, Degraded, and one per concern (Store, TLS, Paused, Backup).
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Pods the StatefulSet has.
@@ -26,6 +26,9 @@ pub struct BaseStationStatus {
     /// When the public certificate expires (RFC 3339), read from its Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_expiry: Option<String>,
+    /// When the last scheduled backup succeeded (RFC 3339), from the backup CronJob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<String>,
     /// Hash of the rendered station configuration the pods run with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
@@ -46,6 +49,8 @@ pub enum ConditionType {
     Tls,
     /// Reconciliation is paused by `spec.paused`.
     Paused,
+    /// Scheduled backups succeed (only with `spec.backup`).
+    Backup,
 }
 
 impl ConditionType {
@@ -58,6 +63,7 @@ impl ConditionType {
             ConditionType::Store => "Store",
             ConditionType::Tls => "TLS",
             ConditionType::Paused => "Paused",
+            ConditionType::Backup => "Backup",
         }
     }
 }

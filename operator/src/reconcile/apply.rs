@@ -12,6 +12,7 @@ use super::build::{Desired, MANAGER, prune_selector};
 use super::validate::Station;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -43,6 +44,8 @@ pub struct Applied {
     pub stateful_set: StatefulSet,
     /// The public Service after apply.
     pub service: Service,
+    /// The backup CronJob after apply (its status tells the last successful backup).
+    pub backup_cron_job: Option<CronJob>,
     /// Objects deleted by pruning, as `Kind/name`.
     pub pruned: Vec<String>,
 }
@@ -65,6 +68,7 @@ pub async fn apply(
         pod_disruption_budget,
         network_policy,
         certificate,
+        backup_cron_job,
         config_hash: _,
     } = desired;
     let ns = &station.namespace;
@@ -97,6 +101,10 @@ pub async fn apply(
     if let Some(policy) = network_policy {
         apply_one(client, ns, policy).await?;
     }
+    let backup_cron_job = match backup_cron_job {
+        Some(cron_job) => Some(apply_one(client, ns, cron_job).await?),
+        None => None,
+    };
 
     let mut pruned = Vec::new();
     prune::<ServiceAccount>(client, station, &[service_account.name_any()], &mut pruned).await?;
@@ -130,9 +138,12 @@ pub async fn apply(
     let keep: Vec<String> = network_policy.iter().map(|p| p.name_any()).collect();
     prune::<NetworkPolicy>(client, station, &keep, &mut pruned).await?;
     prune_certificates(client, station, certificate.as_ref(), &mut pruned).await?;
+    let keep: Vec<String> = backup_cron_job.iter().map(|c| c.name_any()).collect();
+    prune::<CronJob>(client, station, &keep, &mut pruned).await?;
     Ok(Applied {
         stateful_set,
         service,
+        backup_cron_job,
         pruned,
     })
 }

@@ -13,6 +13,7 @@ use crate::pki;
 use crate::telemetry::Metrics;
 use build::{Desired, MANAGER, SiteCredentials};
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{
@@ -143,6 +144,7 @@ async fn reconcile_once(bs: &BaseStation, ctx: &Context) -> Result<Action, Error
                 observe(client, &ns, &bs.name_any(), station.tls.secret_name()).await;
             observed.stateful_set = Some(applied.stateful_set);
             observed.service = Some(applied.service);
+            observed.backup_cron_job = applied.backup_cron_job;
             observed.config_hash = Some(desired.config_hash.clone());
             if station.tls == Tls::Site {
                 observed.certificate_expiry = timestamp(plan.leaf_not_after);
@@ -237,9 +239,16 @@ async fn read_references(client: &Client, bs: &BaseStation) -> Result<References
 async fn observe(client: &Client, ns: &str, name: &str, tls_secret: Option<&str>) -> Observed {
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
     let svc: Api<Service> = Api::namespaced(client.clone(), ns);
+    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), ns);
     let mut observed = Observed {
         stateful_set: sts.get_opt(name).await.ok().flatten(),
         service: svc.get_opt(name).await.ok().flatten(),
+        // Read even when nothing is applied, so an invalid spec does not hide the last backup.
+        backup_cron_job: cron_jobs
+            .get_opt(&build::backup_name(name))
+            .await
+            .ok()
+            .flatten(),
         ..Default::default()
     };
     if let Some(secret) = tls_secret {

@@ -6,9 +6,11 @@ use super::validate::{Station, Tls};
 use crate::crd::{BaseStation, BaseStationStatus, ConditionType};
 use crate::pki;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt as _;
 
 /// A certificate expiring within this long makes the TLS condition False.
 pub const EXPIRY_WARNING: SignedDuration = SignedDuration::from_hours(7 * 24);
@@ -42,6 +44,8 @@ pub struct Observed {
     /// How close to its expiry the certificate may come before the TLS condition turns
     /// False; [`EXPIRY_WARNING`] when `None`.
     pub expiry_warning: Option<SignedDuration>,
+    /// The backup CronJob as it is now, with spec.backup.
+    pub backup_cron_job: Option<CronJob>,
 }
 
 /// The new status of `bs`.
@@ -198,6 +202,18 @@ pub fn status(
     };
     set(ConditionType::Ready, ready_ok, ready_reason, ready_message);
 
+    let last_backup = observed
+        .backup_cron_job
+        .as_ref()
+        .and_then(|c| c.status.as_ref())
+        .and_then(|s| s.last_successful_time.as_ref())
+        .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+    if let Some(spec) = &bs.spec.backup {
+        let (ok, reason, message) =
+            backup_condition(&bs.name_any(), spec, observed.backup_cron_job.as_ref());
+        set(ConditionType::Backup, ok, reason, message);
+    }
+
     BaseStationStatus {
         observed_generation: generation,
         conditions,
@@ -209,7 +225,70 @@ pub fn status(
         certificate_expiry: observed
             .certificate_expiry
             .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        last_backup: last_backup.or(old.last_backup),
         config_hash: observed.config_hash.clone().or(old.config_hash),
+    }
+}
+
+/// The Backup condition from the CronJob's status: True once a run succeeded and none has
+/// failed since; False when the latest run did not succeed (or none has yet).
+fn backup_condition(
+    station: &str,
+    spec: &crate::crd::BackupSpec,
+    cron_job: Option<&CronJob>,
+) -> (bool, &'static str, String) {
+    let status = cron_job.and_then(|c| c.status.as_ref());
+    let scheduled = status
+        .and_then(|s| s.last_schedule_time.as_ref())
+        .map(|t| t.0);
+    let succeeded = status
+        .and_then(|s| s.last_successful_time.as_ref())
+        .map(|t| t.0);
+    let running = status
+        .and_then(|s| s.active.as_ref())
+        .is_some_and(|a| !a.is_empty());
+    let when = |t: Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let logs = format!(
+        "see `kubectl logs -l app.kubernetes.io/name=zbase-backup,app.kubernetes.io/instance={station}`"
+    );
+    match (scheduled, succeeded) {
+        (Some(s), Some(ok)) if s > ok && !running => (
+            false,
+            "BackupFailed",
+            format!(
+                "the backup started at {} did not succeed (the last success was at {}): {logs}",
+                when(s),
+                when(ok)
+            ),
+        ),
+        (_, Some(ok)) => (
+            true,
+            "BackupSucceeded",
+            format!("the last backup succeeded at {}", when(ok)),
+        ),
+        (Some(s), None) if running => (
+            false,
+            "FirstBackupRunning",
+            format!("the first backup started at {} and is running", when(s)),
+        ),
+        (Some(s), None) => (
+            false,
+            "BackupFailed",
+            format!(
+                "the backup started at {} did not succeed, and none has yet: {logs}",
+                when(s)
+            ),
+        ),
+        (None, None) if spec.suspend => (
+            false,
+            "Suspended",
+            "backup.suspend is true and no backup has been taken".into(),
+        ),
+        (None, None) => (
+            false,
+            "NoBackupYet",
+            format!("no backup has run yet; the schedule is '{}'", spec.schedule),
+        ),
     }
 }
 
@@ -377,6 +456,7 @@ pub fn events(
         ConditionType::Ready,
         ConditionType::Paused,
         ConditionType::Tls,
+        ConditionType::Backup,
     ] {
         let Some(now) = find(new, kind) else { continue };
         let before = old.and_then(|o| find(o, kind));
@@ -385,16 +465,92 @@ pub fn events(
         let news = match kind {
             ConditionType::Degraded | ConditionType::Paused => now.status == "True",
             ConditionType::Ready => before.is_some() || now.status == "True",
+            // No backup yet is how every station starts, not news; a failed one is.
+            ConditionType::Backup => now.reason == "BackupFailed",
             _ => now.status == "False",
         };
         if changed && (news || before.is_some()) {
             let warning = match kind {
                 ConditionType::Degraded => now.status == "True",
                 ConditionType::Tls => now.status == "False",
+                ConditionType::Backup => now.reason == "BackupFailed",
                 _ => false,
             };
             out.push((warning, now.reason.clone(), now.message.clone()));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::crd::BackupSpec;
+    use k8s_openapi::api::batch::v1::{CronJobSpec, CronJobStatus};
+    use k8s_openapi::api::core::v1::ObjectReference;
+
+    fn at(text: &str) -> Option<Time> {
+        Some(Time(text.parse().unwrap()))
+    }
+
+    fn cron(scheduled: Option<&str>, succeeded: Option<&str>, running: bool) -> CronJob {
+        CronJob {
+            spec: Some(CronJobSpec::default()),
+            status: Some(CronJobStatus {
+                last_schedule_time: scheduled.and_then(at),
+                last_successful_time: succeeded.and_then(at),
+                active: running.then(|| vec![ObjectReference::default()]),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn spec() -> BackupSpec {
+        BackupSpec {
+            schedule: "0 3 * * *".into(),
+            ..Default::default()
+        }
+    }
+
+    fn reason(cron_job: Option<&CronJob>, spec: &BackupSpec) -> (bool, &'static str) {
+        let (ok, reason, _) = backup_condition("home", spec, cron_job);
+        (ok, reason)
+    }
+
+    #[test]
+    fn the_backup_condition_follows_the_cron_jobs_runs() {
+        let day1 = "2026-12-01T03:00:00Z";
+        let done1 = "2026-12-01T03:04:10Z";
+        let day2 = "2026-12-02T03:00:00Z";
+        assert_eq!(reason(None, &spec()), (false, "NoBackupYet"));
+        let suspended = BackupSpec {
+            suspend: true,
+            ..spec()
+        };
+        assert_eq!(reason(None, &suspended), (false, "Suspended"));
+        let first = cron(Some(day1), None, true);
+        assert_eq!(reason(Some(&first), &spec()), (false, "FirstBackupRunning"));
+        let failed_first = cron(Some(day1), None, false);
+        assert_eq!(
+            reason(Some(&failed_first), &spec()),
+            (false, "BackupFailed")
+        );
+        let good = cron(Some(day1), Some(done1), false);
+        assert_eq!(reason(Some(&good), &spec()), (true, "BackupSucceeded"));
+        // The next run is still going: the last one stands.
+        let running = cron(Some(day2), Some(done1), true);
+        assert_eq!(reason(Some(&running), &spec()), (true, "BackupSucceeded"));
+        let failed = cron(Some(day2), Some(done1), false);
+        let (ok, why, message) = backup_condition("home", &spec(), Some(&failed));
+        assert_eq!((ok, why), (false, "BackupFailed"));
+        assert!(
+            message.contains(day2) && message.contains(done1),
+            "{message}"
+        );
+        assert!(
+            message.contains("app.kubernetes.io/instance=home"),
+            "{message}"
+        );
+    }
 }

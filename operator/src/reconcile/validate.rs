@@ -83,6 +83,41 @@ pub struct Station {
     pub pod_overrides: Option<serde_json::Value>,
     /// Whether to create the NetworkPolicy.
     pub network_policy: bool,
+    /// Scheduled backups, when the spec asks for them.
+    pub backup: Option<Backup>,
+}
+
+/// Scheduled backups, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backup {
+    /// Cron schedule.
+    pub schedule: String,
+    /// IANA time zone of the schedule.
+    pub time_zone: Option<String>,
+    /// Whether scheduling is suspended.
+    pub suspend: bool,
+    /// age recipients, each parsed.
+    pub recipients: Vec<String>,
+    /// Where backups go.
+    pub destination: BackupDestination,
+    /// Keep the newest this many.
+    pub keep_last: Option<u32>,
+    /// Keep those younger than this (a humantime duration, checked).
+    pub keep_within: Option<String>,
+}
+
+/// Where backups go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackupDestination {
+    /// A PersistentVolumeClaim, and a folder in it.
+    Volume {
+        /// The claim.
+        claim: String,
+        /// The folder, relative.
+        sub_path: Option<String>,
+    },
+    /// S3-compatible storage.
+    S3(crate::crd::S3Destination),
 }
 
 /// Where resources are stored.
@@ -395,6 +430,11 @@ pub fn validate(
         problems.push("podOverrides must be an object (a partial pod template)".into());
     }
 
+    let backup = spec
+        .backup
+        .as_ref()
+        .map(|backup| validate_backup(backup, refs, &mut problems));
+
     if !problems.is_empty() {
         return Err(Invalid { problems });
     }
@@ -423,7 +463,120 @@ pub fn validate(
         pod_annotations: spec.pod_annotations.clone(),
         pod_overrides: spec.pod_overrides.clone(),
         network_policy: spec.network_policy,
+        backup,
     })
+}
+
+/// Checks `spec.backup`, adding what is wrong to `problems`.
+fn validate_backup(
+    spec: &crate::crd::BackupSpec,
+    refs: &References,
+    problems: &mut Vec<String>,
+) -> Backup {
+    let schedule = spec.schedule.trim();
+    let macros = [
+        "@yearly",
+        "@annually",
+        "@monthly",
+        "@weekly",
+        "@daily",
+        "@midnight",
+        "@hourly",
+    ];
+    if !(macros.contains(&schedule) || schedule.split_whitespace().count() == 5) {
+        problems.push(format!(
+            "backup.schedule '{schedule}' is not a cron schedule: write five fields (minute hour \
+             day-of-month month day-of-week, e.g. '0 3 * * *') or @daily"
+        ));
+    }
+    if spec.recipients.is_empty() {
+        problems.push(
+            "backup.recipients is empty: give at least one age recipient (age-keygen -y key.txt)"
+                .into(),
+        );
+    }
+    for (i, recipient) in spec.recipients.iter().enumerate() {
+        if let Err(e) = zbase_basestation::backup::recipients(std::slice::from_ref(recipient)) {
+            problems.push(format!("backup.recipients[{i}]: {e}"));
+        }
+    }
+    if let Some(within) = &spec.keep_within
+        && let Err(e) = humantime::parse_duration(within)
+    {
+        problems.push(format!(
+            "backup.keepWithin '{within}' is not a duration ({e}): write e.g. 30d or 12h"
+        ));
+    }
+    if spec.keep_last == Some(0) {
+        problems.push("backup.keepLast is 0: keep at least 1, or leave it out".into());
+    }
+    let destination = match (&spec.volume, &spec.s3) {
+        (Some(volume), None) => {
+            if let Some(sub) = &volume.sub_path
+                && (sub.starts_with('/') || sub.split('/').any(|part| part == ".."))
+            {
+                problems.push(format!(
+                    "backup.volume.subPath '{sub}' must be a relative path inside the volume"
+                ));
+            }
+            BackupDestination::Volume {
+                claim: volume.claim_name.clone(),
+                sub_path: volume.sub_path.clone(),
+            }
+        }
+        (None, Some(s3)) => {
+            if let Err(e) = zbase_basestation::backup::bucket::Bucket::open(
+                &s3.url,
+                &zbase_basestation::backup::S3Settings {
+                    endpoint: s3.endpoint.clone(),
+                    region: s3.region.clone(),
+                    ..Default::default()
+                },
+            ) {
+                problems.push(format!("backup.s3.url: {e}"));
+            }
+            if let Some(endpoint) = &s3.endpoint
+                && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
+            {
+                problems.push(format!(
+                    "backup.s3.endpoint '{endpoint}' is not an http(s):// URL"
+                ));
+            }
+            for key in ["access-key-id", "secret-access-key"] {
+                check_secret_key(
+                    refs,
+                    &s3.credentials_secret,
+                    key,
+                    "backup.s3.credentialsSecret",
+                    problems,
+                );
+            }
+            if let Some(ca) = &s3.ca {
+                check_secret_key(refs, &ca.name, &ca.key, "backup.s3.ca", problems);
+            }
+            BackupDestination::S3(s3.clone())
+        }
+        _ => {
+            problems.push("backup needs exactly one destination: volume or s3".into());
+            BackupDestination::Volume {
+                claim: String::new(),
+                sub_path: None,
+            }
+        }
+    };
+    Backup {
+        schedule: schedule.to_owned(),
+        time_zone: spec.time_zone.clone(),
+        suspend: spec.suspend,
+        recipients: spec
+            .recipients
+            .iter()
+            .map(|r| r.trim().to_owned())
+            .collect(),
+        destination,
+        keep_last: spec.keep_last,
+        keep_within: spec.keep_within.clone(),
+    }
 }
 
 /// The site certificate's names: those the spec gives first (the first is the common name),
@@ -467,6 +620,10 @@ pub fn referenced_secrets(bs: &BaseStation) -> Vec<String> {
     }
     if let Some(secret) = &bs.spec.tls.secret_name {
         names.push(secret.clone());
+    }
+    if let Some(s3) = bs.spec.backup.as_ref().and_then(|b| b.s3.as_ref()) {
+        names.push(s3.credentials_secret.clone());
+        names.extend(s3.ca.as_ref().map(|ca| ca.name.clone()));
     }
     names
 }

@@ -5,6 +5,8 @@
 //! reference to the BaseStation, so Kubernetes deletes them with it, and volumes are kept or
 //! deleted by the StatefulSet's own claim retention policy: no finalizer is needed.
 
+mod backup;
+pub use backup::{BACKUP_CONTAINER, backup_name};
 mod certificate;
 pub use certificate::certificate_resource;
 mod config;
@@ -21,6 +23,7 @@ pub use services::public_port;
 
 use super::validate::Station;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -65,6 +68,8 @@ pub struct Desired {
     pub network_policy: Option<NetworkPolicy>,
     /// The cert-manager Certificate, in that TLS mode.
     pub certificate: Option<DynamicObject>,
+    /// The scheduled backups, when the spec asks for them.
+    pub backup_cron_job: Option<CronJob>,
     /// The rendered configuration's hash, also on the pod template.
     pub config_hash: String,
 }
@@ -101,6 +106,10 @@ pub fn build(station: &Station, site: &SiteCredentials) -> Result<Desired, Build
             .network_policy
             .then(|| policy::network_policy(station)),
         certificate: certificate::certificate(station),
+        backup_cron_job: station
+            .backup
+            .as_ref()
+            .map(|b| backup::cron_job(station, b)),
         config_hash,
     })
 }

@@ -202,20 +202,7 @@ fn pod_template(station: &Station, config_hash: &str) -> Result<PodTemplateSpec,
             ..Default::default()
         },
     ];
-    if let Store::Postgres { secret, key } = &station.store {
-        env.push(EnvVar {
-            name: "ZBASE_STORE".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.clone(),
-                    key: key.clone(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-    }
+    env.extend(store_env(station));
 
     let container = Container {
         name: CONTAINER.into(),
@@ -240,16 +227,7 @@ fn pod_template(station: &Station, config_hash: &str) -> Result<PodTemplateSpec,
         readiness_probe: Some(probe("/readyz", 5, 2)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         resources: station.resources.clone(),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(container_security()),
         volume_mounts: Some(mounts),
         ..Default::default()
     };
@@ -264,26 +242,10 @@ fn pod_template(station: &Station, config_hash: &str) -> Result<PodTemplateSpec,
         termination_grace_period_seconds: Some(
             i64::try_from(station.shutdown_grace.as_secs()).unwrap_or(i64::MAX / 2) + 5,
         ),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(USER),
-            run_as_group: Some(USER),
-            fs_group: Some(USER),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(pod_security()),
         containers: vec![container],
         volumes: Some(volumes),
-        image_pull_secrets: (!station.image_pull_secrets.is_empty()).then(|| {
-            station
-                .image_pull_secrets
-                .iter()
-                .map(|name| LocalObjectReference { name: name.clone() })
-                .collect()
-        }),
+        image_pull_secrets: pull_secrets(station),
         node_selector: (!scheduling.node_selector.is_empty())
             .then(|| scheduling.node_selector.clone()),
         tolerations: (!scheduling.tolerations.is_empty()).then(|| scheduling.tolerations.clone()),
@@ -323,6 +285,66 @@ fn pod_template(station: &Station, config_hash: &str) -> Result<PodTemplateSpec,
             Ok(merged)
         }
     }
+}
+
+/// The `ZBASE_STORE` variable of a PostgreSQL store, from its Secret (never in a ConfigMap).
+pub(super) fn store_env(station: &Station) -> Option<EnvVar> {
+    let Store::Postgres { secret, key } = &station.store else {
+        return None;
+    };
+    Some(EnvVar {
+        name: "ZBASE_STORE".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.clone(),
+                key: key.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Restricted pod security for every container the operator runs: no privilege, nothing
+/// writable but volumes, no capabilities.
+pub(super) fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The pod-level half of [`container_security`]: the non-root user, and seccomp.
+pub(super) fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(USER),
+        run_as_group: Some(USER),
+        fs_group: Some(USER),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The image pull Secrets, as the pod spec wants them.
+pub(super) fn pull_secrets(station: &Station) -> Option<Vec<LocalObjectReference>> {
+    (!station.image_pull_secrets.is_empty()).then(|| {
+        station
+            .image_pull_secrets
+            .iter()
+            .map(|name| LocalObjectReference { name: name.clone() })
+            .collect()
+    })
 }
 
 /// Prefer one pod per node, without refusing to schedule on a one-node k3s.

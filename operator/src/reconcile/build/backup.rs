@@ -1,0 +1,259 @@
+//! The backup CronJob: `zbase-station backup` on the spec's schedule, into a volume or an
+//! S3 bucket, encrypted to the spec's age recipients (the cluster holds no private key).
+//!
+//! The Job reads the store as the station does: PostgreSQL through the same Secret, SQLite
+//! from pod 0's volume, opened read-only beside the running station. A ReadWriteOnce volume
+//! is attached to one node, so the Job must run on pod 0's node: required pod affinity while
+//! the station runs (a stopped station's volume is free, and its topology places the Job).
+
+use super::config::DATA_DIR;
+use super::statefulset::{container_security, pod_security, pull_secrets, store_env};
+use super::{INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, metadata};
+use crate::reconcile::validate::{Backup, BackupDestination, Station, Store};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, EmptyDirVolumeSource, EnvVar, KeyToPath,
+    PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm, PodSpec, PodTemplateSpec,
+    SecretVolumeSource, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use std::collections::BTreeMap;
+
+/// The backup container's name.
+pub const BACKUP_CONTAINER: &str = "backup";
+/// Where the backup volume is mounted.
+const BACKUPS_DIR: &str = "/var/lib/zbase-backups";
+/// Where the S3 credentials Secret is mounted.
+const S3_CREDENTIALS_DIR: &str = "/etc/zbase/s3";
+/// Where the S3 CA certificates are mounted.
+const S3_CA_DIR: &str = "/etc/zbase/s3-ca";
+
+/// The CronJob's name.
+pub fn backup_name(station: &str) -> String {
+    format!("{station}-backup")
+}
+
+/// Labels of the backup pods: the station's instance, but never its selector labels, so the
+/// StatefulSet, the Services and the PodDisruptionBudget do not count them as station pods.
+fn pod_labels(station: &Station) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "zbase-backup".to_owned(),
+        ),
+        (INSTANCE_LABEL.to_owned(), station.name.clone()),
+        (MANAGED_BY_LABEL.to_owned(), MANAGER.to_owned()),
+        ("app.kubernetes.io/part-of".to_owned(), "zbase".to_owned()),
+    ])
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// The CronJob of `station`'s `backup`.
+pub(super) fn cron_job(station: &Station, backup: &Backup) -> CronJob {
+    let mut env_vars = vec![env("ZBASE_BACKUP_RECIPIENTS", backup.recipients.join(","))];
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    let mut affinity = None;
+    match &station.store {
+        Store::Sqlite => {
+            // The StatefulSet's claim template names pod 0's claim `data-<name>-0`.
+            volumes.push(Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: format!("data-{}-0", station.name),
+                    read_only: Some(false),
+                }),
+                ..Default::default()
+            });
+            mounts.push(VolumeMount {
+                name: "data".into(),
+                mount_path: DATA_DIR.into(),
+                ..Default::default()
+            });
+            env_vars.push(env("ZBASE_DATA_DIR", DATA_DIR));
+            if station.replicas > 0 {
+                affinity = Some(beside_pod_zero(station));
+            }
+        }
+        Store::Postgres { .. } => env_vars.extend(store_env(station)),
+    }
+    match &backup.destination {
+        BackupDestination::Volume { claim, sub_path } => {
+            volumes.push(Volume {
+                name: "backups".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: Some(false),
+                }),
+                ..Default::default()
+            });
+            mounts.push(VolumeMount {
+                name: "backups".into(),
+                mount_path: BACKUPS_DIR.into(),
+                ..Default::default()
+            });
+            let to = match sub_path {
+                Some(sub) => format!("{BACKUPS_DIR}/{}", sub.trim_matches('/')),
+                None => BACKUPS_DIR.into(),
+            };
+            env_vars.push(env("ZBASE_BACKUP_TO", to));
+        }
+        BackupDestination::S3(s3) => {
+            env_vars.push(env("ZBASE_BACKUP_TO", s3.url.clone()));
+            if let Some(endpoint) = &s3.endpoint {
+                env_vars.push(env("AWS_ENDPOINT_URL", endpoint.clone()));
+            }
+            if let Some(region) = &s3.region {
+                env_vars.push(env("AWS_REGION", region.clone()));
+            }
+            volumes.push(Volume {
+                name: "s3-credentials".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(s3.credentials_secret.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            mounts.push(VolumeMount {
+                name: "s3-credentials".into(),
+                mount_path: S3_CREDENTIALS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+            env_vars.push(env(
+                "AWS_ACCESS_KEY_ID_FILE",
+                format!("{S3_CREDENTIALS_DIR}/access-key-id"),
+            ));
+            env_vars.push(env(
+                "AWS_SECRET_ACCESS_KEY_FILE",
+                format!("{S3_CREDENTIALS_DIR}/secret-access-key"),
+            ));
+            if let Some(ca) = &s3.ca {
+                volumes.push(Volume {
+                    name: "s3-ca".into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(ca.name.clone()),
+                        items: Some(vec![KeyToPath {
+                            key: ca.key.clone(),
+                            path: "ca.crt".into(),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+                mounts.push(VolumeMount {
+                    name: "s3-ca".into(),
+                    mount_path: S3_CA_DIR.into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                });
+                env_vars.push(env("ZBASE_S3_CA_FILE", format!("{S3_CA_DIR}/ca.crt")));
+            }
+        }
+    }
+    if let Some(last) = backup.keep_last {
+        env_vars.push(env("ZBASE_BACKUP_KEEP_LAST", last.to_string()));
+    }
+    if let Some(within) = &backup.keep_within {
+        env_vars.push(env("ZBASE_BACKUP_KEEP_WITHIN", within.clone()));
+    }
+
+    let container = Container {
+        name: BACKUP_CONTAINER.into(),
+        image: Some(station.image.clone()),
+        image_pull_policy: Some(station.image_pull_policy.clone()),
+        args: Some(vec!["backup".into()]),
+        env: Some(env_vars),
+        security_context: Some(container_security()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    };
+    let scheduling = &station.scheduling;
+    let pod = PodSpec {
+        service_account_name: Some(station.name.clone()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        // Each try is its own pod, so its log stays for `kubectl logs`.
+        restart_policy: Some("Never".into()),
+        security_context: Some(pod_security()),
+        containers: vec![container],
+        volumes: Some(volumes),
+        image_pull_secrets: pull_secrets(station),
+        node_selector: (!scheduling.node_selector.is_empty())
+            .then(|| scheduling.node_selector.clone()),
+        tolerations: (!scheduling.tolerations.is_empty()).then(|| scheduling.tolerations.clone()),
+        affinity,
+        priority_class_name: scheduling.priority_class_name.clone(),
+        ..Default::default()
+    };
+    CronJob {
+        metadata: metadata(station, &backup_name(&station.name)),
+        spec: Some(CronJobSpec {
+            schedule: backup.schedule.clone(),
+            time_zone: backup.time_zone.clone(),
+            suspend: Some(backup.suspend),
+            // Two runs into one place would remove each other's unfinished backups.
+            concurrency_policy: Some("Forbid".into()),
+            // A run missed by more than an hour (the controller was down) is skipped, not
+            // started late in a burst.
+            starting_deadline_seconds: Some(3600),
+            successful_jobs_history_limit: Some(3),
+            failed_jobs_history_limit: Some(3),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels(station)),
+                    ..Default::default()
+                }),
+                spec: Some(JobSpec {
+                    backoff_limit: Some(2),
+                    template: PodTemplateSpec {
+                        metadata: Some(ObjectMeta {
+                            labels: Some(pod_labels(station)),
+                            ..Default::default()
+                        }),
+                        spec: Some(pod),
+                    },
+                    ..Default::default()
+                }),
+            },
+        }),
+        ..Default::default()
+    }
+}
+
+/// Required affinity to pod 0's node, where its ReadWriteOnce volume is attached.
+fn beside_pod_zero(station: &Station) -> Affinity {
+    Affinity {
+        pod_affinity: Some(PodAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                topology_key: "kubernetes.io/hostname".into(),
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "statefulset.kubernetes.io/pod-name".to_owned(),
+                        format!("{}-0", station.name),
+                    )])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
