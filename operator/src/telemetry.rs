@@ -25,6 +25,15 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// A BaseStation, for its own series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StationLabel {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
 /// Every metric the operator exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -36,6 +45,7 @@ struct Inner {
     reconciliations: Family<ResultLabel, Counter>,
     duration: Histogram,
     leader: Gauge,
+    last_backup: Family<StationLabel, Gauge>,
     ready: AtomicBool,
 }
 
@@ -62,6 +72,12 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let last_backup = Family::<StationLabel, Gauge>::default();
+        registry.register(
+            "last_backup_timestamp_seconds",
+            "When the last scheduled backup of a BaseStation succeeded (Unix time); alert on its age",
+            last_backup.clone(),
+        );
         for result in ["ok", "references", "apply", "status"] {
             let _ = reconciliations.get_or_create(&ResultLabel { result });
         }
@@ -71,13 +87,15 @@ impl Default for Metrics {
                 reconciliations,
                 duration,
                 leader,
+                last_backup,
                 ready: AtomicBool::new(false),
             }),
         }
     }
 }
 
-/// Records a reconcile's duration when dropped, whatever its outcome.
+/// Records a reconcile's duration when dropped, whatever its outcome (which is counted by
+/// [`Metrics::reconcile_ok`] or [`Metrics::reconcile_failed`]).
 pub struct ReconcileTimer {
     metrics: Metrics,
     start: Instant,
@@ -89,11 +107,6 @@ impl Drop for ReconcileTimer {
             .inner
             .duration
             .observe(self.start.elapsed().as_secs_f64());
-        self.metrics
-            .inner
-            .reconciliations
-            .get_or_create(&ResultLabel { result: "ok" })
-            .inc();
     }
 }
 
@@ -125,6 +138,14 @@ impl Metrics {
     /// Whether this replica leads.
     pub fn set_leader(&self, leader: bool) {
         self.inner.leader.set(i64::from(leader));
+    }
+
+    /// When `station`'s last backup succeeded, as Unix seconds.
+    pub fn set_last_backup(&self, station: StationLabel, unix_seconds: i64) {
+        self.inner
+            .last_backup
+            .get_or_create(&station)
+            .set(unix_seconds);
     }
 
     /// Marks the operator ready (it reached the API server).

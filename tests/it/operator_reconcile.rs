@@ -334,6 +334,14 @@ async fn a_new_station_gets_every_object_then_ready_status_and_events() {
         .metric("zbase_operator_reconciliations_total{result=\"apply\"}")
         .await;
     assert!(ok >= 2.0, "reconciles counted: {ok}");
+    let timed = op
+        .metric("zbase_operator_reconcile_duration_seconds_count")
+        .await
+        .unwrap();
+    assert!(
+        ok <= timed,
+        "each reconcile is counted once under its result: {ok} ok of {timed}"
+    );
     assert_eq!(
         failed,
         Some(0.0),
@@ -400,6 +408,14 @@ async fn a_backup_schedule_gets_a_cron_job_whose_runs_the_status_reports() {
     assert_eq!(
         bs.status.unwrap().last_backup.as_deref(),
         Some("2026-12-01T03:02:30Z")
+    );
+    assert_eq!(
+        op.metric(
+            "zbase_operator_last_backup_timestamp_seconds{namespace=\"zbase\",name=\"home\"}"
+        )
+        .await,
+        Some(1_796_094_150.0),
+        "the metric to alert on a backup's age"
     );
 
     backup_ran(

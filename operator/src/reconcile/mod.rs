@@ -10,7 +10,7 @@ pub mod validate;
 
 use crate::crd::BaseStation;
 use crate::pki;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, StationLabel};
 use build::{Desired, MANAGER, SiteCredentials};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
@@ -79,8 +79,10 @@ impl Error {
 
 /// Reconciles one BaseStation, timed and counted (failures are counted by [`error_policy`]).
 pub async fn reconcile(bs: Arc<BaseStation>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile_timer();
+    let timer = ctx.metrics.reconcile_timer();
     let result = reconcile_once(&bs, &ctx).await;
+    // Timed before counted, so a scrape never sees more results than durations.
+    drop(timer);
     if result.is_ok() {
         ctx.metrics.reconcile_ok();
     }
@@ -292,6 +294,19 @@ async fn report(
         )
         .await
         .map_err(Error::Status)?;
+    }
+    if let Some(at) = new
+        .last_backup
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+    {
+        ctx.metrics.set_last_backup(
+            StationLabel {
+                namespace: bs.namespace().unwrap_or_default(),
+                name: bs.name_any(),
+            },
+            at.as_second(),
+        );
     }
     for (warning, reason, note) in status::events(bs.status.as_ref(), &new) {
         publish(ctx, bs, warning, &reason, note).await;
