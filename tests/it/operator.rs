@@ -4,6 +4,7 @@
 //! ConfigMap, as the operator builds them from the fixtures in `operator/tests/fixtures/`, run
 //! the real `zbase-station` through the stand-in kubelet, and it serves on the probed port.
 
+use kube::ResourceExt as _;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zbase_operator::crd::{BaseStation, TlsSpec};
 use zbase_operator::pki;
-use zbase_operator::reconcile::build::{self, CONFIG_KEY, SiteCredentials};
+use zbase_operator::reconcile::build::{self, CONFIG_KEY, Desired, SiteCredentials};
 use zbase_operator::reconcile::validate::{self, Defaults, References};
 use zbase_tests::client::{Conn, Tls};
 use zbase_tests::kubelet::{LocalPod, LocalVolume, VolumeFiles};
@@ -50,15 +51,8 @@ async fn probe(addr: std::net::SocketAddr, path: &str, ca: Option<&str>) -> Opti
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Starts the station of `bs` as its pod template says, with the site credentials the
-/// operator's own plan issues (returned, for the CA), `volumes` beside the config and site
-/// credentials (`tls`, `data`), and `env`.
-async fn start(
-    bs: &BaseStation,
-    refs: &References,
-    volumes: BTreeMap<String, LocalVolume>,
-    env: &[(&str, String)],
-) -> (LocalPod, pki::Plan) {
+/// Every object the operator builds for `bs`, with the site credentials its own plan issues.
+fn desired(bs: &BaseStation, refs: &References) -> (Desired, pki::Plan) {
     let station = validate::validate(
         bs,
         &Defaults {
@@ -83,6 +77,19 @@ async fn start(
     let Ok(desired) = build::build(&station, &site) else {
         panic!("{} does not build", station.name)
     };
+    (desired, plan)
+}
+
+/// Starts the station of `bs` as its pod template says, with the site credentials the
+/// operator's own plan issues (returned, for the CA), `volumes` beside the config and site
+/// credentials (`tls`, `data`), and `env`.
+async fn start(
+    bs: &BaseStation,
+    refs: &References,
+    volumes: BTreeMap<String, LocalVolume>,
+    env: &[(&str, String)],
+) -> (LocalPod, pki::Plan) {
+    let (desired, plan) = desired(bs, refs);
     let template = desired.stateful_set.spec.unwrap().template;
     let config: VolumeFiles = desired
         .config_map
@@ -100,8 +107,8 @@ async fn start(
         "station",
         &station_bin(),
         &volumes,
-        &format!("{}-0", station.name),
-        &station.namespace,
+        &format!("{}-0", bs.name_any()),
+        &bs.namespace().unwrap(),
         env,
     );
     (pod, plan)
@@ -260,31 +267,8 @@ fn backup_template(
     bs: &BaseStation,
     refs: &References,
 ) -> k8s_openapi::api::core::v1::PodTemplateSpec {
-    let station = validate::validate(
-        bs,
-        &Defaults {
-            station_image: "unused".into(),
-        },
-        refs,
-    )
-    .unwrap();
-    let plan = pki::plan(
-        &station.name,
-        &station.site_names,
-        None,
-        None,
-        &pki::Policy::default(),
-        SystemTime::now(),
-    )
-    .unwrap();
-    let site = SiteCredentials {
-        ca: plan.ca,
-        leaf: plan.leaf,
-    };
-    let Ok(desired) = build::build(&station, &site) else {
-        panic!("{} does not build", station.name)
-    };
-    let cron = desired
+    let cron = desired(bs, refs)
+        .0
         .backup_cron_job
         .expect("spec.backup gives a CronJob");
     cron.spec.unwrap().job_template.spec.unwrap().template
