@@ -39,7 +39,9 @@ test: build helm-venv
 
 ## Regenerate the BaseStation CRD the chart ships, from the operator's Rust types.
 crds:
-	$(CARGO) run -q -p zbase-operator -- crd > charts/zbase-operator/files/crds/basestations.zbase.dev.yaml
+	for crd in basestations basestationbackups; do \
+	  $(CARGO) run -q -p zbase-operator -- crd $$crd > charts/zbase-operator/files/crds/$$crd.zbase.dev.yaml || exit 1; \
+	done
 
 ## The Python venv the chart tests render charts/zbase-operator with (no `helm` binary needed);
 ## made once, and again when the pinned version changes.

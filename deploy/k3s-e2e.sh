@@ -2,7 +2,7 @@
 # The operator's end-to-end scenario on a real k3s cluster: build and import the images,
 # install the chart, apply the one-node example, wait for Ready, connect a client, then check
 # that the operator restores a deleted child, that a config change rolls the pod, and that a
-# scheduled backup's Job writes an encrypted backup of the running station into a volume.
+# BaseStationBackup writes an encrypted backup of the running station into a volume.
 #
 # Needs: kubectl pointing at the cluster, helm 3 or 4, podman or docker, age-keygen, and this
 # repository with Rust (for the demo client). On the k3s node itself the images are imported with
@@ -76,7 +76,7 @@ after=$(kubectl -n "$NS" get pod home-0 -o jsonpath='{.metadata.uid}')
 [ "$before" != "$after" ] || fail "the pod was not replaced after a configuration change"
 kubectl -n "$NS" wait basestation/home --for=condition=Ready --timeout=3m
 
-step "a backup Job backs up the running station"
+step "an on-demand backup of the running station"
 age-keygen -o "$WORK/backup-key.txt" 2>/dev/null
 recipient=$(age-keygen -y "$WORK/backup-key.txt")
 kubectl -n "$NS" apply -f - <<YAML
@@ -89,9 +89,16 @@ kubectl -n "$NS" patch basestation home --type merge -p "{\"spec\":{\"backup\":{
   \"schedule\":\"30 2 * * *\",\"recipients\":[\"$recipient\"],
   \"volume\":{\"claimName\":\"backups\",\"subPath\":\"home\"},\"keepLast\":3}}}"
 for _ in $(seq 30); do kubectl -n "$NS" get cronjob home-backup >/dev/null 2>&1 && break; sleep 1; done
-kubectl -n "$NS" create job --from=cronjob/home-backup home-backup-e2e
-kubectl -n "$NS" wait job/home-backup-e2e --for=condition=Complete --timeout=5m \
-  || { kubectl -n "$NS" logs job/home-backup-e2e >&2 || true; fail "the backup Job did not complete"; }
-kubectl -n "$NS" logs job/home-backup-e2e | grep -q ' written: ' || fail "the backup Job wrote no backup"
+kubectl -n "$NS" get cronjob home-backup >/dev/null || fail "the operator made no backup CronJob"
+kubectl -n "$NS" apply -f - <<YAML
+apiVersion: zbase.dev/v1alpha1
+kind: BaseStationBackup
+metadata: {name: e2e}
+spec: {baseStation: home}
+YAML
+kubectl -n "$NS" wait basestationbackup/e2e --for=jsonpath='{.status.phase}'=Succeeded --timeout=5m \
+  || { kubectl -n "$NS" logs job/e2e-backup >&2 || true; fail "the on-demand backup did not succeed"; }
+kubectl -n "$NS" get basestationbackup e2e -o jsonpath='{.status.backup}{"\n"}' | grep -q zbase- \
+  || fail "the on-demand backup does not say where it was written"
 
 step "passed"

@@ -183,6 +183,22 @@ struct CreateArgs {
     /// After a backup, keep every backup in --to younger than this (e.g. 30d).
     #[arg(long, env = "ZBASE_BACKUP_KEEP_WITHIN", value_name = "DURATION", value_parser = humantime::parse_duration)]
     keep_within: Option<Duration>,
+    /// Also write what was written (where, sequence, counts) as one JSON object into this
+    /// file, such as a Kubernetes container's /dev/termination-log.
+    #[arg(long, env = "ZBASE_BACKUP_REPORT", value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+/// What `--report` writes: enough to find and restore the backup without reading a log.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report<'a> {
+    backup: &'a str,
+    sequence: u64,
+    resources: u64,
+    snapshots: u64,
+    snapshot_bytes: u64,
+    parts: usize,
 }
 
 #[derive(Debug, Args)]
@@ -337,6 +353,23 @@ async fn create(args: CreateArgs) -> anyhow::Result<()> {
         manifest.snapshot_bytes,
         manifest.parts.len()
     );
+    if let Some(file) = &args.report {
+        let report = Report {
+            backup: &written.to_string(),
+            sequence: manifest.sequence,
+            resources: manifest.resources,
+            snapshots: manifest.snapshots,
+            snapshot_bytes: manifest.snapshot_bytes,
+            parts: manifest.parts.len(),
+        };
+        let text = serde_json::to_string(&report).context("cannot encode the report")?;
+        std::fs::write(file, text).with_context(|| {
+            format!(
+                "the backup {written} was written, but not the report {}",
+                file.display()
+            )
+        })?;
+    }
     // Only after a good backup, so the newest good one is always this one.
     let retention = Retention {
         last: args.keep_last,

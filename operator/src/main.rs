@@ -28,8 +28,12 @@ enum Command {
     /// Reconcile BaseStations until SIGTERM.
     // Boxed: the run flags dwarf the other variant.
     Run(Box<RunArgs>),
-    /// Print the BaseStation CustomResourceDefinition (YAML), as the chart ships it.
-    Crd,
+    /// Print a CustomResourceDefinition (YAML), as the chart ships it.
+    Crd {
+        /// Its plural name.
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(zbase_operator::crd::CRDS), default_value = "basestations")]
+        name: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -109,9 +113,10 @@ enum LogFormat {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Crd => zbase_operator::crd::crd_yaml()
-            .map(|yaml| print!("{yaml}"))
-            .context("cannot write the CRD"),
+        Command::Crd { name } => zbase_operator::crd::crd_yaml(&name)
+            .context("no such CRD")
+            .and_then(|yaml| yaml.context("cannot write the CRD"))
+            .map(|yaml| print!("{yaml}")),
         Command::Run(args) => tokio::runtime::Runtime::new()
             .context("cannot start the async runtime")
             .and_then(|rt| rt.block_on(run(*args))),

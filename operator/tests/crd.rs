@@ -1,32 +1,58 @@
-//! The CRD the chart ships is the one generated from the Rust types, and stays small.
+//! The CRDs the chart ships are the ones generated from the Rust types, and stay small.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use zbase_operator::crd::crd_yaml;
+use zbase_operator::crd::{CRDS, crd_yaml};
 
-const CHART_CRD: &str = "../charts/zbase-operator/files/crds/basestations.zbase.dev.yaml";
+/// Where the chart keeps the CRD of `plural`.
+fn chart_crd(plural: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+        "../charts/zbase-operator/files/crds/{plural}.zbase.dev.yaml"
+    ))
+}
 
 #[test]
-fn the_chart_ships_the_generated_crd() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(CHART_CRD);
-    let shipped = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        shipped == crd_yaml().unwrap(),
-        "{} is not what `zbase-operator crd` generates: run `make crds` and commit the file",
-        path.display()
+fn the_chart_ships_the_generated_crds() {
+    for plural in CRDS {
+        let path = chart_crd(plural);
+        let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            shipped == crd_yaml(plural).unwrap().unwrap(),
+            "{} is not what `zbase-operator crd {plural}` generates: run `make crds` and commit \
+             the file",
+            path.display()
+        );
+    }
+    assert!(crd_yaml("stations").is_none());
+}
+
+#[test]
+fn the_crds_stay_far_below_the_client_side_apply_limit() {
+    // `kubectl apply` keeps the whole object in an annotation limited to 256 KiB.
+    for plural in CRDS {
+        let size = crd_yaml(plural).unwrap().unwrap().len();
+        assert!(size < 64 * 1024, "the CRD of {plural} is {size} bytes");
+    }
+}
+
+#[test]
+fn a_backup_request_names_its_station_and_cannot_be_changed() {
+    let crd: serde_json::Value =
+        serde_yaml::from_str(&crd_yaml("basestationbackups").unwrap().unwrap()).unwrap();
+    let version = &crd["spec"]["versions"][0];
+    assert!(version["subresources"]["status"].is_object());
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(spec["required"], serde_json::json!(["baseStation"]));
+    assert_eq!(
+        spec["x-kubernetes-validations"][0]["rule"],
+        "self == oldSelf"
     );
 }
 
 #[test]
-fn the_crd_stays_far_below_the_client_side_apply_limit() {
-    // `kubectl apply` keeps the whole object in an annotation limited to 256 KiB.
-    let size = crd_yaml().unwrap().len();
-    assert!(size < 64 * 1024, "the CRD is {size} bytes");
-}
-
-#[test]
 fn the_schema_carries_the_rules_kubernetes_can_check() {
-    let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml().unwrap()).unwrap();
+    let crd: serde_json::Value =
+        serde_yaml::from_str(&crd_yaml("basestations").unwrap().unwrap()).unwrap();
     let version = &crd["spec"]["versions"][0];
     assert_eq!(version["name"], "v1alpha1");
     assert!(

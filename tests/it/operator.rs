@@ -275,7 +275,8 @@ fn backup_template(
 }
 
 /// Runs the backup Job's pod to its end, as the Job controller would once; fails with its log
-/// if it does not succeed.
+/// if it does not succeed. Returns where the report (the termination message) says the
+/// backup is.
 async fn run_backup_job(
     template: &k8s_openapi::api::core::v1::PodTemplateSpec,
     volumes: &BTreeMap<String, LocalVolume>,
@@ -296,7 +297,9 @@ async fn run_backup_job(
         status.is_some_and(|s| s.success()),
         "the backup Job's pod did not succeed ({status:?}):\n{log}"
     );
-    log
+    let report: serde_json::Value = serde_json::from_str(&job.termination_message())
+        .unwrap_or_else(|e| panic!("no report in the termination message ({e}):\n{log}"));
+    report["backup"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -331,8 +334,9 @@ async fn the_rendered_backup_job_backs_up_the_running_station_into_a_volume() {
         ),
     ]);
     let template = backup_template(&bs, &References::default());
+    let mut reported = Vec::new();
     for _ in 0..3 {
-        run_backup_job(&template, &volumes, &[]).await;
+        reported.push(run_backup_job(&template, &volumes, &[]).await);
     }
     assert!(
         !station.exited(),
@@ -348,6 +352,11 @@ async fn the_rendered_backup_job_backs_up_the_running_station_into_a_volume() {
         .collect();
     taken.sort();
     assert_eq!(taken.len(), 2, "keepLast 2: {taken:?}");
+    assert_eq!(
+        Path::new(reported.last().unwrap()),
+        taken.last().unwrap(),
+        "the report names the backup it wrote"
+    );
     let restored = tempfile::tempdir().unwrap();
     let target = restored.path().join("data");
     let (ok, out) = super::backup::restore(
@@ -405,17 +414,18 @@ async fn the_rendered_backup_job_writes_to_s3_with_the_mounted_credentials() {
         ),
         ("s3-credentials".to_owned(), credentials.into()),
     ]);
-    run_backup_job(&template, &volumes, &[]).await;
+    let reported = run_backup_job(&template, &volumes, &[]).await;
     let taken = s3.backups("sites/home");
     assert_eq!(
         taken.len(),
         1,
         "one backup under the url's prefix: {taken:?}"
     );
+    let from = format!("s3://{BUCKET}/sites/home/{}", taken[0]);
+    assert_eq!(reported, from, "the report names the backup it wrote");
 
     let restored = tempfile::tempdir().unwrap();
     let target = restored.path().join("data");
-    let from = format!("s3://{BUCKET}/sites/home/{}", taken[0]);
     let env: Vec<(&str, String)> = s3.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (ok, out) = super::backup::station_env(

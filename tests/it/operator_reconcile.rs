@@ -8,8 +8,8 @@
 //! say when a backup ran.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use zbase_operator::crd::BaseStation;
+use zbase_operator::crd::{BackupPhase, BaseStation, BaseStationBackup};
 use zbase_operator::reconcile::build::CONFIG_HASH_ANNOTATION;
 use zbase_tests::apiserver::ApiServer;
 
@@ -110,7 +110,7 @@ impl Drop for Operator {
     }
 }
 
-/// The API server with the chart's CRD installed, as `helm install` leaves a cluster.
+/// The API server with the chart's CRDs installed, as `helm install` leaves a cluster.
 async fn cluster() -> (ApiServer, Client) {
     let api = ApiServer::start().await;
     let client = api.client();
@@ -122,18 +122,19 @@ async fn cluster() -> (ApiServer, Client) {
             .await
             .unwrap();
     }
-    let crd: CustomResourceDefinition = serde_yaml::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../charts/zbase-operator/files/crds/basestations.zbase.dev.yaml"),
+    for plural in zbase_operator::crd::CRDS {
+        let crd: CustomResourceDefinition = serde_yaml::from_str(
+            &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+                "../charts/zbase-operator/files/crds/{plural}.zbase.dev.yaml"
+            )))
+            .unwrap(),
         )
-        .unwrap(),
-    )
-    .unwrap();
-    Api::<CustomResourceDefinition>::all(client.clone())
-        .create(&PostParams::default(), &crd)
-        .await
         .unwrap();
+        Api::<CustomResourceDefinition>::all(client.clone())
+            .create(&PostParams::default(), &crd)
+            .await
+            .unwrap();
+    }
     (api, client)
 }
 
@@ -451,6 +452,139 @@ async fn a_backup_schedule_gets_a_cron_job_whose_runs_the_status_reports() {
             .then_some(())
     })
     .await;
+}
+
+/// Plays the Job controller and kubelet for an on-demand backup's Job: `patch` as its status.
+async fn job_status(client: &Client, name: &str, status: serde_json::Value) {
+    Api::<Job>::namespaced(client.clone(), NS)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_on_demand_backup_runs_one_job_and_reports_where_it_wrote() {
+    let (api, client) = cluster().await;
+    let op = Operator::start(&api, "op-a");
+    let requests: Api<BaseStationBackup> = Api::namespaced(client.clone(), NS);
+    let phase = |want: BackupPhase| {
+        let requests = requests.clone();
+        move || {
+            let requests = requests.clone();
+            async move {
+                let status = requests.get("before-upgrade").await.unwrap().status?;
+                (status.phase == Some(want)).then_some(status)
+            }
+        }
+    };
+    // Asked for before its station exists: it waits, saying for what.
+    let request: BaseStationBackup = serde_yaml::from_str(
+        "apiVersion: zbase.dev/v1alpha1\nkind: BaseStationBackup\n\
+         metadata: {name: before-upgrade, namespace: zbase}\nspec: {baseStation: home}\n",
+    )
+    .unwrap();
+    let request = requests
+        .create(&PostParams::default(), &request)
+        .await
+        .unwrap();
+    let waiting = eventually(
+        &op,
+        "Pending without its station",
+        phase(BackupPhase::Pending),
+    )
+    .await;
+    assert!(
+        waiting
+            .message
+            .unwrap()
+            .contains("BaseStation 'home' does not exist"),
+        "says what is missing"
+    );
+
+    // The station appears: the request goes on at once, as one Job it owns.
+    create(&client, BACKED_UP).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    let job = eventually(&op, "the Job is created", || async {
+        jobs.get_opt("before-upgrade-backup").await.unwrap()
+    })
+    .await;
+    assert_eq!(job.owner_references()[0].uid, request.uid().unwrap());
+    assert_eq!(job.labels()["zbase.dev/backup"], "before-upgrade");
+    let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let env = pod.containers[0].env.as_ref().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "ZBASE_BACKUP_TO"
+                && e.value.as_deref() == Some("/var/lib/zbase-backups")),
+        "the station's spec.backup destination: {env:?}"
+    );
+
+    job_status(
+        &client,
+        "before-upgrade-backup",
+        json!({"active": 1, "startTime": "2026-12-03T07:00:00Z"}),
+    )
+    .await;
+    eventually(&op, "Running", phase(BackupPhase::Running)).await;
+
+    // Its pod ends with the report in its termination message, and the Job completes.
+    let report = r#"{"backup":"/var/lib/zbase-backups/zbase-20261203T070001Z-42","sequence":42,"resources":7,"snapshots":7,"snapshotBytes":900,"parts":1}"#;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "before-upgrade-backup-x7k2p", "labels": {"zbase.dev/backup": "before-upgrade"}},
+        "spec": {"containers": [{"name": "backup"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods.patch_status(
+        "before-upgrade-backup-x7k2p",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"containerStatuses": [{
+            "name": "backup", "ready": false, "restartCount": 0, "image": "zbase-station", "imageID": "",
+            "state": {"terminated": {"exitCode": 0, "message": report}}
+        }]}})),
+    )
+    .await
+    .unwrap();
+    job_status(
+        &client,
+        "before-upgrade-backup",
+        json!({"active": null, "succeeded": 1, "completionTime": "2026-12-03T07:00:04Z",
+               "conditions": [{"type": "Complete", "status": "True"}]}),
+    )
+    .await;
+    let done = eventually(&op, "Succeeded", phase(BackupPhase::Succeeded)).await;
+    assert_eq!(
+        done.backup.as_deref(),
+        Some("/var/lib/zbase-backups/zbase-20261203T070001Z-42")
+    );
+    assert_eq!((done.sequence, done.resources), (Some(42), Some(7)));
+    assert!(done.completion_time.is_some());
+    eventually(&op, "a Normal event says where", || async {
+        events(&client)
+            .await
+            .contains(&("Normal".into(), "BackupSucceeded".into()))
+            .then_some(())
+    })
+    .await;
+
+    // A finished request is never run again, whatever happens to its Job.
+    jobs.delete("before-upgrade-backup", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!exists::<Job>(&client, "before-upgrade-backup").await);
+    let after = requests
+        .get("before-upgrade")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(after.phase, Some(BackupPhase::Succeeded));
 }
 
 #[tokio::test]

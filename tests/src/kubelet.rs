@@ -5,8 +5,10 @@
 //! What it does as a kubelet would: the files of each volume appear at their mount path
 //! (under a private root, and every path in arguments and mounted files is rewritten to that
 //! root); `fieldRef` variables get the pod's name, namespace and IP; `$(VAR)` references to
-//! earlier variables are expanded. What it cannot do: container ports are moved to free
-//! loopback ports (rewritten the same way), and images are not pulled (the binary is given).
+//! earlier variables are expanded; the termination message file is the pod's own, read back
+//! as Kubernetes puts it in the pod's status. What it cannot do: container ports are moved
+//! to free loopback ports (rewritten the same way), and images are not pulled (the binary is
+//! given).
 
 // A test harness: a failure to set up the pod is the test's failure, said where it happens.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -39,6 +41,7 @@ pub struct LocalPod {
     child: Child,
     root: tempfile::TempDir,
     ports: BTreeMap<String, SocketAddr>,
+    termination_log: PathBuf,
 }
 
 impl LocalPod {
@@ -91,6 +94,15 @@ impl LocalPod {
         for (volume, path) in &mounts {
             rewrites.push((path.clone(), mounted(volume, path).display().to_string()));
         }
+        // The file whose content Kubernetes reports as the container's termination message.
+        let termination = c
+            .termination_message_path
+            .clone()
+            .unwrap_or_else(|| "/dev/termination-log".into());
+        let termination_log = host_path(root.path(), &termination);
+        std::fs::create_dir_all(termination_log.parent().expect("a file has a folder"))
+            .expect("termination log folder");
+        rewrites.push((termination, termination_log.display().to_string()));
         // Longest first, so a mount inside another's path is rewritten as itself.
         rewrites.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
         // One pass, longest match first: a host path that was put in is never rewritten again
@@ -174,7 +186,12 @@ impl LocalPod {
             .stderr(std::fs::File::create(root.path().join("stderr.log")).expect("log file"))
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
-        LocalPod { child, root, ports }
+        LocalPod {
+            child,
+            root,
+            ports,
+            termination_log,
+        }
     }
 
     /// Where the named container port is reachable.
@@ -206,6 +223,12 @@ impl LocalPod {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         None
+    }
+
+    /// What the container wrote to its termination message file, which Kubernetes would put
+    /// in the pod's status.
+    pub fn termination_message(&self) -> String {
+        std::fs::read_to_string(&self.termination_log).unwrap_or_default()
     }
 
     /// Where the container's `path`, in a volume of the pod's own, is on this host.

@@ -118,6 +118,28 @@ rule says why the operator needs it.
 - apiGroups: ["batch"]
   resources: ["cronjobs"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# On-demand backups: watch BaseStationBackups, the operator's other input.
+- apiGroups: ["zbase.dev"]
+  resources: ["basestationbackups"]
+  verbs: ["get", "list", "watch"]
+# Report how each on-demand backup went (phase, where it was written) in its status.
+- apiGroups: ["zbase.dev"]
+  resources: ["basestationbackups/status"]
+  verbs: ["get", "patch", "update"]
+# Set the BaseStationBackup as owner (blockOwnerDeletion) of the Job that takes it.
+- apiGroups: ["zbase.dev"]
+  resources: ["basestationbackups/finalizers"]
+  verbs: ["update"]
+# The Job of each on-demand backup: created once, watched; deleted with its request by owner
+# reference.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create"]
+# Read a finished backup pod's termination message: where the backup was written, or why it
+# failed.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
 # The station's TLS certificates, issued by cert-manager: server-side applied and pruned.
 - apiGroups: ["cert-manager.io"]
   resources: ["certificates"]

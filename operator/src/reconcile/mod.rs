@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod build;
+pub mod on_demand;
 pub mod status;
 pub mod validate;
 
@@ -14,7 +15,7 @@ use crate::telemetry::{Metrics, StationLabel};
 use build::{Desired, MANAGER, SiteCredentials};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret, Service};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
@@ -63,6 +64,9 @@ pub enum Error {
     /// The site CA or certificate could not be planned.
     #[error("site certificate: {0}")]
     Pki(#[source] pki::PkiError),
+    /// Reading or creating an on-demand backup's BaseStation, Job or pods failed.
+    #[error("on-demand backup: {0}")]
+    Backup(#[source] kube::Error),
 }
 
 impl Error {
@@ -73,6 +77,7 @@ impl Error {
             Error::Apply(_) => "apply",
             Error::Status(_) => "status",
             Error::Pki(_) => "pki",
+            Error::Backup(_) => "backup",
         }
     }
 }
@@ -158,7 +163,14 @@ async fn reconcile_once(bs: &BaseStation, ctx: &Context) -> Result<Action, Error
             report(ctx, bs, &Outcome::Applied(&station), &observed).await?;
             for change in &plan.reasons {
                 tracing::info!(station = %bs.name_any(), namespace = %ns, reason = change.reason, "{}", change.note);
-                publish(ctx, bs, false, change.reason, change.note.clone()).await;
+                publish(
+                    ctx,
+                    &bs.object_ref(&()),
+                    false,
+                    change.reason,
+                    change.note.clone(),
+                )
+                .await;
             }
             // Wake up for the next renewal or rotation, if it comes before the resync.
             let until_review = plan
@@ -182,9 +194,9 @@ async fn reconcile_once(bs: &BaseStation, ctx: &Context) -> Result<Action, Error
 }
 
 /// After a failed reconcile: try again soon, and count it.
-pub fn error_policy(bs: Arc<BaseStation>, error: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error.label());
-    tracing::warn!(station = %bs.name_any(), namespace = %bs.namespace().unwrap_or_default(), error = %error, "reconcile failed; retrying in 10s");
+    tracing::warn!(object = %object.name_any(), namespace = %object.namespace().unwrap_or_default(), error = %error, "reconcile failed; retrying in 10s");
     Action::requeue(Duration::from_secs(10))
 }
 
@@ -309,14 +321,20 @@ async fn report(
         );
     }
     for (warning, reason, note) in status::events(bs.status.as_ref(), &new) {
-        publish(ctx, bs, warning, &reason, note).await;
+        publish(ctx, &bs.object_ref(&()), warning, &reason, note).await;
     }
     Ok(())
 }
 
 /// Publishes an Event on `bs`. An Event is a courtesy: failing to publish one must not fail
 /// the reconcile.
-async fn publish(ctx: &Context, bs: &BaseStation, warning: bool, reason: &str, note: String) {
+async fn publish(
+    ctx: &Context,
+    object: &ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
     let event = Event {
         type_: if warning {
             EventType::Warning
@@ -328,7 +346,7 @@ async fn publish(ctx: &Context, bs: &BaseStation, warning: bool, reason: &str, n
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &bs.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&event, object).await {
         tracing::debug!(error = %e, "could not publish an event");
     }
 }

@@ -9,14 +9,16 @@
 use super::config::DATA_DIR;
 use super::statefulset::{container_security, pod_security, pull_secrets, store_env};
 use super::{INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, metadata};
+use crate::crd::BaseStationBackup;
 use crate::reconcile::validate::{Backup, BackupDestination, Station, Store};
-use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
+use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Container, EmptyDirVolumeSource, EnvVar, KeyToPath,
     PersistentVolumeClaimVolumeSource, PodAffinity, PodAffinityTerm, PodSpec, PodTemplateSpec,
     SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::{Resource as _, ResourceExt as _};
 use std::collections::BTreeMap;
 
 /// The backup container's name.
@@ -27,6 +29,12 @@ const BACKUPS_DIR: &str = "/var/lib/zbase-backups";
 const S3_CREDENTIALS_DIR: &str = "/etc/zbase/s3";
 /// Where the S3 CA certificates are mounted.
 const S3_CA_DIR: &str = "/etc/zbase/s3-ca";
+
+/// Where the backup container writes its report, which Kubernetes copies into the pod's
+/// status as the container's termination message.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+/// Label of an on-demand backup's Job and pods: the BaseStationBackup's name.
+pub const ON_DEMAND_LABEL: &str = "zbase.dev/backup";
 
 /// The CronJob's name.
 pub fn backup_name(station: &str) -> String {
@@ -55,9 +63,64 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
+/// The Job that takes one backup of `station` now, for the BaseStationBackup `on_demand`:
+/// owned by it (not by the station), so it goes when the request is deleted.
+pub fn on_demand_job(on_demand: &BaseStationBackup, station: &Station, backup: &Backup) -> Job {
+    let mut labels = pod_labels(station);
+    labels.insert(ON_DEMAND_LABEL.to_owned(), on_demand.name_any());
+    Job {
+        metadata: ObjectMeta {
+            name: Some(on_demand_job_name(&on_demand.name_any())),
+            namespace: on_demand.namespace(),
+            labels: Some(labels.clone()),
+            owner_references: on_demand.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        spec: Some(job_spec(station, backup, labels)),
+        ..Default::default()
+    }
+}
+
+/// The name of the Job of the BaseStationBackup `name`.
+pub fn on_demand_job_name(name: &str) -> String {
+    format!("{name}-backup")
+}
+
 /// The CronJob of `station`'s `backup`.
 pub(super) fn cron_job(station: &Station, backup: &Backup) -> CronJob {
-    let mut env_vars = vec![env("ZBASE_BACKUP_RECIPIENTS", backup.recipients.join(","))];
+    CronJob {
+        metadata: metadata(station, &backup_name(&station.name)),
+        spec: Some(CronJobSpec {
+            schedule: backup.schedule.clone(),
+            time_zone: backup.time_zone.clone(),
+            suspend: Some(backup.suspend),
+            // Two runs into one place would remove each other's unfinished backups.
+            concurrency_policy: Some("Forbid".into()),
+            // A run missed by more than an hour (the controller was down) is skipped, not
+            // started late in a burst.
+            starting_deadline_seconds: Some(3600),
+            successful_jobs_history_limit: Some(3),
+            failed_jobs_history_limit: Some(3),
+            job_template: JobTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels(station)),
+                    ..Default::default()
+                }),
+                spec: Some(job_spec(station, backup, pod_labels(station))),
+            },
+        }),
+        ..Default::default()
+    }
+}
+
+/// One backup run: its pod, tried up to three times.
+fn job_spec(station: &Station, backup: &Backup, labels: BTreeMap<String, String>) -> JobSpec {
+    let mut env_vars = vec![
+        env("ZBASE_BACKUP_RECIPIENTS", backup.recipients.join(",")),
+        // Where it was written, for the status of whoever asked (Kubernetes reads the file
+        // into the pod's status).
+        env("ZBASE_BACKUP_REPORT", TERMINATION_LOG),
+    ];
     let mut volumes = vec![Volume {
         name: "tmp".into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
@@ -180,6 +243,9 @@ pub(super) fn cron_job(station: &Station, backup: &Backup) -> CronJob {
         image_pull_policy: Some(station.image_pull_policy.clone()),
         args: Some(vec!["backup".into()]),
         env: Some(env_vars),
+        termination_message_path: Some(TERMINATION_LOG.into()),
+        // A failed run has no report: the end of its log says why instead.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(container_security()),
         volume_mounts: Some(mounts),
         ..Default::default()
@@ -202,37 +268,15 @@ pub(super) fn cron_job(station: &Station, backup: &Backup) -> CronJob {
         priority_class_name: scheduling.priority_class_name.clone(),
         ..Default::default()
     };
-    CronJob {
-        metadata: metadata(station, &backup_name(&station.name)),
-        spec: Some(CronJobSpec {
-            schedule: backup.schedule.clone(),
-            time_zone: backup.time_zone.clone(),
-            suspend: Some(backup.suspend),
-            // Two runs into one place would remove each other's unfinished backups.
-            concurrency_policy: Some("Forbid".into()),
-            // A run missed by more than an hour (the controller was down) is skipped, not
-            // started late in a burst.
-            starting_deadline_seconds: Some(3600),
-            successful_jobs_history_limit: Some(3),
-            failed_jobs_history_limit: Some(3),
-            job_template: JobTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels(station)),
-                    ..Default::default()
-                }),
-                spec: Some(JobSpec {
-                    backoff_limit: Some(2),
-                    template: PodTemplateSpec {
-                        metadata: Some(ObjectMeta {
-                            labels: Some(pod_labels(station)),
-                            ..Default::default()
-                        }),
-                        spec: Some(pod),
-                    },
-                    ..Default::default()
-                }),
-            },
-        }),
+    JobSpec {
+        backoff_limit: Some(2),
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels),
+                ..Default::default()
+            }),
+            spec: Some(pod),
+        },
         ..Default::default()
     }
 }

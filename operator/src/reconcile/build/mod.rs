@@ -6,7 +6,10 @@
 //! deleted by the StatefulSet's own claim retention policy: no finalizer is needed.
 
 mod backup;
-pub use backup::{BACKUP_CONTAINER, backup_name};
+pub use backup::{
+    BACKUP_CONTAINER, ON_DEMAND_LABEL, TERMINATION_LOG, backup_name, on_demand_job,
+    on_demand_job_name,
+};
 mod certificate;
 pub use certificate::certificate_resource;
 mod config;
