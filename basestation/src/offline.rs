@@ -10,9 +10,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zbase_basestation::backup::retention::Retention;
-use zbase_basestation::backup::{self, Location, Progress, S3Settings, Summary};
+use zbase_basestation::backup::{self, BackupError, Location, Progress, S3Settings, Summary};
 use zbase_basestation::config::{RawSettings, StoreBackend};
-use zbase_basestation::store::{PostgresOptions, PostgresStore, SqliteStore, Store as _};
+use zbase_basestation::store::{
+    PostgresOptions, PostgresStore, SqliteStore, Store as _, StoreError,
+};
 
 /// The store a command reads or writes: the same flags and variables as `serve`.
 #[derive(Debug, Args)]
@@ -236,8 +238,12 @@ pub struct RestoreArgs {
     #[arg(long, env = "ZBASE_BACKUP_IDENTITY", value_name = "FILE")]
     identity: PathBuf,
     /// Delete what the store holds first (in the same transaction as the restore).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "if_empty")]
     wipe: bool,
+    /// Restore only into an empty store, and succeed without restoring when it holds
+    /// resources already: a station's first start from a backup, run again at every start.
+    #[arg(long, env = "ZBASE_RESTORE_IF_EMPTY")]
+    if_empty: bool,
 }
 
 /// Runs an offline command to its end: exit 0, or 1 with the error on stderr.
@@ -418,6 +424,11 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         }
     };
     done();
+    if let (true, Err(BackupError::Store(StoreError::NotEmpty(held)))) = (args.if_empty, &restored)
+    {
+        println!("the store holds {held} resources already; nothing restored (--if-empty)");
+        return Ok(());
+    }
     let summary = restored
         .with_context(|| format!("cannot restore {from}; nothing was written to the store"))?;
     println!("restored {from}: {}", describe(&summary));

@@ -34,6 +34,7 @@ fn all_present() -> References {
             ("relay-db", vec!["url"]),
             ("relay-s3", vec!["access-key-id", "secret-access-key"]),
             ("storage-ca", vec!["ca.crt"]),
+            ("home-backup-key", vec!["key.txt"]),
         ]
         .into_iter()
         .map(|(n, keys)| (n.to_owned(), keys.into_iter().map(String::from).collect()))
@@ -399,6 +400,39 @@ fn invalid_backups_are_refused_with_what_to_change() {
         validate::referenced_secrets(&fixture("postgres-three-pods")),
         ["relay-db", "relay-s3", "storage-ca"],
         "the operator watches the Secrets a backup reads"
+    );
+}
+
+#[test]
+fn a_restore_needs_a_backup_name_its_destination_and_the_key() {
+    let mut bs = fixture("sqlite-tls-secret");
+    bs.spec.restore.as_mut().unwrap().backup = "backups/zbase-20261201T023000Z-4711".into();
+    bs.spec.backup = None;
+    let message = problems(&bs, &References::default());
+    for part in [
+        "restore.backup 'backups/zbase-20261201T023000Z-4711' is not a backup's name",
+        "restore reads the backup from spec.backup's destination",
+        "restore.identitySecret names Secret 'home-backup-key', which does not exist",
+    ] {
+        assert!(message.contains(part), "{part} missing from: {message}");
+    }
+    // Without spec.restore, no init container and no identity.
+    let mut plain = fixture("sqlite-tls-secret");
+    plain.spec.restore = None;
+    let pod = built(&station(&plain))
+        .stateful_set
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    assert!(pod.init_containers.is_none());
+    assert!(
+        !pod.volumes
+            .unwrap()
+            .iter()
+            .any(|v| v.name == "restore-identity"),
+        "no private key is mounted when nothing is restored"
     );
 }
 

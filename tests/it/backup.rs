@@ -561,7 +561,7 @@ async fn retention_keeps_the_newest_and_leaves_unreadable_backups_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_with_data_is_refused_unless_wiped() {
+async fn a_store_with_data_is_refused_unless_wiped_or_restored_only_if_empty() {
     let (source, _) = filled(10, &[]).await;
     let (key, _backups, folder) = backed_up(source.path());
 
@@ -580,10 +580,28 @@ async fn a_store_with_data_is_refused_unless_wiped() {
         "{out}"
     );
     assert_eq!(sqlite_contents(target.path()).await.1.len(), 3);
+    // A station's every start runs the same restore: with data there already, it passes by.
+    let (ok, out) = restore(&folder, &key, &data, &["--if-empty"]);
+    assert!(
+        ok && out.contains("holds 3 resources already; nothing restored"),
+        "{out}"
+    );
+    assert_eq!(sqlite_contents(target.path()).await.1.len(), 3);
+    let (ok, out) = restore(&folder, &key, &data, &["--wipe", "--if-empty"]);
+    assert!(!ok && out.contains("cannot be used with"), "{out}");
     let (ok, out) = restore(&folder, &key, &data, &["--wipe"]);
     assert!(ok, "{out}");
     assert_eq!(
         sqlite_contents(target.path()).await,
+        sqlite_contents(source.path()).await
+    );
+    // Into an empty store, --if-empty restores.
+    let fresh = tempfile::tempdir().unwrap();
+    let data = ["--data-dir", fresh.path().to_str().unwrap()];
+    let (ok, out) = restore(&folder, &key, &data, &["--if-empty"]);
+    assert!(ok && out.contains("restored"), "{out}");
+    assert_eq!(
+        sqlite_contents(fresh.path()).await,
         sqlite_contents(source.path()).await
     );
 }

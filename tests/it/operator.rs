@@ -162,7 +162,9 @@ async fn the_rendered_pod_template_serves_tls_from_the_mounted_secret() {
         ..Default::default()
     };
     let tls = BTreeMap::from([("tls".to_owned(), files.into())]);
-    let (mut pod, _) = start(&fixture("sqlite-tls-secret"), &refs, tls, &[]).await;
+    let mut bs = fixture("sqlite-tls-secret");
+    bs.spec.restore = None;
+    let (mut pod, _) = start(&bs, &refs, tls, &[]).await;
     wait_ready(&mut pod, Some(&ca.pem())).await;
     let conn = Conn::ws_tls(
         pod.port("public"),
@@ -444,5 +446,95 @@ async fn the_rendered_backup_job_writes_to_s3_with_the_mounted_credentials() {
     assert_eq!(
         super::backup::sqlite_contents(&target).await,
         (point, before)
+    );
+}
+
+#[tokio::test]
+async fn a_new_station_starts_from_a_backup_through_its_init_container() {
+    let key = super::backup::key();
+    let (source, _) = super::backup::filled(200, &[]).await;
+    let expected = super::backup::sqlite_contents(source.path()).await;
+    let mut bs = fixture("minimal");
+    bs.spec.tls.plain_http = true;
+    bs.spec.backup = fixture("sqlite-tls-secret").spec.backup;
+    bs.spec.backup.as_mut().unwrap().recipients = vec![key.recipient.clone()];
+    let backups = tempfile::tempdir().unwrap();
+    let shared = |dir: &Path| LocalVolume::Shared(dir.to_owned());
+    let taken = run_backup_job(
+        &backup_template(&bs, &References::default()),
+        &BTreeMap::from([
+            ("data".to_owned(), shared(source.path())),
+            ("backups".to_owned(), shared(backups.path())),
+        ]),
+        &[],
+    )
+    .await;
+    let name = Path::new(&taken).file_name().unwrap().to_str().unwrap();
+
+    // A new station, on an empty claim, from that backup by its name.
+    bs.spec.restore = Some(zbase_operator::crd::RestoreSpec {
+        backup: name.to_owned(),
+        identity_secret: zbase_operator::crd::IdentityKeyRef {
+            name: "home-backup-key".into(),
+            key: "key.txt".into(),
+        },
+    });
+    let refs = References {
+        secrets: [("home-backup-key".to_owned(), vec!["key.txt".to_owned()])].into(),
+        ..Default::default()
+    };
+    let template = desired(&bs, &refs).0.stateful_set.spec.unwrap().template;
+    let claim = tempfile::tempdir().unwrap();
+    let identity: VolumeFiles =
+        BTreeMap::from([("key.txt".to_owned(), std::fs::read(&key.identity).unwrap())]);
+    let init = || {
+        LocalPod::start(
+            &template,
+            build::RESTORE_CONTAINER,
+            &station_bin(),
+            &BTreeMap::from([
+                ("data".to_owned(), shared(claim.path())),
+                ("backups".to_owned(), shared(backups.path())),
+                ("restore-identity".to_owned(), identity.clone().into()),
+            ]),
+            "home-0",
+            "zbase",
+            &[],
+        )
+    };
+    let mut first = init();
+    let status = first.finished(Duration::from_secs(120)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the restore init container failed ({status:?}):\n{}",
+        first.stderr_log()
+    );
+    assert_eq!(
+        super::backup::sqlite_contents(claim.path()).await,
+        expected,
+        "the first start restores the backup"
+    );
+
+    // The station starts on it and serves; a restart runs the init container again, which
+    // leaves the store as it is.
+    let (mut station, _) = start(
+        &bs,
+        &refs,
+        BTreeMap::from([("data".to_owned(), shared(claim.path()))]),
+        &[],
+    )
+    .await;
+    wait_ready(&mut station, None).await;
+    drop(station);
+    let mut again = init();
+    let status = again.finished(Duration::from_secs(120)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "a later start must not fail ({status:?}):\n{}",
+        again.stderr_log()
+    );
+    assert_eq!(
+        super::backup::sqlite_contents(claim.path()).await.1,
+        expected.1
     );
 }

@@ -59,9 +59,11 @@ impl LocalPod {
         extra_env: &[(&str, String)],
     ) -> LocalPod {
         let spec = template.spec.as_ref().expect("a pod template has a spec");
+        // An init container runs the same way: to its end, before the others.
         let c: &Container = spec
             .containers
             .iter()
+            .chain(spec.init_containers.iter().flatten())
             .find(|c| c.name == container)
             .unwrap_or_else(|| panic!("no container named {container}"));
         let root = tempfile::tempdir().expect("pod root");

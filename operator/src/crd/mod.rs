@@ -72,6 +72,7 @@ pub const GROUP: &str = "zbase.dev";
     )
 )]
 #[x_kube(validation = Rule::new("self.replicas <= 1 || has(self.store.postgres)").message("more than one replica needs a PostgreSQL store: set spec.store.postgres, or spec.replicas: 1"))]
+#[x_kube(validation = Rule::new("!has(self.restore) || has(self.backup)").message("spec.restore reads the backup from spec.backup's destination: set spec.backup"))]
 #[x_kube(validation = Rule::new("!has(self.tls.acme) || self.replicas <= 1").message("ACME issuance runs in the station and serves one pod only: set spec.replicas: 1, or use spec.tls.certManager"))]
 #[serde(rename_all = "camelCase")]
 pub struct BaseStationSpec {
@@ -152,6 +153,42 @@ pub struct BaseStationSpec {
     /// Scheduled encrypted backups (a CronJob running `zbase-station backup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+
+    /// Start from a backup: before the station first serves, the backup named here is
+    /// restored from spec.backup's destination into the empty store. Later starts find the
+    /// store holding data and leave it alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
+}
+
+/// A backup to start a new station from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSpec {
+    /// The backup's name in spec.backup's destination (`zbase-20261203T070001123Z-1f2e`), as
+    /// `zbase-station backup list` or a BaseStationBackup's status shows it.
+    #[x_kube(validation = Rule::new("self.startsWith('zbase-') && !self.contains('/')").message("restore.backup is a backup's name, zbase-<time>-..., without a folder"))]
+    pub backup: String,
+    /// A Secret key holding an age identity (`AGE-SECRET-KEY-1...`) the backup was encrypted
+    /// to. It is only needed at the first start: once the station runs, remove spec.restore
+    /// (the pods roll once), then delete the Secret.
+    pub identity_secret: IdentityKeyRef,
+}
+
+/// One key of a Secret holding an age identity.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key holding the identity. [default: key.txt]
+    #[serde(default = "default_identity_key")]
+    pub key: String,
+}
+
+fn default_identity_key() -> String {
+    "key.txt".into()
 }
 
 /// Scheduled encrypted backups: what, when, to whom, where, and how many to keep. See

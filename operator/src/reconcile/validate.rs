@@ -85,6 +85,19 @@ pub struct Station {
     pub network_policy: bool,
     /// Scheduled backups, when the spec asks for them.
     pub backup: Option<Backup>,
+    /// The backup to start from, when the spec names one.
+    pub restore: Option<Restore>,
+}
+
+/// The backup a new station starts from, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restore {
+    /// Its name in spec.backup's destination.
+    pub backup: String,
+    /// The Secret holding the age identity.
+    pub identity_secret: String,
+    /// Its key.
+    pub identity_key: String,
 }
 
 /// Scheduled backups, checked.
@@ -435,6 +448,38 @@ pub fn validate(
         .as_ref()
         .map(|backup| validate_backup(backup, refs, &mut problems));
 
+    let restore = spec.restore.as_ref().map(|restore| {
+        if spec.backup.is_none() {
+            problems.push(
+                "restore reads the backup from spec.backup's destination: set spec.backup".into(),
+            );
+        }
+        if !restore
+            .backup
+            .starts_with(zbase_basestation::backup::folder::PREFIX)
+            || restore.backup.contains('/')
+        {
+            problems.push(format!(
+                "restore.backup '{}' is not a backup's name: give the zbase-<time>-... name that \
+                 `zbase-station backup list` shows, without a folder",
+                restore.backup
+            ));
+        }
+        let identity = &restore.identity_secret;
+        check_secret_key(
+            refs,
+            &identity.name,
+            &identity.key,
+            "restore.identitySecret",
+            &mut problems,
+        );
+        Restore {
+            backup: restore.backup.clone(),
+            identity_secret: identity.name.clone(),
+            identity_key: identity.key.clone(),
+        }
+    });
+
     if !problems.is_empty() {
         return Err(Invalid { problems });
     }
@@ -464,6 +509,7 @@ pub fn validate(
         pod_overrides: spec.pod_overrides.clone(),
         network_policy: spec.network_policy,
         backup,
+        restore,
     })
 }
 
@@ -621,6 +667,12 @@ pub fn referenced_secrets(bs: &BaseStation) -> Vec<String> {
     if let Some(secret) = &bs.spec.tls.secret_name {
         names.push(secret.clone());
     }
+    names.extend(
+        bs.spec
+            .restore
+            .as_ref()
+            .map(|r| r.identity_secret.name.clone()),
+    );
     if let Some(s3) = bs.spec.backup.as_ref().and_then(|b| b.s3.as_ref()) {
         names.push(s3.credentials_secret.clone());
         names.extend(s3.ca.as_ref().map(|ca| ca.name.clone()));

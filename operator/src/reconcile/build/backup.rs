@@ -36,6 +36,11 @@ pub const TERMINATION_LOG: &str = "/dev/termination-log";
 /// Label of an on-demand backup's Job and pods: the BaseStationBackup's name.
 pub const ON_DEMAND_LABEL: &str = "zbase.dev/backup";
 
+/// The init container that restores a backup into a new station's store.
+pub const RESTORE_CONTAINER: &str = "restore";
+/// Where the restore's age identity is mounted.
+const RESTORE_IDENTITY_DIR: &str = "/etc/zbase/restore";
+
 /// The CronJob's name.
 pub fn backup_name(station: &str) -> String {
     format!("{station}-backup")
@@ -155,81 +160,11 @@ fn job_spec(station: &Station, backup: &Backup, labels: BTreeMap<String, String>
         }
         Store::Postgres { .. } => env_vars.extend(store_env(station)),
     }
-    match &backup.destination {
-        BackupDestination::Volume { claim, sub_path } => {
-            volumes.push(Volume {
-                name: "backups".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: claim.clone(),
-                    read_only: Some(false),
-                }),
-                ..Default::default()
-            });
-            mounts.push(VolumeMount {
-                name: "backups".into(),
-                mount_path: BACKUPS_DIR.into(),
-                ..Default::default()
-            });
-            let to = match sub_path {
-                Some(sub) => format!("{BACKUPS_DIR}/{}", sub.trim_matches('/')),
-                None => BACKUPS_DIR.into(),
-            };
-            env_vars.push(env("ZBASE_BACKUP_TO", to));
-        }
-        BackupDestination::S3(s3) => {
-            env_vars.push(env("ZBASE_BACKUP_TO", s3.url.clone()));
-            if let Some(endpoint) = &s3.endpoint {
-                env_vars.push(env("AWS_ENDPOINT_URL", endpoint.clone()));
-            }
-            if let Some(region) = &s3.region {
-                env_vars.push(env("AWS_REGION", region.clone()));
-            }
-            volumes.push(Volume {
-                name: "s3-credentials".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(s3.credentials_secret.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-            mounts.push(VolumeMount {
-                name: "s3-credentials".into(),
-                mount_path: S3_CREDENTIALS_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            });
-            env_vars.push(env(
-                "AWS_ACCESS_KEY_ID_FILE",
-                format!("{S3_CREDENTIALS_DIR}/access-key-id"),
-            ));
-            env_vars.push(env(
-                "AWS_SECRET_ACCESS_KEY_FILE",
-                format!("{S3_CREDENTIALS_DIR}/secret-access-key"),
-            ));
-            if let Some(ca) = &s3.ca {
-                volumes.push(Volume {
-                    name: "s3-ca".into(),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(ca.name.clone()),
-                        items: Some(vec![KeyToPath {
-                            key: ca.key.clone(),
-                            path: "ca.crt".into(),
-                            ..Default::default()
-                        }]),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                });
-                mounts.push(VolumeMount {
-                    name: "s3-ca".into(),
-                    mount_path: S3_CA_DIR.into(),
-                    read_only: Some(true),
-                    ..Default::default()
-                });
-                env_vars.push(env("ZBASE_S3_CA_FILE", format!("{S3_CA_DIR}/ca.crt")));
-            }
-        }
-    }
+    let place = place(backup);
+    env_vars.push(env("ZBASE_BACKUP_TO", place.root));
+    env_vars.extend(place.env);
+    volumes.extend(place.volumes);
+    mounts.extend(place.mounts);
     if let Some(last) = backup.keep_last {
         env_vars.push(env("ZBASE_BACKUP_KEEP_LAST", last.to_string()));
     }
@@ -300,4 +235,169 @@ fn beside_pod_zero(station: &Station) -> Affinity {
         }),
         ..Default::default()
     }
+}
+
+/// How a pod reaches the backups of a destination: its variables, volumes and mounts, and
+/// the folder or `s3://` prefix that `--to` and `--from` name.
+pub(super) struct Place {
+    /// The folder or prefix the backups are in.
+    pub root: String,
+    /// S3 settings, as files and variables.
+    pub env: Vec<EnvVar>,
+    /// The backup volume, or the S3 credentials and CA Secrets.
+    pub volumes: Vec<Volume>,
+    /// Where those are mounted.
+    pub mounts: Vec<VolumeMount>,
+}
+
+/// Where `backup`'s destination is, for a pod.
+pub(super) fn place(backup: &Backup) -> Place {
+    let mut env_vars = Vec::new();
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    let root = match &backup.destination {
+        BackupDestination::Volume { claim, sub_path } => {
+            volumes.push(Volume {
+                name: "backups".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: Some(false),
+                }),
+                ..Default::default()
+            });
+            mounts.push(VolumeMount {
+                name: "backups".into(),
+                mount_path: BACKUPS_DIR.into(),
+                ..Default::default()
+            });
+            match sub_path {
+                Some(sub) => format!("{BACKUPS_DIR}/{}", sub.trim_matches('/')),
+                None => BACKUPS_DIR.into(),
+            }
+        }
+        BackupDestination::S3(s3) => {
+            if let Some(endpoint) = &s3.endpoint {
+                env_vars.push(env("AWS_ENDPOINT_URL", endpoint.clone()));
+            }
+            if let Some(region) = &s3.region {
+                env_vars.push(env("AWS_REGION", region.clone()));
+            }
+            volumes.push(Volume {
+                name: "s3-credentials".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(s3.credentials_secret.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            mounts.push(VolumeMount {
+                name: "s3-credentials".into(),
+                mount_path: S3_CREDENTIALS_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+            env_vars.push(env(
+                "AWS_ACCESS_KEY_ID_FILE",
+                format!("{S3_CREDENTIALS_DIR}/access-key-id"),
+            ));
+            env_vars.push(env(
+                "AWS_SECRET_ACCESS_KEY_FILE",
+                format!("{S3_CREDENTIALS_DIR}/secret-access-key"),
+            ));
+            if let Some(ca) = &s3.ca {
+                volumes.push(Volume {
+                    name: "s3-ca".into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(ca.name.clone()),
+                        items: Some(vec![KeyToPath {
+                            key: ca.key.clone(),
+                            path: "ca.crt".into(),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+                mounts.push(VolumeMount {
+                    name: "s3-ca".into(),
+                    mount_path: S3_CA_DIR.into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                });
+                env_vars.push(env("ZBASE_S3_CA_FILE", format!("{S3_CA_DIR}/ca.crt")));
+            }
+            s3.url.clone()
+        }
+    };
+    Place {
+        root,
+        env: env_vars,
+        volumes,
+        mounts,
+    }
+}
+
+/// The init container that restores spec.restore's backup into `station`'s store before the
+/// station first serves; it adds the volumes it reads to `volumes`. Every start runs it, and
+/// a store that holds data already is left alone (`--if-empty`), so only a first start
+/// restores; on PostgreSQL the pods' restores take the same table lock, so one restores and
+/// the others find it done.
+pub(super) fn restore_container(station: &Station, volumes: &mut Vec<Volume>) -> Option<Container> {
+    let (restore, backup) = (station.restore.as_ref()?, station.backup.as_ref()?);
+    let place = place(backup);
+    volumes.extend(place.volumes);
+    volumes.push(Volume {
+        name: "restore-identity".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(restore.identity_secret.clone()),
+            items: Some(vec![KeyToPath {
+                key: restore.identity_key.clone(),
+                path: "key.txt".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let mut mounts = place.mounts;
+    mounts.push(VolumeMount {
+        name: "restore-identity".into(),
+        mount_path: RESTORE_IDENTITY_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    });
+    let mut env_vars = vec![
+        env("ZBASE_RESTORE_IF_EMPTY", "true"),
+        env(
+            "ZBASE_BACKUP_IDENTITY",
+            format!("{RESTORE_IDENTITY_DIR}/key.txt"),
+        ),
+    ];
+    match &station.store {
+        Store::Sqlite => {
+            mounts.push(VolumeMount {
+                name: "data".into(),
+                mount_path: DATA_DIR.into(),
+                ..Default::default()
+            });
+            env_vars.push(env("ZBASE_DATA_DIR", DATA_DIR));
+        }
+        Store::Postgres { .. } => env_vars.extend(store_env(station)),
+    }
+    env_vars.extend(place.env);
+    Some(Container {
+        name: RESTORE_CONTAINER.into(),
+        image: Some(station.image.clone()),
+        image_pull_policy: Some(station.image_pull_policy.clone()),
+        args: Some(vec![
+            "restore".into(),
+            "--from".into(),
+            format!("{}/{}", place.root, restore.backup),
+        ]),
+        env: Some(env_vars),
+        resources: station.resources.clone(),
+        security_context: Some(container_security()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    })
 }

@@ -7,8 +7,8 @@
 
 mod backup;
 pub use backup::{
-    BACKUP_CONTAINER, ON_DEMAND_LABEL, TERMINATION_LOG, backup_name, on_demand_job,
-    on_demand_job_name,
+    BACKUP_CONTAINER, ON_DEMAND_LABEL, RESTORE_CONTAINER, TERMINATION_LOG, backup_name,
+    on_demand_job, on_demand_job_name,
 };
 mod certificate;
 pub use certificate::certificate_resource;

@@ -232,6 +232,8 @@ fn pod_template(station: &Station, config_hash: &str) -> Result<PodTemplateSpec,
         ..Default::default()
     };
 
+    let init_containers = super::backup::restore_container(station, &mut volumes).map(|c| vec![c]);
+
     let scheduling = &station.scheduling;
     let spec = PodSpec {
         service_account_name: Some(station.name.clone()),
@@ -243,6 +245,7 @@ fn pod_template(station: &Station, config_hash: &str) -> Result<PodTemplateSpec,
             i64::try_from(station.shutdown_grace.as_secs()).unwrap_or(i64::MAX / 2) + 5,
         ),
         security_context: Some(pod_security()),
+        init_containers,
         containers: vec![container],
         volumes: Some(volumes),
         image_pull_secrets: pull_secrets(station),
