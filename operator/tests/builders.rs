@@ -35,6 +35,7 @@ fn all_present() -> References {
             ("relay-s3", vec!["access-key-id", "secret-access-key"]),
             ("storage-ca", vec!["ca.crt"]),
             ("home-backup-key", vec!["key.txt"]),
+            ("backup-s3", vec!["access-key-id", "secret-access-key"]),
         ]
         .into_iter()
         .map(|(n, keys)| (n.to_owned(), keys.into_iter().map(String::from).collect()))
