@@ -15,7 +15,7 @@ use kube::Resource;
 use kube::ResourceExt as _;
 use kube::api::Api;
 use kube::runtime::Controller;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -91,35 +91,32 @@ async fn run_one(ctx: Arc<Context>, namespace: Option<String>, stop: watch::Rece
         api::<BaseStationBackup>(&ctx, ns),
         watcher::Config::default(),
     );
-    let requests = backups.store();
+    let requests = requests_of(backups.store());
     let backups = backups
-    .owns(api::<Job>(&ctx, ns), owned_jobs)
-    .watches(
-        api::<BaseStation>(&ctx, ns),
-        watcher::Config::default(),
-        move |station| {
-            let (name, namespace) = (station.name_any(), station.namespace());
-            requests
-                .state()
-                .into_iter()
-                .filter(|r| r.spec.base_station == name && r.namespace() == namespace)
-                .map(|r| ObjectRef::from_obj(&*r))
-                .collect::<Vec<_>>()
-        },
-    )
-    .graceful_shutdown_on(stopped(stop))
-    .run(
-        reconcile::on_demand::reconcile,
-        reconcile::error_policy,
-        ctx.clone(),
-    )
-    .for_each(|result| async move {
-        match result {
-            Ok((object, _)) => {
-                tracing::debug!(backup = %object.name, namespace = ?object.namespace, "reconciled")
+        .owns(api::<Job>(&ctx, ns), owned_jobs)
+        .watches(api::<BaseStation>(&ctx, ns), watcher::Config::default(), requests)
+        .graceful_shutdown_on(stopped(stop))
+        .run(reconcile::on_demand::reconcile, reconcile::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(backup = %object.name, namespace = ?object.namespace, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile did not run"),
             }
-            Err(e) => tracing::debug!(error = %e, "reconcile did not run"),
-        }
-    });
+        });
     tokio::join!(stations, backups);
+}
+
+/// The BaseStationBackups in `store` that name a BaseStation, to wake when it changes.
+fn requests_of(
+    store: Store<BaseStationBackup>,
+) -> impl Fn(BaseStation) -> Vec<ObjectRef<BaseStationBackup>> {
+    move |station| {
+        let (name, namespace) = (station.name_any(), station.namespace());
+        store
+            .state()
+            .into_iter()
+            .filter(|r| r.spec.base_station == name && r.namespace() == namespace)
+            .map(|r| ObjectRef::from_obj(&*r))
+            .collect()
+    }
 }
