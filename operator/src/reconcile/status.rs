@@ -207,7 +207,7 @@ pub fn status(
         .as_ref()
         .and_then(|c| c.status.as_ref())
         .and_then(|s| s.last_successful_time.as_ref())
-        .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        .map(|t| rfc3339(t.0));
     if let Some(spec) = &bs.spec.backup {
         let (ok, reason, message) =
             backup_condition(&bs.name_any(), spec, observed.backup_cron_job.as_ref());
@@ -222,9 +222,7 @@ pub fn status(
         endpoint: station
             .map(|s| endpoint(s, observed.service.as_ref()))
             .or(old.endpoint),
-        certificate_expiry: observed
-            .certificate_expiry
-            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        certificate_expiry: observed.certificate_expiry.map(rfc3339),
         last_backup: last_backup.or(old.last_backup),
         config_hash: observed.config_hash.clone().or(old.config_hash),
     }
@@ -247,7 +245,6 @@ fn backup_condition(
     let running = status
         .and_then(|s| s.active.as_ref())
         .is_some_and(|a| !a.is_empty());
-    let when = |t: Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     let logs = format!(
         "see `kubectl logs -l app.kubernetes.io/name=zbase-backup,app.kubernetes.io/instance={station}`"
     );
@@ -257,26 +254,26 @@ fn backup_condition(
             "BackupFailed",
             format!(
                 "the backup started at {} did not succeed (the last success was at {}): {logs}",
-                when(s),
-                when(ok)
+                rfc3339(s),
+                rfc3339(ok)
             ),
         ),
         (_, Some(ok)) => (
             true,
             "BackupSucceeded",
-            format!("the last backup succeeded at {}", when(ok)),
+            format!("the last backup succeeded at {}", rfc3339(ok)),
         ),
         (Some(s), None) if running => (
             false,
             "FirstBackupRunning",
-            format!("the first backup started at {} and is running", when(s)),
+            format!("the first backup started at {} and is running", rfc3339(s)),
         ),
         (Some(s), None) => (
             false,
             "BackupFailed",
             format!(
                 "the backup started at {} did not succeed, and none has yet: {logs}",
-                when(s)
+                rfc3339(s)
             ),
         ),
         (None, None) if spec.suspend => (
@@ -290,6 +287,11 @@ fn backup_condition(
             format!("no backup has run yet; the schedule is '{}'", spec.schedule),
         ),
     }
+}
+
+/// A time as status shows it: RFC 3339 to the second, in UTC.
+fn rfc3339(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn tls_condition(

@@ -7,7 +7,7 @@
 //! the station runs (a stopped station's volume is free, and its topology places the Job).
 
 use super::config::DATA_DIR;
-use super::statefulset::{container_security, pod_security, pull_secrets, store_env};
+use super::statefulset::{container_security, pod_base, store_env};
 use super::{INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, metadata};
 use crate::crd::BaseStationBackup;
 use crate::reconcile::validate::{Backup, BackupDestination, Station, Store};
@@ -185,23 +185,13 @@ fn job_spec(station: &Station, backup: &Backup, labels: BTreeMap<String, String>
         volume_mounts: Some(mounts),
         ..Default::default()
     };
-    let scheduling = &station.scheduling;
     let pod = PodSpec {
-        service_account_name: Some(station.name.clone()),
-        automount_service_account_token: Some(false),
-        enable_service_links: Some(false),
         // Each try is its own pod, so its log stays for `kubectl logs`.
         restart_policy: Some("Never".into()),
-        security_context: Some(pod_security()),
         containers: vec![container],
         volumes: Some(volumes),
-        image_pull_secrets: pull_secrets(station),
-        node_selector: (!scheduling.node_selector.is_empty())
-            .then(|| scheduling.node_selector.clone()),
-        tolerations: (!scheduling.tolerations.is_empty()).then(|| scheduling.tolerations.clone()),
         affinity,
-        priority_class_name: scheduling.priority_class_name.clone(),
-        ..Default::default()
+        ..pod_base(station)
     };
     JobSpec {
         backoff_limit: Some(2),

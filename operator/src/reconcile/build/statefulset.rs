@@ -236,22 +236,13 @@ fn pod_template(station: &Station, config_hash: &str) -> Result<PodTemplateSpec,
 
     let scheduling = &station.scheduling;
     let spec = PodSpec {
-        service_account_name: Some(station.name.clone()),
-        automount_service_account_token: Some(false),
-        // Service environment variables are noise to the station and grow with the namespace.
-        enable_service_links: Some(false),
         // The station's own drain, plus time for the kubelet to deliver SIGTERM and log.
         termination_grace_period_seconds: Some(
             i64::try_from(station.shutdown_grace.as_secs()).unwrap_or(i64::MAX / 2) + 5,
         ),
-        security_context: Some(pod_security()),
         init_containers,
         containers: vec![container],
         volumes: Some(volumes),
-        image_pull_secrets: pull_secrets(station),
-        node_selector: (!scheduling.node_selector.is_empty())
-            .then(|| scheduling.node_selector.clone()),
-        tolerations: (!scheduling.tolerations.is_empty()).then(|| scheduling.tolerations.clone()),
         affinity: Some(
             scheduling
                 .affinity
@@ -260,8 +251,7 @@ fn pod_template(station: &Station, config_hash: &str) -> Result<PodTemplateSpec,
         ),
         topology_spread_constraints: (!scheduling.topology_spread_constraints.is_empty())
             .then(|| scheduling.topology_spread_constraints.clone()),
-        priority_class_name: scheduling.priority_class_name.clone(),
-        ..Default::default()
+        ..pod_base(station)
     };
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
@@ -307,6 +297,26 @@ pub(super) fn store_env(station: &Station) -> Option<EnvVar> {
         }),
         ..Default::default()
     })
+}
+
+/// What every pod the operator runs for `station` shares, station or backup: its identity
+/// (no API token: none of them calls the API), restricted security, pull secrets, and the
+/// spec's node selector, tolerations and priority.
+pub(super) fn pod_base(station: &Station) -> PodSpec {
+    let scheduling = &station.scheduling;
+    PodSpec {
+        service_account_name: Some(station.name.clone()),
+        automount_service_account_token: Some(false),
+        // Service environment variables are noise to the station and grow with the namespace.
+        enable_service_links: Some(false),
+        security_context: Some(pod_security()),
+        image_pull_secrets: pull_secrets(station),
+        node_selector: (!scheduling.node_selector.is_empty())
+            .then(|| scheduling.node_selector.clone()),
+        tolerations: (!scheduling.tolerations.is_empty()).then(|| scheduling.tolerations.clone()),
+        priority_class_name: scheduling.priority_class_name.clone(),
+        ..Default::default()
+    }
 }
 
 /// Restricted pod security for every container the operator runs: no privilege, nothing
