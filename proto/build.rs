@@ -13,9 +13,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_transport(false)
         .bytes(".zbase.v1.Frame.payload")
+        .bytes(".zbase.v1.Change.snapshot")
+        .bytes(".zbase.v1.PutSnapshotRequest.snapshot")
         // Lazily sized buffers: see `codec.rs`. Same wire format as tonic_prost's codec.
         .codec_path("crate::codec::LeanCodec")
-        .compile_protos(&["zbase/v1/station.proto"], &["."])?;
+        .compile_protos(
+            &["zbase/v1/station.proto", "zbase/v1/replication.proto"],
+            &["."],
+        )?;
     println!("cargo:rerun-if-changed=zbase");
     Ok(())
 }

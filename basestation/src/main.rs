@@ -9,12 +9,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
 use zbase_basestation::cluster::{Directory, Identity, Membership};
 use zbase_basestation::config::{RawSettings, Settings, StoreBackend};
 use zbase_basestation::relay::{Relay, RelayParts};
+use zbase_basestation::replication::{Cache, Upstream};
 use zbase_basestation::store::{Fence, PostgresOptions, PostgresStore, SqliteStore, Store};
 use zbase_basestation::telemetry::{Metrics, init_telemetry};
-use zbase_basestation::tls::{Challenges, Watched};
+use zbase_basestation::tls::{self, Challenges, Watched};
 use zbase_basestation::{shutdown, transport};
 
 mod offline;
@@ -128,7 +130,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let (store, mut cluster) = open_store(&settings).await?;
+    let replication_tls = match &settings.replication.tls {
+        Some(files) => Some(Arc::new(
+            Watched::load(files.clone(), "replication", metrics.clone()).context(
+                "the TLS between sites (--replication-tls-cert, --replication-tls-key, --replication-ca)",
+            )?,
+        )),
+        None => None,
+    };
+    let (store, mut cluster, replica) = open_store(&settings, &metrics, &replication_tls).await?;
     let token = CancellationToken::new();
     let relay = Relay::new(RelayParts {
         store: store.clone(),
@@ -151,8 +161,39 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     if public_tls.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "PLAIN HTTP on a non-loopback address: clients' traffic is readable on the network; use --tls-cert and --tls-key, or a TLS-terminating proxy in front");
     }
+    let grace = settings.limits.shutdown_grace;
+    if let Some(replica) = replica {
+        tracing::info!(primary = %replica.primary, "a read-only replica: following the primary site");
+        tokio::spawn(zbase_basestation::replication::follow(
+            replica.upstream,
+            replica.local,
+            relay.clone(),
+            token.clone(),
+        ));
+    }
+    if let Some(listen) = settings.replication.listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on the replication port {listen}"))?;
+        let tls = replication_tls.as_ref().map(|tls| tls.server());
+        if tls.is_none() && !listen.ip().is_loopback() {
+            tracing::warn!(%listen, "the replication port has no mutual TLS and listens beyond loopback: any host that reaches it can read every stored resource and write snapshots; set --replication-tls-cert, --replication-tls-key and --replication-ca");
+        }
+        tracing::info!(%listen, "serving replica sites: zbase.v1.Replication");
+        tokio::spawn(transport::serve_replication(
+            listener,
+            zbase_basestation::replication::router(relay.clone(), store.clone()),
+            relay.clone(),
+            grace,
+            tls,
+        ));
+    }
     let reload_stop = CancellationToken::new();
-    for watched in public_tls.iter().chain(&internal_tls) {
+    for watched in public_tls
+        .iter()
+        .chain(&internal_tls)
+        .chain(&replication_tls)
+    {
         let every = settings.tls_reload_interval;
         tokio::spawn(Arc::clone(watched).watch(every, reload_stop.clone()));
     }
@@ -164,7 +205,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             reload_stop.clone(),
         ));
     }
-    let grace = settings.limits.shutdown_grace;
     let signal = CancellationToken::new();
     tokio::spawn(shutdown::on_signal(signal.clone()));
     let membership_stopped = CancellationToken::new();
@@ -243,9 +283,20 @@ struct Cluster {
     internal: Option<tokio::net::TcpListener>,
 }
 
-/// The backend `--store` names, and for PostgreSQL this pod's membership. Only the redacted
-/// URL ever reaches a message.
-async fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Option<Cluster>)> {
+/// What a replica runs beside the relay: the feed from its primary into its local cache.
+struct Replica {
+    primary: String,
+    upstream: Upstream,
+    local: Arc<SqliteStore>,
+}
+
+/// The backend `--store` names, for PostgreSQL this pod's membership, and for a replica its
+/// link to the primary. Only the redacted URL ever reaches a message.
+async fn open_store(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    replication_tls: &Option<Arc<Watched>>,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Cluster>, Option<Replica>)> {
     let StoreBackend::Postgres { url, password_file } = &settings.store else {
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
@@ -258,7 +309,42 @@ async fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Opti
             .await
             .with_context(|| format!("cannot open the store {}", db.display()))?;
         tracing::info!(store = %db.display(), "using the embedded SQLite store");
-        return Ok((Arc::new(store), None));
+        let Some(primary) = &settings.replication.primary else {
+            return Ok((Arc::new(store), None, None));
+        };
+        let local = Arc::new(store);
+        let endpoint = Endpoint::from_shared(format!("http://{}", primary.authority))
+            .with_context(|| {
+                format!(
+                    "--replica-of: {} is not a usable address",
+                    primary.authority
+                )
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        let channel = match (
+            primary.tls,
+            replication_tls.as_ref().and_then(|tls| tls.client()),
+        ) {
+            (true, Some(tls)) => endpoint.connect_with_connector_lazy(tls::dial(tls)),
+            (true, None) => anyhow::bail!(
+                "--replica-of {} uses https but this site has no certificate for it: give --replication-tls-cert, --replication-tls-key and --replication-ca",
+                primary.authority
+            ),
+            (false, _) => endpoint.connect_lazy(),
+        };
+        let upstream = Upstream::new(channel, metrics.clone());
+        let cache = Cache::new(Arc::clone(&local), upstream.clone());
+        let scheme = if primary.tls { "https" } else { "http" };
+        let replica = Replica {
+            primary: format!("{scheme}://{}", primary.authority),
+            upstream,
+            local,
+        };
+        return Ok((Arc::new(cache), None, Some(replica)));
     };
     let password = match password_file {
         Some(path) => Some(
@@ -331,5 +417,6 @@ async fn open_store(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Opti
             directory,
             internal: Some(internal),
         }),
+        None,
     ))
 }

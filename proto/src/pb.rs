@@ -1,4 +1,5 @@
-//! Generated gRPC and protobuf code for `proto/zbase/v1/station.proto`; never edited by hand.
+//! Generated gRPC and protobuf code for `proto/zbase/v1/*.proto` (the client contract's
+//! `Station` and the site-to-site `Replication`); never edited by hand.
 #![allow(missing_docs, clippy::all)]
 
 tonic::include_proto!("zbase.v1");

@@ -12,6 +12,7 @@ mod operator;
 mod operator_reconcile;
 mod pods;
 mod postgres;
+mod replication;
 mod sqlite;
 mod telemetry;
 mod tls;

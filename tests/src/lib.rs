@@ -12,5 +12,6 @@ pub mod kubelet;
 pub mod pods;
 pub mod postgres;
 pub mod restored;
+pub mod sites;
 pub mod station;
 pub mod tls;

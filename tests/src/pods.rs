@@ -65,7 +65,7 @@ fn haproxy_bin() -> PathBuf {
 
 /// `N` distinct ports free on `ip` just now (the kernel's picks, held together so they
 /// differ), for a pod to keep across restarts.
-fn free_ports<const N: usize>(ip: IpAddr) -> [u16; N] {
+pub fn free_ports<const N: usize>(ip: IpAddr) -> [u16; N] {
     let held: Vec<std::net::TcpListener> = (0..N)
         .map(|_| std::net::TcpListener::bind((ip, 0)).expect("pick a free loopback port"))
         .collect();
@@ -75,7 +75,7 @@ fn free_ports<const N: usize>(ip: IpAddr) -> [u16; N] {
 /// A loopback network of this deployment's own, `127.X.Y.0/24`: its pods and virtual IP
 /// take fixed ports, and nothing else in the test process binds these addresses, so no
 /// other test's listener can take a port between picking it and a pod's restart.
-fn private_net() -> [u8; 3] {
+pub fn private_net() -> [u8; 3] {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     // A random second octet keeps test processes running side by side apart too.
@@ -84,7 +84,8 @@ fn private_net() -> [u8; 3] {
     [salt, high.wrapping_add(1), low]
 }
 
-fn ip_in(net: [u8; 3], host: u8) -> IpAddr {
+/// Host `host` of the private loopback network `net`.
+pub fn ip_in(net: [u8; 3], host: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, net[0], net[1], host))
 }
 

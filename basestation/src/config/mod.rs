@@ -206,6 +206,37 @@ pub struct RawSettings {
     #[arg(long, env = "ZBASE_INTERNAL_CA", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub internal_ca: Option<PathBuf>,
+
+    /// Run as a read-only caching replica of the primary site whose replication port is at
+    /// this URL (`https://host:port`; `http://` only on a private network): follow its change
+    /// feed into the local SQLite cache, serve verification and snapshots from it, and send
+    /// configurations and snapshots to the primary. [default: this station is a primary]
+    #[arg(long, env = "ZBASE_REPLICA_OF", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_of: Option<String>,
+
+    /// Address of the replication port, where replica sites follow this station (mutual TLS
+    /// with --replication-tls-cert, --replication-tls-key, --replication-ca). [default: off]
+    #[arg(long, env = "ZBASE_REPLICATION_LISTEN", value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_listen: Option<SocketAddr>,
+
+    /// PEM certificate this site presents between sites: as the replication port's server,
+    /// and as a replica's client certificate.
+    #[arg(long, env = "ZBASE_REPLICATION_TLS_CERT", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --replication-tls-cert.
+    #[arg(long, env = "ZBASE_REPLICATION_TLS_KEY", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_tls_key: Option<PathBuf>,
+
+    /// PEM bundle of the CA(s) of every site of this deployment: the other side's
+    /// certificate must chain to one.
+    #[arg(long, env = "ZBASE_REPLICATION_CA", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_ca: Option<PathBuf>,
 }
 
 /// Why settings are refused. Each message names the setting and what to do.
@@ -357,6 +388,58 @@ pub struct Settings {
     pub tls_reload_interval: Duration,
     /// The public certificate obtained over ACME; `tls` then names its files.
     pub acme: Option<AcmeSettings>,
+    /// Following a primary site, and being followed.
+    pub replication: ReplicationSettings,
+}
+
+/// How this station takes part in replication between sites.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationSettings {
+    /// The primary this station follows as a replica; `None` for a primary.
+    pub primary: Option<PrimaryAddress>,
+    /// Where the replication port listens, if it is served.
+    pub listen: Option<SocketAddr>,
+    /// Mutual TLS between sites, if configured.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where a replica reaches its primary's replication port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrimaryAddress {
+    /// `host:port`.
+    pub authority: String,
+    /// Whether the port speaks (mutual) TLS: `https://` in the URL.
+    pub tls: bool,
+}
+
+impl PrimaryAddress {
+    /// Parses `https://host[:port]` or `http://host[:port]` (no path).
+    pub fn parse(url: &str) -> Result<PrimaryAddress, &'static str> {
+        const EXPECTED: &str = "a URL of the primary's replication port: https://host:port (or http:// on a private network), without a path";
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(EXPECTED);
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+            return Err(EXPECTED);
+        }
+        let uri: http::uri::Authority = rest.parse().map_err(|_| EXPECTED)?;
+        // What follows the host (past an IPv6 literal's brackets) must be a port, if anything.
+        let tail = &rest[rest.rfind(']').map_or(0, |end| end + 1)..];
+        let port = match tail.rsplit_once(':') {
+            Some((_, port)) => port.parse::<u16>().map_err(|_| EXPECTED)?,
+            None if tls => 443,
+            None => 80,
+        };
+        Ok(PrimaryAddress {
+            authority: format!("{}:{port}", uri.host()),
+            tls,
+        })
+    }
 }
 
 impl RawSettings {
@@ -417,6 +500,11 @@ impl RawSettings {
             internal_tls_cert: self.internal_tls_cert.or(fallback.internal_tls_cert),
             internal_tls_key: self.internal_tls_key.or(fallback.internal_tls_key),
             internal_ca: self.internal_ca.or(fallback.internal_ca),
+            replica_of: self.replica_of.or(fallback.replica_of),
+            replication_listen: self.replication_listen.or(fallback.replication_listen),
+            replication_tls_cert: self.replication_tls_cert.or(fallback.replication_tls_cert),
+            replication_tls_key: self.replication_tls_key.or(fallback.replication_tls_key),
+            replication_ca: self.replication_ca.or(fallback.replication_ca),
             acme_directory: self.acme_directory.or(fallback.acme_directory),
             acme_domain: self.acme_domain.or(fallback.acme_domain),
             acme_email: self.acme_email.or(fallback.acme_email),
@@ -570,24 +658,55 @@ impl RawSettings {
             }),
             (None, tls) => tls,
         };
-        let internal_tls = match (
-            self.internal_tls_cert,
-            self.internal_tls_key,
-            self.internal_ca,
-        ) {
-            (None, None, None) => None,
-            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
-                pair: PairFiles { cert, key },
-                ca: Some(ca),
-            }),
-            _ => {
+        let internal_tls = mutual_tls(
+            "internal-tls-cert",
+            (
+                self.internal_tls_cert,
+                self.internal_tls_key,
+                self.internal_ca,
+            ),
+            "--internal-tls-cert, --internal-tls-key and --internal-ca go together: give all three",
+        )?;
+        let replication = ReplicationSettings {
+            tls: mutual_tls(
+                "replication-tls-cert",
+                (
+                    self.replication_tls_cert,
+                    self.replication_tls_key,
+                    self.replication_ca,
+                ),
+                "--replication-tls-cert, --replication-tls-key and --replication-ca go together: give all three",
+            )?,
+            listen: self.replication_listen,
+            primary: match self.replica_of.filter(|url| !url.is_empty()) {
+                None => None,
+                Some(url) => {
+                    Some(
+                        PrimaryAddress::parse(&url).map_err(|expected| ConfigError::Range {
+                            name: "replica-of",
+                            value: url.clone(),
+                            expected,
+                        })?,
+                    )
+                }
+            },
+        };
+        if let Some(primary) = &replication.primary {
+            if matches!(store, StoreBackend::Postgres { .. }) {
                 return Err(ConfigError::Range {
-                    name: "internal-tls-cert",
-                    value: "incomplete".into(),
-                    expected: "--internal-tls-cert, --internal-tls-key and --internal-ca go together: give all three",
+                    name: "replica-of",
+                    value: primary.authority.clone(),
+                    expected: "a replica keeps its cache in the embedded SQLite store: drop --store (a replica site runs one station pod)",
                 });
             }
-        };
+            if primary.tls && replication.tls.is_none() {
+                return Err(ConfigError::Range {
+                    name: "replica-of",
+                    value: primary.authority.clone(),
+                    expected: "an https:// primary needs this site's certificate and the sites' CA bundle: give --replication-tls-cert, --replication-tls-key and --replication-ca",
+                });
+            }
+        }
         let cluster = ClusterSettings {
             internal_tls,
             pod_id,
@@ -609,11 +728,32 @@ impl RawSettings {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             data_dir,
             acme,
+            replication,
             log_format: self.log_format.unwrap_or(LogFormat::Text),
             log: self.log.unwrap_or_else(|| "info".to_string()),
             otlp_endpoint: self.otlp_endpoint.filter(|endpoint| !endpoint.is_empty()),
             limits,
         })
+    }
+}
+
+/// A mutual-TLS triple (certificate, key, CA bundle): all three or none.
+fn mutual_tls(
+    name: &'static str,
+    files: (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
+    expected: &'static str,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match files {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
+            pair: PairFiles { cert, key },
+            ca: Some(ca),
+        })),
+        _ => Err(ConfigError::Range {
+            name,
+            value: "incomplete".into(),
+            expected,
+        }),
     }
 }
 
@@ -711,6 +851,67 @@ fn positive(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_primary_url_is_https_or_http_with_a_host_and_an_optional_port() {
+        let parse = |url: &str| PrimaryAddress::parse(url).map(|a| (a.authority, a.tls));
+        assert_eq!(
+            parse("https://eu.example.org:7443"),
+            Ok(("eu.example.org:7443".into(), true))
+        );
+        assert_eq!(
+            parse("https://eu.example.org/"),
+            Ok(("eu.example.org:443".into(), true))
+        );
+        assert_eq!(
+            parse("http://10.0.0.1:7000"),
+            Ok(("10.0.0.1:7000".into(), false))
+        );
+        assert_eq!(parse("http://[::1]:7000"), Ok(("[::1]:7000".into(), false)));
+        for bad in [
+            "eu.example.org:7443",
+            "grpc://eu.example.org",
+            "https://",
+            "https://eu.example.org/replication",
+            "https://user@eu.example.org",
+            "https://eu.example.org:notaport",
+        ] {
+            assert!(PrimaryAddress::parse(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_replica_needs_sqlite_and_for_https_its_certificate() {
+        let replica = |url: &str| RawSettings {
+            replica_of: Some(url.into()),
+            ..RawSettings::default()
+        };
+        let on_postgres = RawSettings {
+            store: Some("postgres://u@db/zbase".into()),
+            ..replica("http://primary:7000")
+        };
+        let error = on_postgres.resolve().unwrap_err().to_string();
+        assert!(error.contains("SQLite"), "{error}");
+        let error = replica("https://primary:7443")
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--replication-tls-cert"), "{error}");
+        let incomplete = RawSettings {
+            replication_tls_cert: Some("site.crt".into()),
+            ..replica("https://primary:7443")
+        };
+        let error = incomplete.resolve().unwrap_err().to_string();
+        assert!(error.contains("go together"), "{error}");
+        let plain = replica("http://primary:7000").resolve().unwrap();
+        assert_eq!(
+            plain.replication.primary,
+            Some(PrimaryAddress {
+                authority: "primary:7000".into(),
+                tls: false
+            })
+        );
+    }
 
     #[test]
     fn s9_defaults_are_the_contracts() {

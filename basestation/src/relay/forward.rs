@@ -12,10 +12,7 @@ use super::connection::{Incoming, Outgoing};
 use super::registry::Relay;
 use crate::session::{CloseReason, NOT_A_FRAME, rejection};
 use crate::telemetry::DirectionLabel;
-use crate::tls::ClientTls;
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use std::net::IpAddr;
 use std::time::Duration;
 use tonic::metadata::MetadataValue;
@@ -59,7 +56,7 @@ impl Relay {
             .keep_alive_while_idle(true);
         let channel = match &self.inner.internal_tls {
             None => endpoint.connect_lazy(),
-            Some(tls) => endpoint.connect_with_connector_lazy(mutual_tls(tls.clone())),
+            Some(tls) => endpoint.connect_with_connector_lazy(crate::tls::dial(tls.clone())),
         };
         self.inner.pods.insert(address.to_owned(), channel.clone());
         Ok(channel)
@@ -233,34 +230,4 @@ fn reason_in(metadata: &tonic::metadata::MetadataMap) -> Option<CloseReason> {
         .get(CLOSE_REASON_METADATA)
         .and_then(|value| value.to_str().ok())
         .and_then(CloseReason::from_label)
-}
-
-/// Dials another pod's internal port over TLS with this pod's certificate, checking theirs
-/// against the site CA; the configuration current at each (re)connect is used, so renewed
-/// certificates reach new connections without a restart.
-fn mutual_tls(
-    tls: ClientTls,
-) -> impl tower::Service<
-    http::Uri,
-    Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-    Error = std::io::Error,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    tower::service_fn(move |uri: http::Uri| {
-        let connector = tls.connector();
-        async move {
-            let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
-            let port = uri.port_u16().unwrap_or(80);
-            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
-            tcp.set_nodelay(true)?;
-            // Pods are trusted by their CA, not their name (see `tls::SiteCa`); the name
-            // only has to be well formed.
-            let name = ServerName::try_from(host.to_owned())
-                .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
-            let stream = connector.connect(name, tcp).await?;
-            Ok(TokioIo::new(stream))
-        }
-    })
 }

@@ -101,6 +101,9 @@ mod tests {
         async fn export(&self, _: tokio::sync::mpsc::Sender<Change>) -> Result<Seq, StoreError> {
             unreachable!()
         }
+        fn commits(&self) -> tokio::sync::watch::Receiver<Seq> {
+            unreachable!()
+        }
         async fn ping(&self) -> Result<(), StoreError> {
             self.pings.fetch_add(1, Ordering::SeqCst);
             // Long enough that every concurrent probe arrives while this one is in flight.

@@ -5,9 +5,10 @@ use super::resource::{self, Command, PeerLink, Refused, Reply};
 use crate::cluster::{Directory, Homes, Route};
 use crate::limits::{Admission, Limits};
 use crate::session::CloseReason;
-use crate::store::Store;
+use crate::store::{Claim, Seq, Store};
 use crate::telemetry::{IdHasher, Metrics};
 use crate::tls::ClientTls;
+use bytes::Bytes;
 use dashmap::DashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -275,8 +276,34 @@ impl Relay {
         .await
     }
 
-    /// Tells `id`'s task, if one is running, that its key changed in the store.
-    pub(super) fn reload(&self, id: &ResourceId) {
+    /// Claims exactly `id` for `key` through its task, which learns the key at once; for a
+    /// replica site configuring a resource through this primary.
+    pub(crate) async fn claim(
+        &self,
+        id: ResourceId,
+        key: VerificationKey,
+    ) -> Result<Claim, CloseReason> {
+        self.call(id, |reply| Command::Claim {
+            key: key.clone(),
+            reply,
+        })
+        .await
+        .map(|(claim, _)| claim)
+    }
+
+    /// Persists `payload` as `id`'s snapshot through its task (so its peers and requesters
+    /// see it as any peer's write) and returns the write's sequence once durable.
+    pub(crate) async fn write(&self, id: ResourceId, payload: Bytes) -> Result<Seq, CloseReason> {
+        self.call(id, |reply| Command::Write {
+            payload: payload.clone(),
+            reply,
+        })
+        .await
+        .map(|(seq, _)| seq)
+    }
+
+    /// Tells `id`'s task, if one is running, that its stored key or snapshot changed.
+    pub(crate) fn reload(&self, id: &ResourceId) {
         let Some(tx) = self.inner.resources.get(id).map(|handle| handle.tx.clone()) else {
             return;
         };

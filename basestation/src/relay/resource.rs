@@ -7,7 +7,7 @@
 
 use super::registry::Relay;
 use crate::session::CloseReason;
-use crate::store::{Claim, StoreError};
+use crate::store::{Claim, Seq, StoreError};
 use crate::telemetry::StoreTimer;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -54,6 +54,18 @@ pub(super) enum Command {
         key: VerificationKey,
         reply: oneshot::Sender<Reply<ResourceId>>,
     },
+    /// Claim exactly this identifier for this key, or say it is taken (a replica site's
+    /// client configuring through this primary; the replica draws other identifiers itself).
+    Claim {
+        key: VerificationKey,
+        reply: oneshot::Sender<Reply<Claim>>,
+    },
+    /// Persist this snapshot, then answer with its sequence (a replica site's client writing
+    /// through this primary), and offer it as any peer's snapshot would be.
+    Write {
+        payload: Bytes,
+        reply: oneshot::Sender<Reply<Seq>>,
+    },
     /// Add a peer that proved `key`.
     Join {
         peer: u64,
@@ -68,7 +80,8 @@ pub(super) enum Command {
     Delta { peer: u64, payload: Bytes },
     /// Answer and relay this request.
     Request { peer: u64, payload: Bytes },
-    /// The stored key changed under this task (claimed elsewhere); load it again.
+    /// The stored resource changed under this task (claimed elsewhere, or mirrored from the
+    /// primary site): load it again, and answer pending requesters with a newer snapshot.
     Reload,
     /// This pod is no longer the resource's home: close every peer with 1013, finish every
     /// write, exit, then say so on `done`.
@@ -84,6 +97,8 @@ struct Written {
     peer: u64,
     payload: Bytes,
     result: Result<u64, StoreError>,
+    /// Who waits for the sequence (a write through the replication port), if anyone.
+    ack: Option<oneshot::Sender<Reply<Seq>>>,
 }
 
 struct Resource {
@@ -95,6 +110,8 @@ struct Resource {
     loaded: bool,
     key: Option<Arc<VerificationKey>>,
     snapshot: Option<Bytes>,
+    /// The sequence of the change the cached key and snapshot come from.
+    seq: Seq,
     peers: HashMap<u64, Peer>,
     pending: HashMap<u64, Instant>,
     writes: FuturesOrdered<BoxFuture<'static, Written>>,
@@ -111,6 +128,7 @@ pub(super) fn spawn(relay: Relay, id: ResourceId, generation: u64, rx: mpsc::Rec
         loaded: false,
         key: None,
         snapshot: None,
+        seq: 0,
         peers: HashMap::new(),
         pending: HashMap::new(),
         writes: FuturesOrdered::new(),
@@ -182,10 +200,12 @@ impl Resource {
             match command {
                 Command::Open { reply } => drop(reply.send(Err(Refused::Retired))),
                 Command::Configure { reply, .. } => drop(reply.send(Err(Refused::Retired))),
+                Command::Claim { reply, .. } => drop(reply.send(Err(Refused::Retired))),
                 Command::Join { reply, .. } => drop(reply.send(Err(Refused::Retired))),
                 // A snapshot that reached the task before shutdown is still written: the
                 // peer may have seen its socket accept it.
-                Command::Snapshot { peer, payload } => self.persist(peer, payload),
+                Command::Snapshot { peer, payload } => self.persist(peer, payload, None),
+                Command::Write { payload, reply } => self.persist(0, payload, Some(reply)),
                 Command::Evict { done } => evicted.push(done),
                 Command::Leave { .. }
                 | Command::Delta { .. }
@@ -216,7 +236,14 @@ impl Resource {
             Ok(Some(stored)) => match VerificationKey::from_jwk_json(&stored.jwk) {
                 Ok(key) => {
                     self.key = Some(Arc::new(key));
+                    if stored.seq > self.seq
+                        && let Some(snapshot) = &stored.snapshot
+                        && self.loaded
+                    {
+                        self.respond(snapshot.clone());
+                    }
                     self.snapshot = stored.snapshot;
+                    self.seq = stored.seq;
                     self.loaded = true;
                 }
                 Err(error) => {
@@ -250,6 +277,14 @@ impl Resource {
                     let _ = reply.send(Err(Refused::Close(CloseReason::Moved)));
                     return;
                 }
+                Command::Claim { reply, .. } => {
+                    let _ = reply.send(Err(Refused::Close(CloseReason::Moved)));
+                    return;
+                }
+                Command::Write { reply, .. } => {
+                    let _ = reply.send(Err(Refused::Close(CloseReason::Moved)));
+                    return;
+                }
                 _ => {}
             }
         }
@@ -271,9 +306,20 @@ impl Resource {
                 let answer = self.configure(key).await;
                 let _ = reply.send(answer);
             }
+            Command::Claim { key, reply } => {
+                let answer = self.claim(key).await;
+                let _ = reply.send(answer);
+            }
             Command::Join { peer, key, reply } => self.join(peer, key, reply),
             Command::Leave { peer } => self.remove(peer),
-            Command::Snapshot { peer, payload } => self.persist(peer, payload),
+            Command::Snapshot { peer, payload } => self.persist(peer, payload, None),
+            Command::Write { payload, reply } => {
+                if self.key.is_some() {
+                    self.persist(0, payload, Some(reply));
+                } else {
+                    let _ = reply.send(Err(Refused::Close(CloseReason::VerificationFailed)));
+                }
+            }
             Command::Delta { peer, payload } => {
                 if let Some(frame) = encoded(Code::ForwardDelta, &payload) {
                     self.broadcast(peer, frame);
@@ -286,32 +332,56 @@ impl Resource {
         }
     }
 
+    /// Claims exactly this resource's identifier for `key`.
+    async fn claim(&mut self, key: VerificationKey) -> Reply<Claim> {
+        if !self.loaded {
+            return Err(Refused::Close(CloseReason::StoreUnavailable));
+        }
+        match self
+            .relay
+            .inner
+            .store
+            .claim(&self.id, &key.to_jwk_json())
+            .await
+        {
+            Ok(Claim::Claimed { seq }) => {
+                self.key = Some(Arc::new(key));
+                self.seq = seq;
+                Ok(Claim::Claimed { seq })
+            }
+            Ok(Claim::Taken) => {
+                if self.key.is_none() {
+                    // Claimed behind this task's back (another station on the same store, or
+                    // the primary site): learn the key so the next connection must verify.
+                    self.load().await;
+                }
+                Ok(Claim::Taken)
+            }
+            Err(error) => {
+                tracing::error!(resource = %self.tag, %error, "could not claim identifier");
+                Err(Refused::Close(CloseReason::StoreUnavailable))
+            }
+        }
+    }
+
     async fn configure(&mut self, key: VerificationKey) -> Reply<ResourceId> {
         if !self.loaded {
             return Err(Refused::Close(CloseReason::StoreUnavailable));
         }
+        if let Claim::Claimed { .. } = self.claim(key.clone()).await? {
+            return Ok(self.id);
+        }
         let jwk = key.to_jwk_json();
-        let mut candidate = self.id;
         for _ in 0..CLAIM_ATTEMPTS {
+            let mut raw = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut raw);
+            let candidate = ResourceId::from_bytes(raw);
             match self.relay.inner.store.claim(&candidate, &jwk).await {
                 Ok(Claim::Claimed { .. }) => {
-                    if candidate == self.id {
-                        self.key = Some(Arc::new(key));
-                    } else {
-                        self.relay.reload(&candidate);
-                    }
+                    self.relay.reload(&candidate);
                     return Ok(candidate);
                 }
-                Ok(Claim::Taken) => {
-                    if candidate == self.id && self.key.is_none() {
-                        // Claimed behind this task's back (another station on the same
-                        // store): learn the key so the next connection is asked to verify.
-                        self.load().await;
-                    }
-                    let mut raw = [0u8; 32];
-                    rand::rngs::OsRng.fill_bytes(&mut raw);
-                    candidate = ResourceId::from_bytes(raw);
-                }
+                Ok(Claim::Taken) => {}
                 Err(error) => {
                     tracing::error!(resource = %self.tag, %error, "could not claim identifier");
                     return Err(Refused::Close(CloseReason::StoreUnavailable));
@@ -421,7 +491,7 @@ impl Resource {
         }
     }
 
-    fn persist(&mut self, peer: u64, payload: Bytes) {
+    fn persist(&mut self, peer: u64, payload: Bytes, ack: Option<oneshot::Sender<Reply<Seq>>>) {
         let store = self.relay.inner.store.clone();
         let id = self.id;
         let timer = StoreTimer::start(&self.relay.metrics().store_write_seconds);
@@ -432,29 +502,46 @@ impl Resource {
                 peer,
                 payload,
                 result,
+                ack,
             }
         }));
     }
 
+    /// Sends `snapshot` as forward-response to every requester still waiting for one.
+    fn respond(&mut self, snapshot: Bytes) {
+        let now = Instant::now();
+        let waiting: Vec<u64> = self
+            .pending
+            .drain()
+            .filter(|(_, until)| *until > now)
+            .map(|(peer, _)| peer)
+            .collect();
+        if let Some(frame) = encoded(Code::ForwardResponse, &snapshot) {
+            for peer in waiting {
+                self.deliver(peer, frame.clone());
+            }
+        }
+    }
+
     fn written(&mut self, written: Written) {
         match written.result {
-            Ok(_seq) => {
-                let now = Instant::now();
-                let waiting: Vec<u64> = self
-                    .pending
-                    .drain()
-                    .filter(|(_, until)| *until > now)
-                    .map(|(peer, _)| peer)
-                    .collect();
-                if let Some(frame) = encoded(Code::ForwardResponse, &written.payload) {
-                    for peer in waiting {
-                        self.deliver(peer, frame.clone());
-                    }
+            Ok(seq) => {
+                if let Some(ack) = written.ack {
+                    let _ = ack.send(Ok(seq));
                 }
-                self.snapshot = Some(written.payload);
+                // A reload may already have brought a later change (a replica's cache is
+                // written by its feed too); an older write must not replace it.
+                if seq > self.seq {
+                    self.respond(written.payload.clone());
+                    self.snapshot = Some(written.payload);
+                    self.seq = seq;
+                }
             }
             Err(error) => {
                 tracing::error!(resource = %self.tag, %error, "snapshot write failed; disconnecting its submitter");
+                if let Some(ack) = written.ack {
+                    let _ = ack.send(Err(Refused::Close(CloseReason::StoreUnavailable)));
+                }
                 self.kick(written.peer, CloseReason::StoreUnavailable);
             }
         }

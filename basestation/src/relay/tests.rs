@@ -200,6 +200,9 @@ impl Store for GatedStore {
     async fn export(&self, into: tokio::sync::mpsc::Sender<Change>) -> Result<Seq, StoreError> {
         self.inner.export(into).await
     }
+    fn commits(&self) -> tokio::sync::watch::Receiver<Seq> {
+        self.inner.commits()
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

@@ -10,13 +10,13 @@
 //! How changes are numbered, and what a backend does to recover after a failure, is the
 //! backend's business.
 
-use super::{Claim, Seq, StoreError};
+use super::{Change, Claim, Seq, StoreError};
 use bytes::Bytes;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use zbase_proto::wire::ResourceId;
 
@@ -36,12 +36,18 @@ pub(super) enum Op {
     Claim { id: ResourceId, jwk: String },
     /// Replace an existing resource's snapshot.
     Put { id: ResourceId, snapshot: Bytes },
+    /// Take these changes as they are, sequence numbers included (a replica's cache following
+    /// its primary; SQLite only). Each resource is written unless it already holds a later
+    /// change, so applying a page twice changes nothing.
+    Mirror { changes: Vec<Change> },
 }
 
 impl Op {
-    pub(super) fn id(&self) -> &ResourceId {
+    /// The one resource this request writes; `None` for a page of mirrored changes.
+    pub(super) fn id(&self) -> Option<&ResourceId> {
         match self {
-            Op::Claim { id, .. } | Op::Put { id, .. } => id,
+            Op::Claim { id, .. } | Op::Put { id, .. } => Some(id),
+            Op::Mirror { .. } => None,
         }
     }
 }
@@ -59,6 +65,10 @@ impl Write {
         match &self.op {
             Op::Claim { jwk, .. } => jwk.len(),
             Op::Put { snapshot, .. } => snapshot.len(),
+            Op::Mirror { changes } => changes
+                .iter()
+                .map(|change| change.jwk.len() + change.snapshot.as_ref().map_or(0, Bytes::len))
+                .sum(),
         }
     }
 
@@ -114,6 +124,25 @@ pub struct WriteStats {
 struct Counters {
     transactions: AtomicU64,
     writes: AtomicU64,
+    /// The highest sequence committed, for readers that wait for new changes (the change feed).
+    commits: watch::Sender<Seq>,
+}
+
+impl Counters {
+    /// Counts one committed transaction of `writes` requests and announces its sequences.
+    fn committed(&self, writes: usize, outcomes: &[Option<Seq>]) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
+        if let Some(highest) = outcomes.iter().flatten().max().copied() {
+            self.commits.send_if_modified(|last| {
+                let newer = highest > *last;
+                if newer {
+                    *last = highest;
+                }
+                newer
+            });
+        }
+    }
 }
 
 /// The queue to one writer task, and that task, for a store to hand its writes to.
@@ -167,6 +196,21 @@ impl WriteQueue {
     ) -> Result<Seq, StoreError> {
         let op = Op::Put { id: *id, snapshot };
         self.write(op).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Writes `changes` with their own sequence numbers in one transaction, once committed;
+    /// returns the highest sequence the store then holds.
+    pub(super) async fn mirror(&self, changes: Vec<Change>) -> Result<Seq, StoreError> {
+        // The writer answers a mirror with its highest sequence, never with "nothing changed".
+        self.write(Op::Mirror { changes })
+            .await
+            .map(Option::unwrap_or_default)
+    }
+
+    /// A receiver that changes whenever this writer commits a change; its value is the highest
+    /// sequence committed through this queue so far (0 before the first).
+    pub(super) fn commits(&self) -> watch::Receiver<Seq> {
+        self.stats.commits.subscribe()
     }
 
     /// Hands `op` to the writer and waits for its commit: the change's sequence, or `None` if
@@ -242,10 +286,7 @@ async fn process(
 ) -> Result<(), StoreError> {
     let failure = match backend.transact(batch).await {
         Ok(outcomes) => {
-            stats.transactions.fetch_add(1, Ordering::Relaxed);
-            stats
-                .writes
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            stats.committed(batch.len(), &outcomes);
             for (write, outcome) in batch.drain(..).zip(outcomes) {
                 write.answer(Ok(outcome));
             }
@@ -260,8 +301,7 @@ async fn process(
             for write in batch.drain(..) {
                 match backend.transact(std::slice::from_ref(&write)).await {
                     Ok(outcomes) => {
-                        stats.transactions.fetch_add(1, Ordering::Relaxed);
-                        stats.writes.fetch_add(1, Ordering::Relaxed);
+                        stats.committed(1, &outcomes);
                         write.answer(Ok(outcomes.into_iter().next().flatten()));
                     }
                     Err(Failure::Request(error) | Failure::Batch(error)) => {

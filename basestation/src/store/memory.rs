@@ -5,6 +5,7 @@ use super::{Change, Claim, Seq, Store, StoreError, StoredResource};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use tokio::sync::watch;
 use zbase_proto::wire::ResourceId;
 
 #[derive(Default)]
@@ -18,6 +19,7 @@ struct State {
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    commits: watch::Sender<Seq>,
 }
 
 impl MemoryStore {
@@ -29,7 +31,11 @@ impl MemoryStore {
         if state.closed {
             return Err(StoreError::Closed);
         }
-        f(&mut state)
+        let result = f(&mut state);
+        let seq = state.seq;
+        self.commits
+            .send_if_modified(|last| std::mem::replace(last, seq) != seq);
+        result
     }
 }
 
@@ -98,6 +104,10 @@ impl Store for MemoryStore {
 
     async fn last_seq(&self) -> Result<Seq, StoreError> {
         self.with(|state| Ok(state.seq))
+    }
+
+    fn commits(&self) -> watch::Receiver<Seq> {
+        self.commits.subscribe()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

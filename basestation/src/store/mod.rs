@@ -23,7 +23,7 @@ pub use postgres::{Fence, PostgresOptions, PostgresStore, connect_options};
 pub use sqlite::SqliteStore;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use zbase_proto::wire::ResourceId;
 
 /// A position in the global change sequence. 0 means "before every change".
@@ -113,6 +113,11 @@ pub enum StoreError {
     /// A restore's source stopped before it was read whole; nothing was written.
     #[error("the restore stopped before its backup was read whole; nothing was written")]
     RestoreAbandoned,
+    /// A replica's write could not reach the primary site, or did not come back from it.
+    #[error(
+        "the primary site is unreachable ({0}); this replica refuses configurations and snapshots until it is back: try again later"
+    )]
+    PrimaryUnavailable(String),
     /// There is no store where one was expected.
     #[error("there is no station store at {0}: point --data-dir at the station's data directory")]
     Missing(std::path::PathBuf),
@@ -141,6 +146,11 @@ pub trait Store: Send + Sync + 'static {
     /// that point. It reads one snapshot of the database, so writes go on meanwhile and none
     /// of them shows; it stops early, without error, if `into` is closed.
     async fn export(&self, into: mpsc::Sender<Change>) -> Result<Seq, StoreError>;
+
+    /// Changes whenever this process commits a change, holding the highest sequence it
+    /// committed; commits by other processes sharing the database do not show, so a reader
+    /// waiting for changes (the replication feed) also polls.
+    fn commits(&self) -> watch::Receiver<Seq>;
 
     /// Checks that the database answers a trivial query now, for readiness probes. Bounded
     /// like any read: an unreachable PostgreSQL fails after the pool's acquire timeout.

@@ -45,7 +45,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr as _;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use zbase_proto::wire::ResourceId;
 
 /// Placeholder numbers reserved per transaction id (the `1024` in [`CLAIM`]); a batch, at most
@@ -374,6 +374,10 @@ impl Store for PostgresStore {
         seq_from_sql(last)
     }
 
+    fn commits(&self) -> watch::Receiver<Seq> {
+        self.writes.commits()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         // Through the pool, as every read goes: a dead connection is replaced on the way, so
         // this fails only when no connection to the server can be made.
@@ -415,7 +419,7 @@ impl Backend for Writer {
         // The sort is stable: requests for one resource keep their order, and the later one
         // keeps the higher number.
         let mut order: Vec<usize> = (0..batch.len()).collect();
-        order.sort_by_key(|&slot| batch[slot].op.id().as_str());
+        order.sort_by_key(|&slot| batch[slot].op.id().map(ResourceId::as_str));
         for slot in order {
             let placeholder = i64::try_from(slot).unwrap_or(i64::MAX);
             let result = match &batch[slot].op {
@@ -427,12 +431,19 @@ impl Backend for Writer {
                     let put = sqlx::query(PUT).bind(&snapshot[..]).bind(id.as_str());
                     put.execute(&mut *tx).await
                 }
+                // `PostgresStore` has no way to ask for one: a replica's cache is SQLite.
+                Op::Mirror { .. } => {
+                    let message = "a PostgreSQL store does not mirror another store's changes";
+                    return Err(Failure::Request(sqlx::Error::Protocol(message.into())));
+                }
             };
             // Zero rows is the answer "taken" or "not found", and takes no sequence number.
             if result.map_err(Failure::Request)?.rows_affected() == 1 {
                 written += 1;
                 ranks[slot] = Some(written);
-                latest.insert(*batch[slot].op.id(), written);
+                if let Some(id) = batch[slot].op.id() {
+                    latest.insert(*id, written);
+                }
             }
         }
         let mut base = 0;

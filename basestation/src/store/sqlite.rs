@@ -23,7 +23,7 @@ use sqlx::{ConnectOptions as _, Connection as _};
 use std::path::Path;
 use std::sync::PoisonError;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use zbase_proto::wire::ResourceId;
 
 /// Read connections: loads and change feeds run beside the writer, never behind it.
@@ -55,6 +55,12 @@ const CLAIM: &str = "INSERT INTO resources (id, jwk, snapshot, seq) VALUES (?1, 
 
 /// Replaces a resource's snapshot and moves it to the new sequence; zero rows means unknown.
 const PUT: &str = "UPDATE resources SET snapshot = ?1, seq = ?2 WHERE id = ?3";
+
+/// Takes a change as the primary numbered it; a row that already holds a later change stays.
+const MIRROR: &str = "INSERT INTO resources (id, jwk, snapshot, seq) VALUES (?1, ?2, ?3, ?4) \
+                      ON CONFLICT (id) DO UPDATE SET jwk = excluded.jwk, \
+                      snapshot = excluded.snapshot, seq = excluded.seq \
+                      WHERE excluded.seq > resources.seq";
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -99,6 +105,15 @@ impl SqliteStore {
             reader,
             lock: std::sync::Mutex::new(Some(lock)),
         })
+    }
+
+    /// Writes changes read from another store's feed with their own sequence numbers, in one
+    /// transaction; durable on return. A resource that already holds a later change keeps it,
+    /// so a page applied twice changes nothing. Returns the highest sequence now held, which
+    /// is where a follower resumes. Only a replica's cache is written this way: its own
+    /// numbering is then the primary's.
+    pub async fn mirror(&self, changes: Vec<Change>) -> Result<Seq, StoreError> {
+        self.writes.mirror(changes).await
     }
 
     /// Transactions committed and writes answered so far.
@@ -251,6 +266,10 @@ impl Store for SqliteStore {
         export_from(&mut conn, into).await
     }
 
+    fn commits(&self) -> watch::Receiver<Seq> {
+        self.writes.commits()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         // Reads a page of the file, not just the connection: a file that went away or became
         // unreadable fails here.
@@ -296,6 +315,14 @@ impl Backend for Writer {
         let mut last = self.last;
         let mut outcomes = Vec::with_capacity(batch.len());
         for write in batch {
+            if let Op::Mirror { changes } = &write.op {
+                for change in changes {
+                    mirror(&mut self.conn, change).await?;
+                    last = last.max(change.seq);
+                }
+                outcomes.push(Some(last));
+                continue;
+            }
             let next = last.checked_add(1);
             let Some((next, seq)) = next.and_then(|n| Some((n, i64::try_from(n).ok()?))) else {
                 let exhausted = "the change sequence is exhausted".to_owned();
@@ -310,6 +337,7 @@ impl Backend for Writer {
                     let put = sqlx::query(PUT).bind(&snapshot[..]).bind(seq);
                     put.bind(id.as_str()).execute(&mut self.conn).await
                 }
+                Op::Mirror { .. } => continue,
             };
             // Zero rows is the answer "taken" or "not found", and takes no sequence number.
             if result.map_err(Failure::Request)?.rows_affected() == 1 {
@@ -353,6 +381,23 @@ impl Backend for Writer {
             tracing::warn!(%error, "closing the store's write connection failed");
         }
     }
+}
+
+/// Writes one mirrored change with its own sequence, unless the row already holds a later one.
+async fn mirror(conn: &mut SqliteConnection, change: &Change) -> Result<(), Failure> {
+    let seq = i64::try_from(change.seq).map_err(|_| {
+        let message = format!("mirrored sequence {} is out of range", change.seq);
+        Failure::Request(sqlx::Error::Protocol(message))
+    })?;
+    sqlx::query(MIRROR)
+        .bind(change.id.as_str())
+        .bind(&change.jwk)
+        .bind(change.snapshot.as_deref())
+        .bind(seq)
+        .execute(conn)
+        .await
+        .map_err(Failure::Request)?;
+    Ok(())
 }
 
 /// The writing connection to the store file `path` (created if missing), checked to be a
@@ -480,6 +525,70 @@ mod tests {
     }
 
     conformance::conformance_tests!(fresh);
+
+    fn mirrored(seq: Seq, n: u32, snapshot: &'static [u8]) -> Change {
+        Change {
+            seq,
+            id: id(n),
+            jwk: jwk(n),
+            snapshot: Some(Bytes::from_static(snapshot)),
+        }
+    }
+
+    #[tokio::test]
+    async fn mirrored_changes_keep_their_sequence_and_a_repeated_or_older_one_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("station.sqlite3");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let commits = store.commits();
+        let page = vec![mirrored(5, 1, b"a at 5"), mirrored(9, 2, b"b at 9")];
+        assert_eq!(store.mirror(page.clone()).await.unwrap(), 9);
+        assert_eq!(*commits.borrow(), 9, "a mirror announces its commit");
+        assert_eq!(store.mirror(page).await.unwrap(), 9, "the same page again");
+        assert_eq!(
+            store.mirror(vec![mirrored(3, 1, b"a at 3")]).await.unwrap(),
+            9
+        );
+        let a = store.load(&id(1)).await.unwrap().unwrap();
+        assert_eq!((a.seq, a.snapshot.as_deref()), (5, Some(&b"a at 5"[..])));
+        assert_eq!(
+            store
+                .mirror(vec![mirrored(12, 1, b"a at 12")])
+                .await
+                .unwrap(),
+            12
+        );
+        let changes: Vec<Seq> = store
+            .changes_since(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|change| change.seq)
+            .collect();
+        assert_eq!(changes, vec![9, 12]);
+        store.close().await;
+        let reopened = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(
+            reopened.last_seq().await.unwrap(),
+            12,
+            "the position survives a restart"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_mirrored_page_is_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("station.sqlite3"))
+            .await
+            .unwrap();
+        store.mirror(vec![mirrored(4, 1, b"a")]).await.unwrap();
+        // The second change reuses sequence 4 under another identifier, which the unique index
+        // refuses: the whole page fails, and its first change is not kept either.
+        let clash = vec![mirrored(7, 2, b"b"), mirrored(4, 3, b"c")];
+        assert!(store.mirror(clash).await.is_err());
+        assert_eq!(store.load(&id(2)).await.unwrap(), None);
+        assert_eq!(store.last_seq().await.unwrap(), 4);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn restore_reproduces_an_export() {

@@ -90,6 +90,18 @@ pub struct Metrics {
     pub tls_reloads: Family<ReloadLabel, Counter>,
     /// ACME certificate orders, by outcome (`issued` or `failed`).
     pub acme_orders: Family<ResultLabel, Counter>,
+    /// Replica sites following this station's change feed now.
+    pub replication_followers: Gauge,
+    /// On a replica: 1 while its feed from the primary is live, else 0.
+    pub replication_connected: Gauge,
+    /// On a replica: changes committed on the primary and not yet applied here.
+    pub replication_lag_changes: Gauge,
+    /// On a replica: seconds since this cache last held everything the primary had committed.
+    pub replication_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// On a replica: the primary's changes applied to this cache.
+    pub replication_applied: Counter,
+    /// On a replica: writes sent to the primary, by outcome (`committed` or `refused`).
+    pub replication_writes: Family<ResultLabel, Counter>,
 }
 
 /// The outcome of one attempt.
@@ -135,6 +147,12 @@ impl Metrics {
             tls_expiry: Family::default(),
             tls_reloads: Family::default(),
             acme_orders: Family::default(),
+            replication_followers: Gauge::default(),
+            replication_connected: Gauge::default(),
+            replication_lag_changes: Gauge::default(),
+            replication_lag_seconds: Gauge::default(),
+            replication_applied: Counter::default(),
+            replication_writes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -221,6 +239,36 @@ impl Metrics {
             "acme_orders",
             "ACME certificate orders, by outcome (issued or failed)",
             metrics.acme_orders.clone(),
+        );
+        registry.register(
+            "replication_followers",
+            "Replica sites following this station's change feed",
+            metrics.replication_followers.clone(),
+        );
+        registry.register(
+            "replication_connected",
+            "1 while this replica's feed from the primary is live",
+            metrics.replication_connected.clone(),
+        );
+        registry.register(
+            "replication_lag_changes",
+            "Changes committed on the primary and not yet applied on this replica",
+            metrics.replication_lag_changes.clone(),
+        );
+        registry.register(
+            "replication_lag_seconds",
+            "Seconds since this replica last held everything the primary had committed",
+            metrics.replication_lag_seconds.clone(),
+        );
+        registry.register(
+            "replication_applied_changes",
+            "Changes from the primary applied to this replica's cache",
+            metrics.replication_applied.clone(),
+        );
+        registry.register(
+            "replication_writes",
+            "Configurations and snapshots this replica sent to the primary, by outcome",
+            metrics.replication_writes.clone(),
         );
         Metrics {
             registry,

@@ -18,6 +18,7 @@ pub use pair::{Pair, PairError, PairFiles, check, read_files};
 
 use crate::telemetry::{Metrics, PortLabel, ReloadLabel};
 use arc_swap::ArcSwap;
+use hyper_util::rt::TokioIo;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -81,6 +82,38 @@ impl ServerTls {
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.current.load_full())
     }
+}
+
+/// Dials a mutual-TLS port (another pod's internal port, or the primary site's replication
+/// port) with this station's certificate, checking the peer's against the CA bundle and not
+/// its name (see [`SiteCa`]). The configuration current at each (re)connect is used, so
+/// renewed certificates reach new connections without a restart. For tonic's
+/// `Endpoint::connect_with_connector`, with an `http://host:port` URI.
+pub fn dial(
+    tls: ClientTls,
+) -> impl tower::Service<
+    http::Uri,
+    Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |uri: http::Uri| {
+        let connector = tls.connector();
+        async move {
+            let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+            let port = uri.port_u16().unwrap_or(80);
+            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            // Peers are trusted by their CA, not their name; the name only has to be well
+            // formed.
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+            let stream = connector.connect(name, tcp).await?;
+            Ok(TokioIo::new(stream))
+        }
+    })
 }
 
 /// The internal port's client side: this pod's certificate, presented to other pods, and the

@@ -65,6 +65,24 @@ pub async fn serve_internal(
     accept(listener, port, relay, grace).await;
 }
 
+/// Serves the replication port's `app` on `listener` until shutdown; with `tls`, only sites
+/// presenting a certificate of the sites' CA bundle get past the handshake.
+pub async fn serve_replication(
+    listener: TcpListener,
+    app: axum::Router,
+    relay: Relay,
+    grace: Duration,
+    tls: Option<ServerTls>,
+) {
+    let port = Port {
+        app,
+        // A replica opens one feed and a bridge stream per resource its clients use.
+        max_streams: Some(INTERNAL_STREAMS),
+        tls,
+    };
+    accept(listener, port, relay, grace).await;
+}
+
 /// Concurrent relayed sessions one pod may send another over its one connection.
 const INTERNAL_STREAMS: u32 = 1 << 20;
 

@@ -1,0 +1,267 @@
+//! The primary's side of replication: `zbase.v1.Replication` on the replication port.
+//!
+//! The change feed pages through [`Store::changes_since`] from the position the replica
+//! gives, so it is resumable and has no gaps by the store's own promise (a change is numbered
+//! above everything committed before it). It wakes on this process's commits, and polls once a
+//! heartbeat for commits of other pods sharing a PostgreSQL store. Writes from a replica go
+//! through the resource's task here, exactly like a local client's, so this site's peers and
+//! requesters see them and the replica is answered only once they are durable.
+
+use crate::relay::Relay;
+use crate::session::CloseReason;
+use crate::store::{Change, Claim, Seq, Store, StoreError};
+use futures::SinkExt;
+use futures::channel::mpsc;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+use zbase_proto::pb;
+use zbase_proto::pb::replication_server::{Replication, ReplicationServer};
+use zbase_proto::wire::{ResourceId, VerificationKey};
+
+/// Changes read from the store at once.
+const PAGE: usize = 256;
+/// A feed message carries changes up to this many bytes (at least one change, however large),
+/// so a page of large snapshots becomes several messages rather than one huge one.
+const MESSAGE_BYTES: usize = 1 << 20;
+/// How often an idle feed says where the primary is, which is also how a replica tells a
+/// silent primary from a quiet one, and how often it looks for other pods' commits.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Messages buffered towards one replica; HTTP/2 flow control is the real buffer.
+const FEED_BUFFER: usize = 2;
+/// The largest message either side accepts: a change holds one snapshot, bounded by the
+/// frame limit, and the peer is an authenticated site of the same owner.
+pub const MESSAGE_MAX: usize = 1 << 30;
+
+/// The Replication service over this station's relay and store.
+pub fn service(relay: Relay, store: Arc<dyn Store>) -> ReplicationServer<Feed> {
+    ReplicationServer::new(Feed { relay, store })
+        .max_decoding_message_size(MESSAGE_MAX)
+        .max_encoding_message_size(MESSAGE_MAX)
+}
+
+/// The primary's replication endpoints.
+pub struct Feed {
+    relay: Relay,
+    store: Arc<dyn Store>,
+}
+
+type ChangeStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Changes, Status>> + Send>>;
+type BridgeStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Frame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Replication for Feed {
+    type FollowStream = ChangeStream;
+    type BridgeStream = BridgeStream;
+
+    async fn follow(
+        &self,
+        request: Request<pb::FollowRequest>,
+    ) -> Result<Response<ChangeStream>, Status> {
+        let after = request.into_inner().after;
+        let (tx, rx) = mpsc::channel(FEED_BUFFER);
+        let store = Arc::clone(&self.store);
+        let relay = self.relay.clone();
+        tokio::spawn(async move {
+            let followers = &relay.metrics().replication_followers;
+            followers.inc();
+            tracing::info!(after, "a replica site follows the change feed");
+            let ended = tokio::select! {
+                ended = feed(store.as_ref(), after, tx) => ended,
+                _ = relay.shutdown().cancelled() => "this station shuts down",
+            };
+            followers.dec();
+            tracing::info!(reason = ended, "a replica site stopped following");
+        });
+        Ok(Response::new(Box::pin(rx)))
+    }
+
+    async fn claim(
+        &self,
+        request: Request<pb::ClaimRequest>,
+    ) -> Result<Response<pb::ClaimReply>, Status> {
+        let request = request.into_inner();
+        let id = parse_id(&request.id)?;
+        let key = VerificationKey::from_jwk_json(&request.jwk)
+            .map_err(|error| Status::invalid_argument(format!("jwk: {error}")))?;
+        match self.relay.claim(id, key).await.map_err(refused)? {
+            Claim::Claimed { seq } => Ok(Response::new(pb::ClaimReply { seq })),
+            Claim::Taken => Err(Status::already_exists("the identifier is taken")),
+        }
+    }
+
+    async fn put_snapshot(
+        &self,
+        request: Request<pb::PutSnapshotRequest>,
+    ) -> Result<Response<pb::PutSnapshotReply>, Status> {
+        let request = request.into_inner();
+        let id = parse_id(&request.id)?;
+        let seq = self
+            .relay
+            .write(id, request.snapshot)
+            .await
+            .map_err(refused)?;
+        Ok(Response::new(pb::PutSnapshotReply { seq }))
+    }
+
+    async fn bridge(
+        &self,
+        _request: Request<tonic::Streaming<pb::Frame>>,
+    ) -> Result<Response<BridgeStream>, Status> {
+        Err(Status::unimplemented(
+            "bridging deltas between sites is not served by this station yet",
+        ))
+    }
+}
+
+fn parse_id(text: &str) -> Result<ResourceId, Status> {
+    ResourceId::parse(text).map_err(|error| Status::invalid_argument(format!("id: {error}")))
+}
+
+/// The status a replica reads for a write the resource's task refused.
+fn refused(reason: CloseReason) -> Status {
+    match reason {
+        // A write for a resource that has no key here: it does not exist on the primary.
+        CloseReason::VerificationFailed => Status::not_found("no resource has this identifier"),
+        reason => Status::unavailable(format!("the primary could not write: {}", reason.label())),
+    }
+}
+
+/// Sends every change above `after`, then each later commit, with heartbeats while idle, until
+/// the replica goes away or the store fails; returns why it ended.
+async fn feed(
+    store: &dyn Store,
+    after: Seq,
+    mut tx: mpsc::Sender<Result<pb::Changes, Status>>,
+) -> &'static str {
+    let mut commits = store.commits();
+    let mut position = after;
+    let mut quiet_since = tokio::time::Instant::now();
+    loop {
+        // Marked seen before reading, so a commit that lands during the read wakes the wait.
+        commits.borrow_and_update();
+        let page = match read(store, position).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(%error, "the change feed cannot read the store");
+                let status = Status::unavailable(format!("the primary's store failed: {error}"));
+                let _ = tx.send(Err(status)).await;
+                return "the store failed";
+            }
+        };
+        let (changes, primary_last) = page;
+        if changes.is_empty() {
+            if quiet_since.elapsed() >= HEARTBEAT {
+                let heartbeat = pb::Changes {
+                    changes: Vec::new(),
+                    primary_last,
+                };
+                if tx.send(Ok(heartbeat)).await.is_err() {
+                    return "the replica went away";
+                }
+                quiet_since = tokio::time::Instant::now();
+            }
+            tokio::select! {
+                _ = commits.changed() => {}
+                _ = tokio::time::sleep_until(quiet_since + HEARTBEAT) => {}
+            }
+            continue;
+        }
+        let full = changes.len() == PAGE;
+        if let Some(last) = changes.last() {
+            position = last.seq;
+        }
+        for message in messages(changes, primary_last) {
+            if tx.send(Ok(message)).await.is_err() {
+                return "the replica went away";
+            }
+        }
+        quiet_since = tokio::time::Instant::now();
+        if !full {
+            // A short page read everything committed then; wait for the next commit.
+            tokio::select! {
+                _ = commits.changed() => {}
+                _ = tokio::time::sleep_until(quiet_since + HEARTBEAT) => {}
+            }
+        }
+    }
+}
+
+/// One page above `position` and the highest committed sequence (read first, so it is never
+/// below the page).
+async fn read(store: &dyn Store, position: Seq) -> Result<(Vec<Change>, Seq), StoreError> {
+    let changes = store.changes_since(position, PAGE).await?;
+    let last = store.last_seq().await?;
+    let last = changes.last().map_or(last, |change| change.seq.max(last));
+    Ok((changes, last))
+}
+
+/// Splits a page into messages of at most [`MESSAGE_BYTES`] (or one change).
+fn messages(changes: Vec<Change>, primary_last: Seq) -> Vec<pb::Changes> {
+    let mut messages = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for change in changes {
+        let size = change.jwk.len() + change.snapshot.as_ref().map_or(0, |s| s.len());
+        if !current.is_empty() && bytes + size > MESSAGE_BYTES {
+            messages.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(pb::Change {
+            seq: change.seq,
+            id: change.id.as_str().to_owned(),
+            jwk: change.jwk,
+            snapshot: change.snapshot,
+        });
+    }
+    if !current.is_empty() {
+        messages.push(current);
+    }
+    messages
+        .into_iter()
+        .map(|changes| pb::Changes {
+            changes,
+            primary_last,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn change(seq: Seq, size: usize) -> Change {
+        Change {
+            seq,
+            id: ResourceId::from_bytes([seq as u8; 32]),
+            jwk: String::new(),
+            snapshot: Some(Bytes::from(vec![0u8; size])),
+        }
+    }
+
+    #[test]
+    fn a_page_is_split_into_messages_of_bounded_size_in_order() {
+        let page = vec![
+            change(1, 600 << 10),
+            change(2, 600 << 10),
+            change(3, 10),
+            change(4, 3 << 20),
+            change(5, 1),
+        ];
+        let messages = messages(page, 9);
+        let seqs: Vec<Vec<Seq>> = messages
+            .iter()
+            .map(|m| m.changes.iter().map(|c| c.seq).collect())
+            .collect();
+        assert_eq!(seqs, vec![vec![1], vec![2, 3], vec![4], vec![5]]);
+        assert!(messages.iter().all(|m| m.primary_last == 9));
+    }
+
+    #[test]
+    fn an_empty_page_is_no_message() {
+        assert!(messages(Vec::new(), 3).is_empty());
+    }
+}

@@ -1,0 +1,258 @@
+//! A replica site following a primary site, both real `zbase-station` processes: reads served
+//! from the replica's cache, writes committed on the primary before anyone is shown them,
+//! the primary away (writes refused with 1013, reads and local relay go on), catch-up, and a
+//! killed replica resuming from its cache.
+
+use std::time::Duration;
+
+use zbase_proto::wire::{Challenge, Code, ResourceId};
+use zbase_tests::client::{
+    CloseKind, Conn, Event, Identity, SILENCE, Transport, create_resource, join, random_bytes,
+    seed_snapshot,
+};
+use zbase_tests::pods::metric;
+use zbase_tests::sites::{Sites, SitesTls, eventually, wait_ready};
+use zbase_tests::station::Station;
+
+/// How long a change may take to reach the replica in these tests (it takes milliseconds).
+const CONVERGE: Duration = Duration::from_secs(10);
+
+/// The snapshot the station offers a newly verified peer of `id`, if any (`None` when the
+/// verification itself fails, e.g. the replica does not know the resource yet).
+async fn offered(
+    station: &Station,
+    transport: Transport,
+    id: &ResourceId,
+    identity: &Identity,
+) -> Option<Vec<u8>> {
+    let mut conn = Conn::connect(transport, station.addr(), id).await;
+    let challenge = match conn.recv_timeout(Duration::from_secs(5)).await? {
+        Event::Frame(frame) if frame.code() == Code::RequireVerification => frame,
+        _ => return None,
+    };
+    let challenge: Challenge = challenge.payload()[..].try_into().ok()?;
+    let signature = identity.verify_payload(&challenge, id);
+    conn.send(Code::SubmitVerification, signature.to_vec())
+        .await
+        .ok()?;
+    match conn.recv_timeout(SILENCE * 3).await? {
+        Event::Frame(frame) if frame.code() == Code::OfferSnapshot => {
+            Some(frame.payload().to_vec())
+        }
+        _ => None,
+    }
+}
+
+/// Waits until `station` offers exactly `snapshot` for `id`.
+async fn until_offered(station: &Station, id: &ResourceId, identity: &Identity, snapshot: &[u8]) {
+    eventually(
+        CONVERGE,
+        "the station offers the latest snapshot",
+        || async {
+            offered(station, Transport::Ws, id, identity)
+                .await
+                .as_deref()
+                == Some(snapshot)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_replica_offers_what_the_primary_holds_and_answers_its_requesters_with_new_writes() {
+    let sites = Sites::start().await;
+    let (id, identity) = create_resource(sites.primary.addr(), Transport::Grpc).await;
+    seed_snapshot(
+        sites.primary.addr(),
+        Transport::Grpc,
+        &id,
+        &identity,
+        b"first",
+    )
+    .await;
+    until_offered(&sites.replica, &id, &identity, b"first").await;
+
+    // A requester on the replica is pending; a write on the primary reaches it through the
+    // feed as forward-response, as a write by a local peer would.
+    for transport in [Transport::Ws, Transport::Grpc] {
+        let mut requester = join(sites.replica.addr(), transport, &id, &identity).await;
+        requester.expect_frame(Code::OfferSnapshot).await;
+        requester
+            .send(Code::SubmitRequest, random_bytes(8))
+            .await
+            .unwrap();
+        requester.expect_frame(Code::OfferSnapshot).await;
+        let next = format!("written on the primary for {transport:?}").into_bytes();
+        let mut writer = join(sites.primary.addr(), Transport::Ws, &id, &identity).await;
+        writer.expect_frame(Code::OfferSnapshot).await;
+        writer
+            .send(Code::SubmitSnapshot, next.clone())
+            .await
+            .unwrap();
+        requester.expect_payload(Code::ForwardResponse, &next).await;
+    }
+}
+
+#[tokio::test]
+async fn a_configuration_and_a_snapshot_on_the_replica_are_committed_on_the_primary() {
+    let sites = Sites::start().await;
+    for transport in [Transport::Ws, Transport::Grpc] {
+        // Configured on the replica: the primary holds the key, so a client verifies there.
+        let (id, identity) = create_resource(sites.replica.addr(), transport).await;
+        let mut on_primary = join(sites.primary.addr(), Transport::Grpc, &id, &identity).await;
+        on_primary.expect_silence(SILENCE).await;
+
+        // A requester on the replica waits; a peer on the replica writes; the requester is
+        // answered only once the primary committed it, and the primary's peers see it too.
+        let mut requester = join(sites.replica.addr(), transport, &id, &identity).await;
+        requester
+            .send(Code::SubmitRequest, random_bytes(8))
+            .await
+            .unwrap();
+        let mut writer = join(sites.replica.addr(), transport, &id, &identity).await;
+        writer
+            .send(Code::SubmitSnapshot, b"from the replica".to_vec())
+            .await
+            .unwrap();
+        requester
+            .expect_keeping_offers(Code::ForwardResponse, b"from the replica")
+            .await;
+        until_offered(&sites.primary, &id, &identity, b"from the replica").await;
+    }
+    let accepted = metric(
+        sites.replica.addr(),
+        "zbase_replication_writes_total{result=\"committed\"}",
+    )
+    .await;
+    assert_eq!(
+        accepted,
+        Some(4.0),
+        "two configurations and two snapshots went to the primary"
+    );
+}
+
+#[tokio::test]
+async fn with_the_primary_away_a_replica_serves_and_relays_but_refuses_writes_with_1013() {
+    let mut sites = Sites::start().await;
+    let (id, identity) = create_resource(sites.primary.addr(), Transport::Ws).await;
+    seed_snapshot(
+        sites.primary.addr(),
+        Transport::Ws,
+        &id,
+        &identity,
+        b"before",
+    )
+    .await;
+    until_offered(&sites.replica, &id, &identity, b"before").await;
+
+    sites.primary.kill().await;
+    let replica = sites.replica.addr();
+    eventually(
+        CONVERGE,
+        "the replica notices the primary is gone",
+        || async { metric(replica, "zbase_replication_connected").await == Some(0.0) },
+    )
+    .await;
+    wait_ready(&sites.replica).await;
+
+    // Reads: verification and the cached snapshot. Local relay: deltas between two peers.
+    let mut a = join(replica, Transport::Ws, &id, &identity).await;
+    a.expect_payload(Code::OfferSnapshot, b"before").await;
+    let mut b = join(replica, Transport::Grpc, &id, &identity).await;
+    b.expect_payload(Code::OfferSnapshot, b"before").await;
+    a.send(Code::SubmitDelta, b"delta".to_vec()).await.unwrap();
+    b.expect_payload(Code::ForwardDelta, b"delta").await;
+
+    // Writes: refused with "try again later", on both transports, and nothing is offered.
+    a.send(Code::SubmitSnapshot, b"lost?".to_vec())
+        .await
+        .unwrap();
+    a.expect_close(CloseKind::Overloaded).await;
+    b.send(Code::SubmitSnapshot, b"lost?".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(b.expect_closed().await, CloseKind::GoingAway);
+    assert_eq!(b.close_detail(), "try again later");
+    let proposed = zbase_tests::client::random_id();
+    let mut configuring = Conn::connect(Transport::Ws, replica, &proposed).await;
+    let challenge = configuring.expect_challenge(Code::RequireConfig).await;
+    let config = Identity::ed25519().config_payload(&challenge, &proposed);
+    configuring.send(Code::SubmitConfig, config).await.unwrap();
+    configuring.expect_close(CloseKind::Overloaded).await;
+    assert_eq!(
+        offered(&sites.replica, Transport::Ws, &id, &identity)
+            .await
+            .as_deref(),
+        Some(&b"before"[..])
+    );
+
+    // The primary returns: the replica reconnects by itself and writes go through again.
+    sites.primary.restart().await;
+    eventually(
+        CONVERGE,
+        "the replica follows the primary again",
+        || async { metric(replica, "zbase_replication_connected").await == Some(1.0) },
+    )
+    .await;
+    seed_snapshot(replica, Transport::Ws, &id, &identity, b"after").await;
+    until_offered(&sites.primary, &id, &identity, b"after").await;
+}
+
+#[tokio::test]
+async fn a_replica_killed_during_its_first_sync_resumes_from_its_cache() {
+    let sites = Sites::start().await;
+    let primary = sites.primary.addr();
+    let mut resources = Vec::new();
+    for n in 0..120u32 {
+        let (id, identity) = create_resource(primary, Transport::Grpc).await;
+        let snapshot = format!("resource {n} ").repeat(2000).into_bytes();
+        seed_snapshot(primary, Transport::Grpc, &id, &identity, &snapshot).await;
+        resources.push((id, identity, snapshot));
+    }
+    // A second replica on the same primary, killed a moment into its sync, then restarted.
+    let mut replica = Station::builder()
+        .flag("replica-of", format!("http://{}", sites.replication))
+        .start_process()
+        .await;
+    tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 150)).await;
+    replica.kill().await;
+    replica.restart().await;
+    wait_ready(&replica).await;
+    for (id, identity, snapshot) in &resources {
+        until_offered(&replica, id, identity, snapshot).await;
+    }
+}
+
+#[tokio::test]
+async fn sites_authenticate_each_other_with_mutual_tls() {
+    let mut tls = SitesTls::new();
+    let sites = Sites::start_with(Station::builder(), Station::builder(), Some(&mut tls)).await;
+    let (id, identity) = create_resource(sites.replica.addr(), Transport::Ws).await;
+    seed_snapshot(
+        sites.replica.addr(),
+        Transport::Ws,
+        &id,
+        &identity,
+        b"over mTLS",
+    )
+    .await;
+    until_offered(&sites.primary, &id, &identity, b"over mTLS").await;
+
+    // A station whose certificate comes from another CA is refused by the primary's port:
+    // it never syncs, so it never turns ready, and says why.
+    let mut stranger_tls = SitesTls::new();
+    let stranger = stranger_tls
+        .site(Station::builder())
+        .flag("replica-of", format!("https://{}", sites.replication))
+        .start_process()
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let readyz = reqwest::get(stranger.http_url("/readyz")).await.unwrap();
+    assert_eq!(readyz.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let why = readyz.text().await.unwrap();
+    assert!(why.contains("first sync"), "{why}");
+    assert_eq!(
+        metric(stranger.addr(), "zbase_replication_connected").await,
+        Some(0.0)
+    );
+}
