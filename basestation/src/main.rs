@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use zbase_basestation::cluster::{Directory, Identity, Membership};
 use zbase_basestation::config::{RawSettings, Settings, StoreBackend};
-use zbase_basestation::relay::{Relay, RelayParts};
+use zbase_basestation::relay::{Relay, RelayParts, Uplink};
 use zbase_basestation::replication::{Cache, Upstream};
 use zbase_basestation::store::{Fence, PostgresOptions, PostgresStore, SqliteStore, Store};
 use zbase_basestation::telemetry::{Metrics, init_telemetry};
@@ -147,6 +147,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         shutdown: token.clone(),
         directory: cluster.as_ref().map(|cluster| cluster.directory.clone()),
         internal_tls: internal_tls.as_ref().and_then(|tls| tls.client()),
+        uplink: replica
+            .as_ref()
+            .map(|replica| Arc::new(replica.upstream.clone()) as Arc<dyn Uplink>),
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

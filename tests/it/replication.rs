@@ -256,3 +256,102 @@ async fn sites_authenticate_each_other_with_mutual_tls() {
         Some(0.0)
     );
 }
+
+/// Sends numbered deltas from `from` until `to` receives one (a bridge opens a moment after
+/// the first peer joins), then drains what else arrived at both.
+async fn until_bridged(from: &mut Conn, to: &mut Conn) {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    for n in 0u32.. {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delta crossed the sites within {CONVERGE:?}"
+        );
+        from.send(Code::SubmitDelta, format!("sync {n}").into_bytes())
+            .await
+            .unwrap();
+        if let Some(Event::Frame(frame)) = to.recv_timeout(Duration::from_millis(200)).await
+            && frame.code() == Code::ForwardDelta
+        {
+            break;
+        }
+    }
+    while to.recv_timeout(SILENCE).await.is_some() {}
+}
+
+#[tokio::test]
+async fn peers_of_one_resource_on_different_sites_see_each_others_deltas_and_requests() {
+    let sites = Sites::start().await;
+    let second = Station::builder()
+        .flag("replica-of", format!("http://{}", sites.replication))
+        .start_process()
+        .await;
+    wait_ready(&second).await;
+    let (id, identity) = create_resource(sites.primary.addr(), Transport::Ws).await;
+    seed_snapshot(sites.primary.addr(), Transport::Ws, &id, &identity, b"base").await;
+    until_offered(&sites.replica, &id, &identity, b"base").await;
+    until_offered(&second, &id, &identity, b"base").await;
+
+    let mut on_primary = join(sites.primary.addr(), Transport::Grpc, &id, &identity).await;
+    on_primary.expect_frame(Code::OfferSnapshot).await;
+    let mut on_replica = join(sites.replica.addr(), Transport::Ws, &id, &identity).await;
+    on_replica.expect_frame(Code::OfferSnapshot).await;
+    let mut on_second = join(second.addr(), Transport::Grpc, &id, &identity).await;
+    on_second.expect_frame(Code::OfferSnapshot).await;
+    until_bridged(&mut on_replica, &mut on_primary).await;
+    until_bridged(&mut on_second, &mut on_primary).await;
+    while on_replica.recv_timeout(SILENCE).await.is_some() {}
+    while on_second.recv_timeout(SILENCE).await.is_some() {}
+
+    // A replica's delta reaches the primary's peers and the other replica's, not its sender.
+    on_replica
+        .send(Code::SubmitDelta, b"from replica".to_vec())
+        .await
+        .unwrap();
+    on_primary
+        .expect_payload(Code::ForwardDelta, b"from replica")
+        .await;
+    on_second
+        .expect_payload(Code::ForwardDelta, b"from replica")
+        .await;
+    on_replica.expect_silence(SILENCE).await;
+
+    // The primary's delta reaches both replicas' peers.
+    on_primary
+        .send(Code::SubmitDelta, b"from primary".to_vec())
+        .await
+        .unwrap();
+    on_replica
+        .expect_payload(Code::ForwardDelta, b"from primary")
+        .await;
+    on_second
+        .expect_payload(Code::ForwardDelta, b"from primary")
+        .await;
+    on_primary.expect_silence(SILENCE).await;
+
+    // A request: answered on its own site from the cache, relayed to every other peer.
+    on_second
+        .send(Code::SubmitRequest, b"who has it?".to_vec())
+        .await
+        .unwrap();
+    on_second.expect_payload(Code::OfferSnapshot, b"base").await;
+    on_primary
+        .expect_payload(Code::ForwardRequest, b"who has it?")
+        .await;
+    on_replica
+        .expect_payload(Code::ForwardRequest, b"who has it?")
+        .await;
+    on_second.expect_silence(SILENCE).await;
+
+    // A peer on the primary answers with a snapshot: the requester on the other site gets it.
+    on_primary
+        .send(Code::SubmitSnapshot, b"answer".to_vec())
+        .await
+        .unwrap();
+    on_second
+        .expect_payload(Code::ForwardResponse, b"answer")
+        .await;
+    assert_eq!(
+        metric(sites.primary.addr(), "zbase_replication_followers").await,
+        Some(2.0)
+    );
+}

@@ -14,7 +14,7 @@ mod resource;
 
 pub use connection::{Incoming, Origin, Outgoing, run as run_connection};
 pub use forward::{CLIENT_IP_METADATA, CLOSE_REASON_METADATA};
-pub use registry::{Relay, RelayParts};
+pub use registry::{Relay, RelayParts, SiteLink, Uplink};
 
 #[cfg(test)]
 mod tests;

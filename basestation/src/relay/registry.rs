@@ -45,6 +45,60 @@ pub struct RelayParts {
     /// This pod's client side of mutual TLS on the internal port; `None` dials other pods in
     /// plain HTTP/2.
     pub internal_tls: Option<ClientTls>,
+    /// On a replica site, the bridge of each resource's deltas and requests to the primary.
+    pub uplink: Option<Arc<dyn Uplink>>,
+}
+
+/// Carries one resource's deltas and requests between this site's peers and another site's
+/// (a replica's bridge to its primary).
+pub trait Uplink: Send + Sync + 'static {
+    /// Opens the bridge for `id`. The resource sends its peers' `submit-delta` and
+    /// `submit-request` frames (encoded) into the returned sender, and closes the bridge by
+    /// dropping it; the bridge delivers the other sites' `forward-delta` and
+    /// `forward-request` frames (encoded) into `to_peers`, dropping them when it is full.
+    fn open(&self, id: ResourceId, to_peers: mpsc::Sender<Bytes>) -> mpsc::Sender<Bytes>;
+}
+
+/// Another site's bridge, joined to one resource's peers as a peer (see [`Relay::join_site`]).
+pub struct SiteLink {
+    peer: u64,
+    tx: mpsc::Sender<Command>,
+    link: PeerLink,
+}
+
+impl SiteLink {
+    /// Relays the other site's delta to this site's peers.
+    pub async fn delta(&self, payload: Bytes) -> bool {
+        let peer = self.peer;
+        self.tx.send(Command::Delta { peer, payload }).await.is_ok()
+    }
+
+    /// Relays the other site's request to this site's peers.
+    pub async fn request(&self, payload: Bytes) -> bool {
+        let peer = self.peer;
+        self.tx
+            .send(Command::Request { peer, payload })
+            .await
+            .is_ok()
+    }
+
+    /// The next frame (encoded) for the other site; `None` once the resource let go of it.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        tokio::select! {
+            frame = self.link.frames.recv() => frame,
+            _ = &mut self.link.kicked => None,
+        }
+    }
+}
+
+impl Drop for SiteLink {
+    fn drop(&mut self) {
+        let (tx, peer) = (self.tx.clone(), self.peer);
+        // Not awaited in drop: the resource learns of it as soon as its mailbox has room.
+        tokio::spawn(async move {
+            let _ = tx.send(Command::Leave { peer }).await;
+        });
+    }
 }
 
 pub(super) struct Inner {
@@ -59,6 +113,7 @@ pub(super) struct Inner {
     connections: TaskTracker,
     pub(super) directory: Option<Directory>,
     pub(super) internal_tls: Option<ClientTls>,
+    uplink: Option<Arc<dyn Uplink>>,
     /// One HTTP/2 channel per other pod's internal address, shared by every relayed session.
     pub(super) pods: DashMap<String, tonic::transport::Channel>,
     next_peer: AtomicU64,
@@ -104,6 +159,7 @@ impl Relay {
                 connections: TaskTracker::new(),
                 directory: parts.directory,
                 internal_tls: parts.internal_tls,
+                uplink: parts.uplink,
                 pods: DashMap::new(),
                 next_peer: AtomicU64::new(1),
                 next_generation: AtomicU64::new(1),
@@ -300,6 +356,27 @@ impl Relay {
         })
         .await
         .map(|(seq, _)| seq)
+    }
+
+    /// Joins another site's bridge to `id`'s peers.
+    pub(crate) async fn join_site(&self, id: ResourceId) -> Result<SiteLink, CloseReason> {
+        let peer = self.next_peer_id();
+        let (link, tx) = self
+            .call(id, |reply| Command::JoinSite { peer, reply })
+            .await?;
+        Ok(SiteLink { peer, tx, link })
+    }
+
+    /// Opens the bridge to the primary site for `id`, on a replica.
+    pub(super) fn uplink(
+        &self,
+        id: ResourceId,
+        to_peers: mpsc::Sender<Bytes>,
+    ) -> Option<mpsc::Sender<Bytes>> {
+        self.inner
+            .uplink
+            .as_ref()
+            .map(|uplink| uplink.open(id, to_peers))
     }
 
     /// Tells `id`'s task, if one is running, that its stored key or snapshot changed.

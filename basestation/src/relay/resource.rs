@@ -66,6 +66,12 @@ pub(super) enum Command {
         payload: Bytes,
         reply: oneshot::Sender<Reply<Seq>>,
     },
+    /// Add another site's bridge as a peer: it receives this site's deltas and requests and
+    /// sends its own site's, but is never offered a snapshot (its site has the feed).
+    JoinSite {
+        peer: u64,
+        reply: oneshot::Sender<Reply<PeerLink>>,
+    },
     /// Add a peer that proved `key`.
     Join {
         peer: u64,
@@ -91,7 +97,13 @@ pub(super) enum Command {
 struct Peer {
     frames: mpsc::Sender<Bytes>,
     kick: Option<oneshot::Sender<CloseReason>>,
+    /// Another site's bridge rather than a client.
+    site: bool,
 }
+
+/// Frames from other sites buffered for a resource before they are dropped (deltas may be
+/// lost; a flood from another site must not grow memory).
+const FROM_SITES_QUEUE: usize = 256;
 
 struct Written {
     peer: u64,
@@ -115,11 +127,16 @@ struct Resource {
     peers: HashMap<u64, Peer>,
     pending: HashMap<u64, Instant>,
     writes: FuturesOrdered<BoxFuture<'static, Written>>,
+    /// On a replica while it has peers: this site's deltas and requests, to the primary.
+    uplink: Option<mpsc::Sender<Bytes>>,
+    /// Where the uplink delivers other sites' frames (drained by the run loop).
+    from_sites: mpsc::Sender<Bytes>,
 }
 
 /// Starts the task for `id`; it loads the resource before answering its first command.
 pub(super) fn spawn(relay: Relay, id: ResourceId, generation: u64, rx: mpsc::Receiver<Command>) {
     let tag = relay.tag(&id);
+    let (from_sites, sites) = mpsc::channel(FROM_SITES_QUEUE);
     let resource = Resource {
         relay: relay.clone(),
         id,
@@ -132,8 +149,10 @@ pub(super) fn spawn(relay: Relay, id: ResourceId, generation: u64, rx: mpsc::Rec
         peers: HashMap::new(),
         pending: HashMap::new(),
         writes: FuturesOrdered::new(),
+        uplink: None,
+        from_sites,
     };
-    relay.inner.tasks.spawn(resource.run(rx));
+    relay.inner.tasks.spawn(resource.run(rx, sites));
 }
 
 fn encoded(code: Code, payload: &Bytes) -> Option<Bytes> {
@@ -143,7 +162,7 @@ fn encoded(code: Code, payload: &Bytes) -> Option<Bytes> {
 }
 
 impl Resource {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut sites: mpsc::Receiver<Bytes>) {
         let metrics = self.relay.metrics().clone();
         metrics.resources_active.inc();
         let homed = self.relay.clustered();
@@ -162,6 +181,8 @@ impl Resource {
                 Some(written) = self.writes.next(), if !self.writes.is_empty() => {
                     self.written(written);
                 }
+                // Never `None`: this task holds a sender.
+                Some(frame) = sites.recv() => self.broadcast(0, frame),
                 command = rx.recv() => match command {
                     Some(Command::Evict { done }) => {
                         evicted.push(done);
@@ -202,6 +223,7 @@ impl Resource {
                 Command::Configure { reply, .. } => drop(reply.send(Err(Refused::Retired))),
                 Command::Claim { reply, .. } => drop(reply.send(Err(Refused::Retired))),
                 Command::Join { reply, .. } => drop(reply.send(Err(Refused::Retired))),
+                Command::JoinSite { reply, .. } => drop(reply.send(Err(Refused::Retired))),
                 // A snapshot that reached the task before shutdown is still written: the
                 // peer may have seen its socket accept it.
                 Command::Snapshot { peer, payload } => self.persist(peer, payload, None),
@@ -277,6 +299,10 @@ impl Resource {
                     let _ = reply.send(Err(Refused::Close(CloseReason::Moved)));
                     return;
                 }
+                Command::JoinSite { reply, .. } => {
+                    let _ = reply.send(Err(Refused::Close(CloseReason::Moved)));
+                    return;
+                }
                 Command::Claim { reply, .. } => {
                     let _ = reply.send(Err(Refused::Close(CloseReason::Moved)));
                     return;
@@ -310,7 +336,8 @@ impl Resource {
                 let answer = self.claim(key).await;
                 let _ = reply.send(answer);
             }
-            Command::Join { peer, key, reply } => self.join(peer, key, reply),
+            Command::Join { peer, key, reply } => self.join(peer, Some(key), reply),
+            Command::JoinSite { peer, reply } => self.join(peer, None, reply),
             Command::Leave { peer } => self.remove(peer),
             Command::Snapshot { peer, payload } => self.persist(peer, payload, None),
             Command::Write { payload, reply } => {
@@ -324,6 +351,7 @@ impl Resource {
                 if let Some(frame) = encoded(Code::ForwardDelta, &payload) {
                     self.broadcast(peer, frame);
                 }
+                self.up(Code::SubmitDelta, &payload);
             }
             Command::Request { peer, payload } => self.request(peer, payload),
             Command::Reload => self.load().await,
@@ -391,16 +419,22 @@ impl Resource {
         Err(Refused::Close(CloseReason::Internal("no free identifier")))
     }
 
+    /// Adds a client that proved `key`, or with `None` another site's bridge.
     fn join(
         &mut self,
         peer: u64,
-        key: Arc<VerificationKey>,
+        key: Option<Arc<VerificationKey>>,
         reply: oneshot::Sender<Reply<PeerLink>>,
     ) {
         let limits = self.relay.limits();
-        // The peer proved the key it was given at open; if the resource's key changed since,
-        // that proof no longer admits it.
-        if self.key.as_deref() != Some(&*key) {
+        let admitted = match &key {
+            // The peer proved the key it was given at open; if the resource's key changed
+            // since, that proof no longer admits it.
+            Some(key) => self.key.as_deref() == Some(&**key),
+            // Another site bridges only a resource that exists here.
+            None => self.key.is_some(),
+        };
+        if !admitted {
             let _ = reply.send(Err(Refused::Close(CloseReason::VerificationFailed)));
             return;
         }
@@ -408,12 +442,14 @@ impl Resource {
             let _ = reply.send(Err(Refused::Close(CloseReason::PeersFull)));
             return;
         }
+        let site = key.is_none();
         let (frames_tx, frames) = mpsc::channel(limits.peer_queue_frames.max(1));
         let (kick, kicked) = oneshot::channel();
         // The offer goes first into an empty queue, so it is the first frame after joining.
         if let Some(offer) = self
             .snapshot
             .as_ref()
+            .filter(|_| !site)
             .and_then(|s| encoded(Code::OfferSnapshot, s))
         {
             let _ = frames_tx.try_send(offer);
@@ -424,16 +460,36 @@ impl Resource {
                 Peer {
                     frames: frames_tx,
                     kick: Some(kick),
+                    site,
                 },
             );
             self.relay.metrics().verified_peers.inc();
+            if !site && self.uplink.is_none() {
+                self.uplink = self.relay.uplink(self.id, self.from_sites.clone());
+            }
+        }
+    }
+
+    /// Sends this site's delta or request on to the primary site, if this is a replica with a
+    /// bridge open; dropped when the bridge is behind (deltas may be lost).
+    fn up(&mut self, code: Code, payload: &Bytes) {
+        if let (Some(uplink), Some(frame)) = (&self.uplink, encoded(code, payload)) {
+            let _ = uplink.try_send(frame);
+        }
+    }
+
+    /// Closes the bridge to the primary once no client of this site is left.
+    fn forget_peer(&mut self) {
+        self.relay.metrics().verified_peers.dec();
+        if self.uplink.is_some() && !self.peers.values().any(|peer| !peer.site) {
+            self.uplink = None;
         }
     }
 
     fn remove(&mut self, peer: u64) {
         self.pending.remove(&peer);
         if self.peers.remove(&peer).is_some() {
-            self.relay.metrics().verified_peers.dec();
+            self.forget_peer();
         }
     }
 
@@ -451,7 +507,7 @@ impl Resource {
 
     fn kick(&mut self, peer: u64, reason: CloseReason) {
         if let Some(mut link) = self.peers.remove(&peer) {
-            self.relay.metrics().verified_peers.dec();
+            self.forget_peer();
             self.pending.remove(&peer);
             if let Some(kick) = link.kick.take() {
                 let _ = kick.send(reason);
@@ -475,9 +531,12 @@ impl Resource {
     }
 
     fn request(&mut self, peer: u64, payload: Bytes) {
+        // Another site's requester is answered there, from its cache and its feed.
+        let client = self.peers.get(&peer).is_some_and(|link| !link.site);
         if let Some(offer) = self
             .snapshot
             .as_ref()
+            .filter(|_| client)
             .and_then(|s| encoded(Code::OfferSnapshot, s))
         {
             self.deliver(peer, offer);
@@ -485,7 +544,8 @@ impl Resource {
         if let Some(frame) = encoded(Code::ForwardRequest, &payload) {
             self.broadcast(peer, frame);
         }
-        if self.peers.contains_key(&peer) {
+        self.up(Code::SubmitRequest, &payload);
+        if client {
             let window = self.relay.limits().pending_request_window;
             self.pending.insert(peer, Instant::now() + window);
         }

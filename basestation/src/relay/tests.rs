@@ -102,6 +102,7 @@ fn relay_with(store: Arc<dyn Store>, limits: Limits) -> Relay {
         shutdown: CancellationToken::new(),
         directory: None,
         internal_tls: None,
+        uplink: None,
     })
 }
 

@@ -5,7 +5,8 @@
 //! above everything committed before it). It wakes on this process's commits, and polls once a
 //! heartbeat for commits of other pods sharing a PostgreSQL store. Writes from a replica go
 //! through the resource's task here, exactly like a local client's, so this site's peers and
-//! requesters see them and the replica is answered only once they are durable.
+//! requesters see them and the replica is answered only once they are durable. Bridges of
+//! deltas and requests are in [`super::bridge`].
 
 use crate::relay::Relay;
 use crate::session::CloseReason;
@@ -48,12 +49,11 @@ pub struct Feed {
 }
 
 type ChangeStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Changes, Status>> + Send>>;
-type BridgeStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Frame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Replication for Feed {
     type FollowStream = ChangeStream;
-    type BridgeStream = BridgeStream;
+    type BridgeStream = super::bridge::FrameStream;
 
     async fn follow(
         &self,
@@ -107,11 +107,9 @@ impl Replication for Feed {
 
     async fn bridge(
         &self,
-        _request: Request<tonic::Streaming<pb::Frame>>,
-    ) -> Result<Response<BridgeStream>, Status> {
-        Err(Status::unimplemented(
-            "bridging deltas between sites is not served by this station yet",
-        ))
+        request: Request<tonic::Streaming<pb::Frame>>,
+    ) -> Result<Response<super::bridge::FrameStream>, Status> {
+        super::bridge::serve(&self.relay, request).await
     }
 }
 

@@ -3,9 +3,11 @@
 //!
 //! The primary serves `zbase.v1.Replication` on its replication port ([`feed`]); a replica
 //! follows the change feed into its local SQLite cache ([`follower`]) and runs the usual relay
-//! over a store that reads the cache and writes through the primary ([`cache`]). Sites
+//! over a store that reads the cache and writes through the primary ([`cache`]); each resource
+//! with peers on a replica bridges their deltas and requests with the primary's ([`bridge`]). Sites
 //! authenticate each other by mutual TLS against the sites' CA bundle.
 
+mod bridge;
 mod cache;
 mod feed;
 mod follower;
