@@ -9,16 +9,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use zbase_basestation::cluster::{Directory, Identity, Membership};
 use zbase_basestation::config::{RawSettings, Settings, StoreBackend};
 use zbase_basestation::relay::{Relay, RelayParts, Uplink};
-use zbase_basestation::replication::{Cache, Upstream};
-use zbase_basestation::store::{Fence, PostgresOptions, PostgresStore, SqliteStore, Store};
+use zbase_basestation::replication::{self, Peer, SiteStore, Upstream};
+use zbase_basestation::store::{
+    Epoch, Fence, PostgresOptions, PostgresStore, Role, Site, SqliteStore, Store,
+};
 use zbase_basestation::telemetry::{Metrics, init_telemetry};
-use zbase_basestation::tls::{self, Challenges, Watched};
+use zbase_basestation::tls::{Challenges, Watched};
 use zbase_basestation::{shutdown, transport};
 
+mod admin;
 mod offline;
 
 /// The zbase base station: a zero-knowledge relay and store for encrypted resources.
@@ -38,6 +40,14 @@ enum Command {
     Backup(Box<offline::BackupArgs>),
     /// Restore a backup into a fresh store (a new --data-dir, or an empty database).
     Restore(Box<offline::RestoreArgs>),
+    /// Show a running station's role among the sites, its epoch and its last sequence.
+    Status(Box<admin::SiteArgs>),
+    /// Make a running primary hand over: it accepts no write from then on, and prints the
+    /// token its successor is promoted with.
+    Demote(Box<admin::SiteArgs>),
+    /// Make a running replica the primary, in the next epoch (with --token, only once it has
+    /// every change the demoted primary had).
+    Promote(Box<admin::PromoteArgs>),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +56,9 @@ fn main() -> ExitCode {
         Command::Serve(raw) => *raw,
         Command::Backup(args) => return offline::run(offline::backup(*args)),
         Command::Restore(args) => return offline::run(offline::restore(*args)),
+        Command::Status(args) => return offline::run(admin::status(*args)),
+        Command::Demote(args) => return offline::run(admin::demote(*args)),
+        Command::Promote(args) => return offline::run(admin::promote(*args)),
     };
     let settings = match settings(raw) {
         Ok(settings) => settings,
@@ -138,7 +151,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let (store, mut cluster, replica) = open_store(&settings, &metrics, &replication_tls).await?;
+    let (local, cache, mut cluster) = open_store(&settings).await?;
+    let (site, keep_diverged) =
+        site_store(&settings, local, cache, &replication_tls, &metrics).await?;
+    replication::check_at_start(&site).await;
+    let store: Arc<dyn Store> = site.clone();
     let token = CancellationToken::new();
     let relay = Relay::new(RelayParts {
         store: store.clone(),
@@ -147,9 +164,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         shutdown: token.clone(),
         directory: cluster.as_ref().map(|cluster| cluster.directory.clone()),
         internal_tls: internal_tls.as_ref().and_then(|tls| tls.client()),
-        uplink: replica
-            .as_ref()
-            .map(|replica| Arc::new(replica.upstream.clone()) as Arc<dyn Uplink>),
+        uplink: site
+            .upstream()
+            .map(|upstream| Arc::new(upstream.clone()) as Arc<dyn Uplink>),
     });
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -165,15 +182,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         tracing::warn!(%addr, "PLAIN HTTP on a non-loopback address: clients' traffic is readable on the network; use --tls-cert and --tls-key, or a TLS-terminating proxy in front");
     }
     let grace = settings.limits.shutdown_grace;
-    if let Some(replica) = replica {
-        tracing::info!(primary = %replica.primary, "a read-only replica: following the primary site");
-        tokio::spawn(zbase_basestation::replication::follow(
-            replica.upstream,
-            replica.local,
-            relay.clone(),
-            token.clone(),
-        ));
-    }
+    tokio::spawn(replication::run(
+        site.clone(),
+        relay.clone(),
+        token.clone(),
+        keep_diverged,
+    ));
     if let Some(listen) = settings.replication.listen {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -185,7 +199,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(%listen, "serving replica sites: zbase.v1.Replication");
         tokio::spawn(transport::serve_replication(
             listener,
-            zbase_basestation::replication::router(relay.clone(), store.clone()),
+            replication::router(relay.clone(), site.clone()),
             relay.clone(),
             grace,
             tls,
@@ -278,6 +292,85 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The store the relay runs over, in the role kept with the data (or, at the first start, the
+/// one the flags say), with a link to the other sites if any are configured; and whether a
+/// diverged history must be kept (this store was a primary's).
+async fn site_store(
+    settings: &Settings,
+    local: Arc<dyn Store>,
+    cache: Option<Arc<SqliteStore>>,
+    tls: &Option<Arc<Watched>>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(Arc<SiteStore>, bool)> {
+    let wanted = &settings.replication;
+    let stored = local
+        .site()
+        .await
+        .context("cannot read this station's role from its store")?;
+    let was_primary = stored
+        .as_ref()
+        .is_some_and(|site| site.role != Role::Replica);
+    let site = match (stored, &wanted.primary) {
+        (Some(site), Some(_)) if site.role == Role::Primary => {
+            tracing::warn!(
+                epoch = site.epoch(),
+                "this station was promoted to primary: --replica-of is ignored (remove it)"
+            );
+            site
+        }
+        (Some(site), Some(_)) if site.role == Role::Fenced => {
+            tracing::warn!(
+                epoch = site.epoch(),
+                "this former primary starts again as a replica (--replica-of); it keeps its history if it diverged from the new primary's"
+            );
+            Site {
+                role: Role::Replica,
+                epochs: site.epochs,
+            }
+        }
+        (Some(site), _) => site,
+        (None, Some(_)) => Site {
+            role: Role::Replica,
+            epochs: Vec::new(),
+        },
+        (None, None) => Site {
+            role: Role::Primary,
+            epochs: vec![Epoch {
+                epoch: 1,
+                first_seq: 1,
+            }],
+        },
+    };
+    local
+        .set_site(site.clone())
+        .await
+        .context("cannot record this station's role in its store")?;
+    if site.role == Role::Replica && cache.is_none() {
+        anyhow::bail!(
+            "this store is a replica's, but a replica's cache is the embedded SQLite store: drop --store"
+        );
+    }
+    let client = tls.as_ref().and_then(|tls| tls.client());
+    let peers = wanted
+        .primary
+        .iter()
+        .chain(&wanted.sites)
+        .map(|address| replication::peer(address, client.clone()))
+        .collect::<Result<Vec<Peer>, String>>()
+        .map_err(|error| anyhow::anyhow!("--replica-of and --sites: {error}"))?;
+    tracing::info!(
+        role = site.role.name(),
+        epoch = site.epoch(),
+        sites = peers.len(),
+        "this station's role among the sites"
+    );
+    let upstream = (!peers.is_empty()).then(|| Upstream::new(peers, metrics.clone()));
+    Ok((
+        Arc::new(SiteStore::new(local, cache, upstream, site)),
+        was_primary,
+    ))
+}
+
 /// What a pod on a shared PostgreSQL store runs beside the relay.
 struct Cluster {
     membership: Arc<Membership>,
@@ -286,20 +379,12 @@ struct Cluster {
     internal: Option<tokio::net::TcpListener>,
 }
 
-/// What a replica runs beside the relay: the feed from its primary into its local cache.
-struct Replica {
-    primary: String,
-    upstream: Upstream,
-    local: Arc<SqliteStore>,
-}
-
-/// The backend `--store` names, for PostgreSQL this pod's membership, and for a replica its
-/// link to the primary. Only the redacted URL ever reaches a message.
+/// The backend `--store` names: the store, the same again when it is SQLite (a replica's
+/// cache), and for PostgreSQL this pod's membership. Only the redacted URL ever reaches a
+/// message.
 async fn open_store(
     settings: &Settings,
-    metrics: &Arc<Metrics>,
-    replication_tls: &Option<Arc<Watched>>,
-) -> anyhow::Result<(Arc<dyn Store>, Option<Cluster>, Option<Replica>)> {
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<SqliteStore>>, Option<Cluster>)> {
     let StoreBackend::Postgres { url, password_file } = &settings.store else {
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!(
@@ -312,42 +397,8 @@ async fn open_store(
             .await
             .with_context(|| format!("cannot open the store {}", db.display()))?;
         tracing::info!(store = %db.display(), "using the embedded SQLite store");
-        let Some(primary) = &settings.replication.primary else {
-            return Ok((Arc::new(store), None, None));
-        };
-        let local = Arc::new(store);
-        let endpoint = Endpoint::from_shared(format!("http://{}", primary.authority))
-            .with_context(|| {
-                format!(
-                    "--replica-of: {} is not a usable address",
-                    primary.authority
-                )
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
-        let channel = match (
-            primary.tls,
-            replication_tls.as_ref().and_then(|tls| tls.client()),
-        ) {
-            (true, Some(tls)) => endpoint.connect_with_connector_lazy(tls::dial(tls)),
-            (true, None) => anyhow::bail!(
-                "--replica-of {} uses https but this site has no certificate for it: give --replication-tls-cert, --replication-tls-key and --replication-ca",
-                primary.authority
-            ),
-            (false, _) => endpoint.connect_lazy(),
-        };
-        let upstream = Upstream::new(channel, metrics.clone());
-        let cache = Cache::new(Arc::clone(&local), upstream.clone());
-        let scheme = if primary.tls { "https" } else { "http" };
-        let replica = Replica {
-            primary: format!("{scheme}://{}", primary.authority),
-            upstream,
-            local,
-        };
-        return Ok((Arc::new(cache), None, Some(replica)));
+        let store = Arc::new(store);
+        return Ok((store.clone(), Some(store), None));
     };
     let password = match password_file {
         Some(path) => Some(
@@ -415,11 +466,11 @@ async fn open_store(
     );
     Ok((
         Arc::new(store),
+        None,
         Some(Cluster {
             membership: Arc::new(membership),
             directory,
             internal: Some(internal),
         }),
-        None,
     ))
 }

@@ -3,6 +3,7 @@
 //! the primary away (writes refused with 1013, reads and local relay go on), catch-up, and a
 //! killed replica resuming from its cache.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use zbase_proto::wire::{Challenge, Code, ResourceId};
@@ -11,7 +12,9 @@ use zbase_tests::client::{
     seed_snapshot,
 };
 use zbase_tests::pods::metric;
-use zbase_tests::sites::{Sites, SitesTls, eventually, wait_ready};
+use zbase_tests::sites::{
+    Sites, SitesTls, admin, eventually, replication_addresses, status, wait_ready,
+};
 use zbase_tests::station::Station;
 
 /// How long a change may take to reach the replica in these tests (it takes milliseconds).
@@ -354,4 +357,124 @@ async fn peers_of_one_resource_on_different_sites_see_each_others_deltas_and_req
         metric(sites.primary.addr(), "zbase_replication_followers").await,
         Some(2.0)
     );
+}
+
+/// A station with a replication port at `listen`, following `replica_of` if given, knowing
+/// `sites`.
+async fn site_at(
+    listen: SocketAddr,
+    replica_of: Option<SocketAddr>,
+    sites: &[SocketAddr],
+) -> Station {
+    let mut builder = Station::builder().flag("replication-listen", listen);
+    if let Some(primary) = replica_of {
+        builder = builder.flag("replica-of", format!("http://{primary}"));
+    }
+    if !sites.is_empty() {
+        let list: Vec<String> = sites.iter().map(|site| format!("http://{site}")).collect();
+        builder = builder.flag("sites", list.join(","));
+    }
+    let station = builder.start_process().await;
+    wait_ready(&station).await;
+    station
+}
+
+/// Writes `snapshot` as `id`'s on `station` and waits until the station shows it to a
+/// requester (so it was acknowledged).
+async fn write(station: &Station, id: &ResourceId, identity: &Identity, snapshot: &[u8]) {
+    seed_snapshot(station.addr(), Transport::Ws, id, identity, snapshot).await;
+}
+
+/// Tries to write on `station`; returns how the station closed the writer (if it did).
+async fn refused_write(station: &Station, id: &ResourceId, identity: &Identity) -> CloseKind {
+    let mut conn = join(station.addr(), Transport::Ws, id, identity).await;
+    conn.expect_frame(Code::OfferSnapshot).await;
+    conn.send(Code::SubmitSnapshot, b"must not be taken".to_vec())
+        .await
+        .unwrap();
+    conn.expect_closed().await
+}
+
+#[tokio::test]
+async fn a_planned_switchover_loses_nothing_and_the_old_primary_takes_no_more_writes() {
+    let [a_port, b_port, c_port]: [SocketAddr; 3] = replication_addresses(3).try_into().unwrap();
+    let a = site_at(a_port, None, &[b_port, c_port]).await;
+    let b = site_at(b_port, Some(a_port), &[c_port]).await;
+    let c = site_at(c_port, Some(a_port), &[b_port]).await;
+    let mut written = Vec::new();
+    for n in 0..20u32 {
+        let at = if n % 2 == 0 { &a } else { &b };
+        let (id, identity) = create_resource(at.addr(), Transport::Grpc).await;
+        let snapshot = format!("before the switchover {n}").into_bytes();
+        write(at, &id, &identity, &snapshot).await;
+        written.push((id, identity, snapshot));
+    }
+
+    let (ok, token, err) = admin("demote", a_port, &[]).await;
+    assert!(ok, "demote failed: {err}");
+    let token = token.trim().to_owned();
+    assert!(token.starts_with("1:"), "the token names epoch 1: {token}");
+    let (id, identity, _) = &written[0];
+    assert_eq!(refused_write(&a, id, identity).await, CloseKind::Overloaded);
+    assert_eq!(status(a_port).await["role"], "fenced");
+
+    let (ok, out, err) = admin("promote", b_port, &["--token", &token, "--json"]).await;
+    assert!(ok, "promote failed: {err}");
+    let promoted: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(promoted["epoch"], 2);
+    assert_eq!(promoted["failover"], false);
+    assert_eq!(status(b_port).await["role"], "primary");
+
+    // Nothing was lost: every snapshot written before is on the new primary, which takes
+    // writes of its own; the other replica follows it by itself.
+    for (id, identity, snapshot) in &written {
+        until_offered(&b, id, identity, snapshot).await;
+    }
+    write(&b, id, identity, b"after the switchover").await;
+    until_offered(&c, id, identity, b"after the switchover").await;
+    let (id2, identity2) = create_resource(c.addr(), Transport::Ws).await;
+    write(&c, &id2, &identity2, b"through the replica").await;
+    until_offered(&b, &id2, &identity2, b"through the replica").await;
+    assert_eq!(status(c_port).await["epoch"], 2);
+
+    // Promoting again is refused with a reason.
+    let (ok, _, err) = admin("promote", b_port, &[]).await;
+    assert!(!ok);
+    assert!(err.contains("already the primary"), "{err}");
+}
+
+#[tokio::test]
+async fn after_a_failover_the_old_primary_is_fenced_and_the_other_replica_follows_the_new_one() {
+    let [a_port, b_port, c_port]: [SocketAddr; 3] = replication_addresses(3).try_into().unwrap();
+    let mut a = site_at(a_port, None, &[b_port, c_port]).await;
+    let b = site_at(b_port, Some(a_port), &[c_port]).await;
+    let c = site_at(c_port, Some(a_port), &[b_port]).await;
+    let (id, identity) = create_resource(a.addr(), Transport::Grpc).await;
+    write(&a, &id, &identity, b"on the old primary").await;
+    until_offered(&b, &id, &identity, b"on the old primary").await;
+    until_offered(&c, &id, &identity, b"on the old primary").await;
+
+    // The primary's site is lost; the replica is promoted without a token.
+    a.kill().await;
+    let (ok, out, err) = admin("promote", b_port, &["--json"]).await;
+    assert!(ok, "promote failed: {err}");
+    let promoted: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(promoted["failover"], true);
+    write(&b, &id, &identity, b"on the new primary").await;
+    until_offered(&c, &id, &identity, b"on the new primary").await;
+
+    // The old primary comes back: it learns of the later epoch and takes no write.
+    a.restart().await;
+    wait_ready(&a).await;
+    assert_eq!(status(a_port).await["role"], "fenced");
+    assert_eq!(
+        refused_write(&a, &id, &identity).await,
+        CloseKind::Overloaded
+    );
+    assert_eq!(
+        offered(&a, Transport::Ws, &id, &identity).await.as_deref(),
+        Some(&b"on the old primary"[..]),
+        "a fenced site still serves what it has"
+    );
+    until_offered(&b, &id, &identity, b"on the new primary").await;
 }

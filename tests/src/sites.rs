@@ -141,3 +141,37 @@ where
 pub fn store_file(station: &Station) -> std::path::PathBuf {
     Path::new(station.data_dir()).join("station.sqlite3")
 }
+
+/// `count` replication addresses on a private loopback network, for sites that name each
+/// other before they start (and keep their address across restarts).
+pub fn replication_addresses(count: usize) -> Vec<SocketAddr> {
+    let ip = ip_in(private_net(), 1);
+    (0..count)
+        .map(|_| SocketAddr::new(ip, free_ports::<1>(ip)[0]))
+        .collect()
+}
+
+/// Runs `zbase-station <command> --site http://<site> <extra...>`; returns whether it
+/// succeeded, its stdout and its stderr.
+pub async fn admin(command: &str, site: SocketAddr, extra: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(crate::station::station_bin())
+        .arg(command)
+        .arg("--site")
+        .arg(format!("http://{site}"))
+        .args(extra)
+        .output()
+        .await
+        .expect("run zbase-station");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A site's status as `zbase-station status --json` prints it.
+pub async fn status(site: SocketAddr) -> serde_json::Value {
+    let (ok, out, err) = admin("status", site, &["--json"]).await;
+    assert!(ok, "zbase-station status failed: {err}");
+    serde_json::from_str(&out).expect("status prints JSON")
+}

@@ -207,13 +207,22 @@ pub struct RawSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub internal_ca: Option<PathBuf>,
 
-    /// Run as a read-only caching replica of the primary site whose replication port is at
+    /// Start as a read-only caching replica of the primary site whose replication port is at
     /// this URL (`https://host:port`; `http://` only on a private network): follow its change
     /// feed into the local SQLite cache, serve verification and snapshots from it, and send
-    /// configurations and snapshots to the primary. [default: this station is a primary]
+    /// configurations and snapshots to the primary. Read at the first start: a promotion
+    /// later is kept with the data. [default: this station starts as the primary]
     #[arg(long, env = "ZBASE_REPLICA_OF", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica_of: Option<String>,
+
+    /// The replication ports of the deployment's other sites, comma-separated: a replica
+    /// follows whichever is primary in the latest epoch (so it follows a promoted site by
+    /// itself), and a primary watches them and stops accepting writes when one is primary in
+    /// a later epoch. [default: only --replica-of]
+    #[arg(long, env = "ZBASE_SITES", value_name = "URL,...")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sites: Option<String>,
 
     /// Address of the replication port, where replica sites follow this station (mutual TLS
     /// with --replication-tls-cert, --replication-tls-key, --replication-ca). [default: off]
@@ -395,26 +404,28 @@ pub struct Settings {
 /// How this station takes part in replication between sites.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicationSettings {
-    /// The primary this station follows as a replica; `None` for a primary.
-    pub primary: Option<PrimaryAddress>,
+    /// The primary this station starts following as a replica; `None` starts as a primary.
+    pub primary: Option<SiteAddress>,
+    /// The other sites (`--sites`), without the primary.
+    pub sites: Vec<SiteAddress>,
     /// Where the replication port listens, if it is served.
     pub listen: Option<SocketAddr>,
     /// Mutual TLS between sites, if configured.
     pub tls: Option<TlsFiles>,
 }
 
-/// Where a replica reaches its primary's replication port.
+/// Where a site's replication port is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrimaryAddress {
+pub struct SiteAddress {
     /// `host:port`.
     pub authority: String,
     /// Whether the port speaks (mutual) TLS: `https://` in the URL.
     pub tls: bool,
 }
 
-impl PrimaryAddress {
+impl SiteAddress {
     /// Parses `https://host[:port]` or `http://host[:port]` (no path).
-    pub fn parse(url: &str) -> Result<PrimaryAddress, &'static str> {
+    pub fn parse(url: &str) -> Result<SiteAddress, &'static str> {
         const EXPECTED: &str = "a URL of the primary's replication port: https://host:port (or http:// on a private network), without a path";
         let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
             (true, rest)
@@ -435,7 +446,7 @@ impl PrimaryAddress {
             None if tls => 443,
             None => 80,
         };
-        Ok(PrimaryAddress {
+        Ok(SiteAddress {
             authority: format!("{}:{port}", uri.host()),
             tls,
         })
@@ -501,6 +512,7 @@ impl RawSettings {
             internal_tls_key: self.internal_tls_key.or(fallback.internal_tls_key),
             internal_ca: self.internal_ca.or(fallback.internal_ca),
             replica_of: self.replica_of.or(fallback.replica_of),
+            sites: self.sites.or(fallback.sites),
             replication_listen: self.replication_listen.or(fallback.replication_listen),
             replication_tls_cert: self.replication_tls_cert.or(fallback.replication_tls_cert),
             replication_tls_key: self.replication_tls_key.or(fallback.replication_tls_key),
@@ -678,11 +690,25 @@ impl RawSettings {
                 "--replication-tls-cert, --replication-tls-key and --replication-ca go together: give all three",
             )?,
             listen: self.replication_listen,
+            sites: self
+                .sites
+                .iter()
+                .flat_map(|list| list.split(','))
+                .map(str::trim)
+                .filter(|url| !url.is_empty())
+                .map(|url| {
+                    SiteAddress::parse(url).map_err(|expected| ConfigError::Range {
+                        name: "sites",
+                        value: url.to_owned(),
+                        expected,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
             primary: match self.replica_of.filter(|url| !url.is_empty()) {
                 None => None,
                 Some(url) => {
                     Some(
-                        PrimaryAddress::parse(&url).map_err(|expected| ConfigError::Range {
+                        SiteAddress::parse(&url).map_err(|expected| ConfigError::Range {
                             name: "replica-of",
                             value: url.clone(),
                             expected,
@@ -691,21 +717,27 @@ impl RawSettings {
                 }
             },
         };
-        if let Some(primary) = &replication.primary {
-            if matches!(store, StoreBackend::Postgres { .. }) {
-                return Err(ConfigError::Range {
-                    name: "replica-of",
-                    value: primary.authority.clone(),
-                    expected: "a replica keeps its cache in the embedded SQLite store: drop --store (a replica site runs one station pod)",
-                });
-            }
-            if primary.tls && replication.tls.is_none() {
-                return Err(ConfigError::Range {
-                    name: "replica-of",
-                    value: primary.authority.clone(),
-                    expected: "an https:// primary needs this site's certificate and the sites' CA bundle: give --replication-tls-cert, --replication-tls-key and --replication-ca",
-                });
-            }
+        if let Some(site) = replication
+            .primary
+            .iter()
+            .chain(&replication.sites)
+            .find(|site| site.tls && replication.tls.is_none())
+        {
+            let primary = replication.primary.as_ref() == Some(site);
+            return Err(ConfigError::Range {
+                name: if primary { "replica-of" } else { "sites" },
+                value: site.authority.clone(),
+                expected: "an https:// site needs this site's certificate and the sites' CA bundle: give --replication-tls-cert, --replication-tls-key and --replication-ca",
+            });
+        }
+        if let Some(primary) = &replication.primary
+            && matches!(store, StoreBackend::Postgres { .. })
+        {
+            return Err(ConfigError::Range {
+                name: "replica-of",
+                value: primary.authority.clone(),
+                expected: "a replica keeps its cache in the embedded SQLite store: drop --store (a replica site runs one station pod)",
+            });
         }
         let cluster = ClusterSettings {
             internal_tls,
@@ -854,7 +886,7 @@ mod tests {
 
     #[test]
     fn a_primary_url_is_https_or_http_with_a_host_and_an_optional_port() {
-        let parse = |url: &str| PrimaryAddress::parse(url).map(|a| (a.authority, a.tls));
+        let parse = |url: &str| SiteAddress::parse(url).map(|a| (a.authority, a.tls));
         assert_eq!(
             parse("https://eu.example.org:7443"),
             Ok(("eu.example.org:7443".into(), true))
@@ -876,7 +908,7 @@ mod tests {
             "https://user@eu.example.org",
             "https://eu.example.org:notaport",
         ] {
-            assert!(PrimaryAddress::parse(bad).is_err(), "{bad} was accepted");
+            assert!(SiteAddress::parse(bad).is_err(), "{bad} was accepted");
         }
     }
 
@@ -906,7 +938,7 @@ mod tests {
         let plain = replica("http://primary:7000").resolve().unwrap();
         assert_eq!(
             plain.replication.primary,
-            Some(PrimaryAddress {
+            Some(SiteAddress {
                 authority: "primary:7000".into(),
                 tls: false
             })

@@ -104,6 +104,12 @@ mod tests {
         fn commits(&self) -> tokio::sync::watch::Receiver<Seq> {
             unreachable!()
         }
+        async fn site(&self) -> Result<Option<crate::store::Site>, StoreError> {
+            unreachable!()
+        }
+        async fn set_site(&self, _: crate::store::Site) -> Result<(), StoreError> {
+            unreachable!()
+        }
         async fn ping(&self) -> Result<(), StoreError> {
             self.pings.fetch_add(1, Ordering::SeqCst);
             // Long enough that every concurrent probe arrives while this one is in flight.

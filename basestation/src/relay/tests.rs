@@ -204,6 +204,12 @@ impl Store for GatedStore {
     fn commits(&self) -> tokio::sync::watch::Receiver<Seq> {
         self.inner.commits()
     }
+    async fn site(&self) -> Result<Option<crate::store::Site>, StoreError> {
+        self.inner.site().await
+    }
+    async fn set_site(&self, site: crate::store::Site) -> Result<(), StoreError> {
+        self.inner.set_site(site).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

@@ -8,7 +8,7 @@
 //! durable first. Like the contract's deltas, bridged frames may be lost (a bridge that is
 //! behind drops, and one being re-opened after a broken link misses what passed meanwhile).
 
-use super::cache::Upstream;
+use super::site::{Upstream, with_epoch};
 use crate::relay::{Relay, SiteLink, Uplink};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -83,8 +83,11 @@ async fn session(
     from_peers: &mut mpsc::Receiver<Bytes>,
     to_peers: &mpsc::Sender<Bytes>,
 ) -> Break {
+    let Some(primary) = upstream.following() else {
+        return Break::Lost { carried: false };
+    };
     let (mut up, frames) = futures::channel::mpsc::channel(STREAM_BUFFER);
-    let mut request = Request::new(frames.map(message));
+    let mut request = with_epoch(frames.map(message), upstream.epoch());
     match MetadataValue::try_from(id.as_str()) {
         Ok(value) => {
             request.metadata_mut().insert(RESOURCE_ID_METADATA, value);
@@ -92,7 +95,7 @@ async fn session(
         // An identifier is 43 base64url characters, always a valid header value.
         Err(_) => return Break::Closed,
     }
-    let mut client = upstream.client();
+    let mut client = primary.client;
     let mut down = match tokio::time::timeout(OPEN_TIMEOUT, client.bridge(request)).await {
         Ok(Ok(response)) => response.into_inner(),
         Ok(Err(_)) | Err(_) => return Break::Lost { carried: false },

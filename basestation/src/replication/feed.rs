@@ -8,9 +8,10 @@
 //! requesters see them and the replica is answered only once they are durable. Bridges of
 //! deltas and requests are in [`super::bridge`].
 
+use super::site::{EPOCH_METADATA, SiteStore, Token};
 use crate::relay::Relay;
 use crate::session::CloseReason;
-use crate::store::{Change, Claim, Seq, Store, StoreError};
+use crate::store::{Change, Claim, Seq, Site, Store, StoreError};
 use futures::SinkExt;
 use futures::channel::mpsc;
 use std::pin::Pin;
@@ -36,16 +37,43 @@ const FEED_BUFFER: usize = 2;
 pub const MESSAGE_MAX: usize = 1 << 30;
 
 /// The Replication service over this station's relay and store.
-pub fn service(relay: Relay, store: Arc<dyn Store>) -> ReplicationServer<Feed> {
-    ReplicationServer::new(Feed { relay, store })
+pub fn service(relay: Relay, site: Arc<SiteStore>) -> ReplicationServer<Feed> {
+    ReplicationServer::new(Feed { relay, site })
         .max_decoding_message_size(MESSAGE_MAX)
         .max_encoding_message_size(MESSAGE_MAX)
 }
 
-/// The primary's replication endpoints.
+/// The replication endpoints (served by every station with a replication port).
 pub struct Feed {
     relay: Relay,
-    store: Arc<dyn Store>,
+    site: Arc<SiteStore>,
+}
+
+impl Feed {
+    /// Reads the caller's epoch and fences this station if it is later than its own.
+    async fn caller<T>(&self, request: &Request<T>) -> u64 {
+        let epoch = request
+            .metadata()
+            .get(EPOCH_METADATA)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0);
+        if let Err(error) = self.site.fence(epoch, "a site that called this one").await {
+            tracing::error!(%error, "could not record the fence");
+        }
+        epoch
+    }
+}
+
+/// The site's epochs as the protocol carries them.
+fn epochs(site: &Site) -> Vec<pb::Epoch> {
+    site.epochs
+        .iter()
+        .map(|epoch| pb::Epoch {
+            epoch: epoch.epoch,
+            first_seq: epoch.first_seq,
+        })
+        .collect()
 }
 
 type ChangeStream = Pin<Box<dyn futures::Stream<Item = Result<pb::Changes, Status>> + Send>>;
@@ -55,20 +83,95 @@ impl Replication for Feed {
     type FollowStream = ChangeStream;
     type BridgeStream = super::bridge::FrameStream;
 
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::SiteStatus>, Status> {
+        self.caller(&request).await;
+        let site = self.site.site();
+        let last_seq =
+            self.site.last_seq().await.map_err(|error| {
+                Status::unavailable(format!("this site's store failed: {error}"))
+            })?;
+        Ok(Response::new(pb::SiteStatus {
+            role: site.role.name().to_owned(),
+            epochs: epochs(&site),
+            last_seq,
+        }))
+    }
+
+    async fn promote(
+        &self,
+        request: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::PromoteReply>, Status> {
+        self.caller(&request).await;
+        let token = request.into_inner().token.map(|token| Token {
+            epoch: token.epoch,
+            seq: token.seq,
+        });
+        let promoted = self
+            .site
+            .promote(token)
+            .await
+            .map_err(|error| Status::failed_precondition(error.to_string()))?;
+        if promoted.failover {
+            tracing::warn!(
+                epoch = promoted.epoch,
+                first_seq = promoted.first_seq,
+                "promoted to primary WITHOUT a handover token (a failover): writes the old primary took after this site's last change are not here; rebuild the old primary as a replica"
+            );
+        } else {
+            tracing::info!(
+                epoch = promoted.epoch,
+                first_seq = promoted.first_seq,
+                "promoted to primary after a planned handover: nothing was lost"
+            );
+        }
+        Ok(Response::new(pb::PromoteReply {
+            epoch: promoted.epoch,
+            first_seq: promoted.first_seq,
+            failover: promoted.failover,
+        }))
+    }
+
+    async fn demote(
+        &self,
+        request: Request<pb::DemoteRequest>,
+    ) -> Result<Response<pb::HandoverToken>, Status> {
+        self.caller(&request).await;
+        let token = self
+            .site
+            .demote()
+            .await
+            .map_err(|error| Status::failed_precondition(error.to_string()))?;
+        tracing::warn!(%token, "demoted: this station accepts no write from now on; promote the next primary with this token");
+        Ok(Response::new(pb::HandoverToken {
+            epoch: token.epoch,
+            seq: token.seq,
+        }))
+    }
+
     async fn follow(
         &self,
         request: Request<pb::FollowRequest>,
     ) -> Result<Response<ChangeStream>, Status> {
+        let caller = self.caller(&request).await;
+        let own = self.site.site().epoch();
+        if caller > own {
+            return Err(Status::failed_precondition(format!(
+                "this site is at epoch {own}, behind the caller's {caller}: follow the primary of the latest epoch"
+            )));
+        }
         let after = request.into_inner().after;
         let (tx, rx) = mpsc::channel(FEED_BUFFER);
-        let store = Arc::clone(&self.store);
+        let site = Arc::clone(&self.site);
         let relay = self.relay.clone();
         tokio::spawn(async move {
             let followers = &relay.metrics().replication_followers;
             followers.inc();
             tracing::info!(after, "a replica site follows the change feed");
             let ended = tokio::select! {
-                ended = feed(store.as_ref(), after, tx) => ended,
+                ended = feed(&site, after, tx) => ended,
                 _ = relay.shutdown().cancelled() => "this station shuts down",
             };
             followers.dec();
@@ -81,6 +184,7 @@ impl Replication for Feed {
         &self,
         request: Request<pb::ClaimRequest>,
     ) -> Result<Response<pb::ClaimReply>, Status> {
+        self.caller(&request).await;
         let request = request.into_inner();
         let id = parse_id(&request.id)?;
         let key = VerificationKey::from_jwk_json(&request.jwk)
@@ -95,6 +199,7 @@ impl Replication for Feed {
         &self,
         request: Request<pb::PutSnapshotRequest>,
     ) -> Result<Response<pb::PutSnapshotReply>, Status> {
+        self.caller(&request).await;
         let request = request.into_inner();
         let id = parse_id(&request.id)?;
         let seq = self
@@ -109,6 +214,7 @@ impl Replication for Feed {
         &self,
         request: Request<tonic::Streaming<pb::Frame>>,
     ) -> Result<Response<super::bridge::FrameStream>, Status> {
+        self.caller(&request).await;
         super::bridge::serve(&self.relay, request).await
     }
 }
@@ -129,10 +235,11 @@ fn refused(reason: CloseReason) -> Status {
 /// Sends every change above `after`, then each later commit, with heartbeats while idle, until
 /// the replica goes away or the store fails; returns why it ended.
 async fn feed(
-    store: &dyn Store,
+    site: &SiteStore,
     after: Seq,
     mut tx: mpsc::Sender<Result<pb::Changes, Status>>,
 ) -> &'static str {
+    let store: &dyn Store = site;
     let mut commits = store.commits();
     let mut position = after;
     let mut quiet_since = tokio::time::Instant::now();
@@ -151,10 +258,14 @@ async fn feed(
         let (changes, primary_last) = page;
         if changes.is_empty() {
             if quiet_since.elapsed() >= HEARTBEAT {
-                let heartbeat = pb::Changes {
-                    changes: Vec::new(),
-                    primary_last,
-                };
+                let heartbeat = stamped(
+                    pb::Changes {
+                        changes: Vec::new(),
+                        primary_last,
+                        ..pb::Changes::default()
+                    },
+                    &site.site(),
+                );
                 if tx.send(Ok(heartbeat)).await.is_err() {
                     return "the replica went away";
                 }
@@ -171,7 +282,7 @@ async fn feed(
             position = last.seq;
         }
         for message in messages(changes, primary_last) {
-            if tx.send(Ok(message)).await.is_err() {
+            if tx.send(Ok(stamped(message, &site.site()))).await.is_err() {
                 return "the replica went away";
             }
         }
@@ -184,6 +295,14 @@ async fn feed(
             }
         }
     }
+}
+
+/// `message` with this site's role and epochs, which tell a follower whether it still follows
+/// the primary.
+fn stamped(mut message: pb::Changes, site: &Site) -> pb::Changes {
+    message.role = site.role.name().to_owned();
+    message.epochs = epochs(site);
+    message
 }
 
 /// One page above `position` and the highest committed sequence (read first, so it is never
@@ -222,6 +341,7 @@ fn messages(changes: Vec<Change>, primary_last: Seq) -> Vec<pb::Changes> {
         .map(|changes| pb::Changes {
             changes,
             primary_last,
+            ..pb::Changes::default()
         })
         .collect()
 }

@@ -1,15 +1,20 @@
-//! A replica following its primary's change feed into the local cache.
+//! What a station does about the other sites, whatever its role: a replica follows the primary
+//! of the latest epoch among them; a primary watches them and fences itself when one is
+//! primary in a later epoch.
 //!
-//! Resumes from the highest sequence the cache holds (which is the primary's numbering, see
+//! A replica asks every site it knows for its status and follows the primary with the latest
+//! epoch, after checking that its cache is a prefix of that primary's history (else it wipes
+//! the cache and syncs again from the start; a former primary's store is never wiped). It
+//! resumes from the highest sequence the cache holds (which is the primary's numbering, see
 //! [`SqliteStore::mirror`]): every page is applied in one transaction, so a kill between pages
 //! resumes exactly after the last one committed, and applying a page twice changes nothing.
 //! A feed silent for three heartbeats is treated as broken (a partition shows no TCP error),
-//! and the follower reconnects with backoff until the primary answers again.
+//! and the replica looks for a primary again, with backoff, until one answers.
 
-use super::cache::Upstream;
 use super::feed::HEARTBEAT;
+use super::site::{Peer, SiteStore, Upstream, with_epoch};
 use crate::relay::Relay;
-use crate::store::{Change, Seq, SqliteStore, Store, StoreError};
+use crate::store::{Change, Epoch, Role, Seq, SqliteStore, Store, StoreError};
 use crate::telemetry::Metrics;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +28,51 @@ const SILENCE: Duration = Duration::from_secs(3);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Backoff between attempts to reach the primary: from the first to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+/// How long a site has to answer a status request.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a primary asks the other sites whether one is primary in a later epoch.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether a cache at `position` with history `own` can follow a primary with history
+/// `theirs` from where it is; pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fit {
+    /// The cache is a prefix of the primary's history.
+    Prefix,
+    /// The cache holds changes from `from` on that the primary's history does not have (the
+    /// primary's epoch began below them, or the histories differ).
+    Diverged {
+        /// The first sequence the two histories may disagree on.
+        from: Seq,
+    },
+}
+
+/// See [`Fit`].
+pub(crate) fn fit(own: &[Epoch], position: Seq, theirs: &[Epoch]) -> Fit {
+    let Some(last) = own.last() else {
+        // A cache that never followed anyone holds nothing (or a restore of the same history).
+        return Fit::Prefix;
+    };
+    for (mine, other) in own.iter().zip(theirs) {
+        if mine != other {
+            return Fit::Diverged {
+                from: mine.first_seq.min(other.first_seq),
+            };
+        }
+    }
+    if theirs.len() < own.len() {
+        // The other site is behind this one's epochs: not a primary to follow.
+        return Fit::Diverged {
+            from: last.first_seq,
+        };
+    }
+    match theirs.get(own.len()) {
+        Some(next) if position >= next.first_seq => Fit::Diverged {
+            from: next.first_seq,
+        },
+        _ => Fit::Prefix,
+    }
+}
 
 /// How far behind the primary the cache is; pure, so its rules are tested without a feed.
 #[derive(Debug, Default)]
@@ -61,6 +111,8 @@ impl Lag {
 /// Why one session with the feed ended.
 #[derive(Debug, thiserror::Error)]
 enum Ended {
+    #[error("no site answers as the primary")]
+    NoPrimary,
     #[error("the primary did not answer within {} s", CONNECT_TIMEOUT.as_secs())]
     ConnectTimeout,
     #[error("the primary refused the feed: {0}")]
@@ -69,54 +121,179 @@ enum Ended {
     Silent,
     #[error("the primary ended the feed")]
     Closed,
+    #[error("the site followed is no longer the primary ({0})")]
+    NotPrimary(String),
     #[error("the primary sent a change for a malformed identifier {0:?}")]
     BadChange(String),
+    #[error(
+        "this store holds a former primary's changes from sequence {from} on that the primary at {url} does not have; it is not wiped: take a backup of it if those writes matter, then move its data directory aside and start this station again as a replica"
+    )]
+    Diverged { from: Seq, url: String },
     #[error("the local cache failed: {0}")]
     Cache(#[from] StoreError),
     #[error("this station shuts down")]
     Shutdown,
 }
 
-/// Follows the primary until `stop`: applies every change to `cache`, tells `relay` which
-/// resources changed (so their tasks serve the new snapshot), and keeps `upstream` told of
-/// what is applied and whether the feed is live.
-pub async fn follow(
-    upstream: Upstream,
-    cache: Arc<SqliteStore>,
-    relay: Relay,
-    stop: CancellationToken,
-) {
+/// Runs until `stop`: follows the primary while this station is a replica, watches the other
+/// sites while it is the primary, and does nothing while it is fenced. With `keep`, a cache
+/// that diverged from the primary is kept (it holds a former primary's writes) rather than
+/// wiped.
+pub async fn run(site: Arc<SiteStore>, relay: Relay, stop: CancellationToken, keep: bool) {
+    let Some(upstream) = site.upstream().cloned() else {
+        return;
+    };
     let metrics = relay.metrics().clone();
     let mut lag = Lag::default();
     let mut backoff = BACKOFF.0;
     loop {
-        let started = Instant::now();
-        let ended = session(&upstream, &cache, &relay, &metrics, &mut lag, &stop).await;
-        upstream.set_live(false);
-        if let Ended::Shutdown = ended {
-            return;
-        }
-        let seconds = lag.lost(Instant::now());
-        metrics.replication_lag_seconds.set(seconds);
-        if started.elapsed() > SILENCE {
-            // The feed worked for a while: start over with short waits.
-            backoff = BACKOFF.0;
-            tracing::warn!(error = %ended, "lost the change feed from the primary; reconnecting");
-        } else {
-            tracing::debug!(error = %ended, "the primary is not reachable yet");
-        }
+        let pause = match site.site().role {
+            Role::Replica => {
+                let started = Instant::now();
+                let ended =
+                    follow_once(&site, &upstream, &relay, &metrics, &mut lag, keep, &stop).await;
+                upstream.set_following(None);
+                if let Ended::Shutdown = ended {
+                    return;
+                }
+                metrics
+                    .replication_lag_seconds
+                    .set(lag.lost(Instant::now()));
+                if started.elapsed() > SILENCE {
+                    // The feed worked for a while: start over with short waits.
+                    backoff = BACKOFF.0;
+                    tracing::warn!(error = %ended, "lost the change feed from the primary; looking for it again");
+                } else {
+                    tracing::debug!(error = %ended, "no primary to follow yet");
+                }
+                let pause = backoff;
+                backoff = (backoff * 2).min(BACKOFF.1);
+                pause
+            }
+            Role::Primary => {
+                watch_once(&site, &upstream).await;
+                WATCH_EVERY
+            }
+            Role::Fenced => WATCH_EVERY,
+        };
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.cancelled() => return,
         }
-        backoff = (backoff * 2).min(BACKOFF.1);
     }
 }
 
-/// One connection to the feed, from the cache's position until it breaks.
-async fn session(
+/// Every candidate's status, asked at once, each bounded.
+async fn statuses(upstream: &Upstream) -> Vec<(Peer, pb::SiteStatus)> {
+    let epoch = upstream.epoch();
+    let asks = upstream
+        .candidates()
+        .iter()
+        .cloned()
+        .map(|peer| async move {
+            let mut client = peer.client.clone();
+            let call = client.status(with_epoch(pb::StatusRequest {}, epoch));
+            match tokio::time::timeout(STATUS_TIMEOUT, call).await {
+                Ok(Ok(status)) => Some((peer, status.into_inner())),
+                _ => None,
+            }
+        });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+fn epochs_of(status: &[pb::Epoch]) -> Vec<Epoch> {
+    status
+        .iter()
+        .map(|epoch| Epoch {
+            epoch: epoch.epoch,
+            first_seq: epoch.first_seq,
+        })
+        .collect()
+}
+
+fn latest(epochs: &[pb::Epoch]) -> u64 {
+    epochs.last().map_or(0, |epoch| epoch.epoch)
+}
+
+/// Before a primary with other sites serves anyone: asks them once whether one is primary in
+/// a later epoch, so a primary restarted after it was replaced never takes a write.
+pub async fn check_at_start(site: &SiteStore) {
+    if let (Role::Primary, Some(upstream)) = (site.site().role, site.upstream()) {
+        watch_once(site, upstream).await;
+    }
+}
+
+/// A primary's look at the other sites: fences itself if one is at a later epoch.
+async fn watch_once(site: &SiteStore, upstream: &Upstream) {
+    for (peer, status) in statuses(upstream).await {
+        let epoch = latest(&status.epochs);
+        if epoch > site.site().epoch()
+            && let Err(error) = site.fence(epoch, &peer.url).await
+        {
+            tracing::error!(%error, "could not record the fence; writes stay refused until restart");
+        }
+    }
+}
+
+/// Chooses the primary of the latest epoch, checks the cache fits its history, and follows
+/// it until the feed breaks or it stops being the primary.
+async fn follow_once(
+    site: &SiteStore,
     upstream: &Upstream,
+    relay: &Relay,
+    metrics: &Metrics,
+    lag: &mut Lag,
+    keep: bool,
+    stop: &CancellationToken,
+) -> Ended {
+    let Some((cache, _)) = site.replica_parts() else {
+        return Ended::NoPrimary;
+    };
+    let own = site.site();
+    let chosen = statuses(upstream)
+        .await
+        .into_iter()
+        .filter(|(_, status)| status.role == Role::Primary.name())
+        .filter(|(_, status)| latest(&status.epochs) >= own.epoch())
+        .max_by_key(|(_, status)| latest(&status.epochs));
+    let Some((peer, status)) = chosen else {
+        return Ended::NoPrimary;
+    };
+    let theirs = epochs_of(&status.epochs);
+    let position = match cache.last_seq().await {
+        Ok(position) => position,
+        Err(error) => return Ended::Cache(error),
+    };
+    if let Fit::Diverged { from } = fit(&own.epochs, position, &theirs) {
+        if keep {
+            return Ended::Diverged {
+                from,
+                url: peer.url,
+            };
+        }
+        tracing::warn!(from, primary = %peer.url, "this cache holds changes the primary does not have (a failover happened after them); wiping it to sync again from the start");
+        if let Err(error) = cache.wipe().await {
+            return Ended::Cache(error);
+        }
+        upstream.applied(0);
+    }
+    if let Err(error) = site.adopt(theirs).await {
+        return Ended::Cache(error);
+    }
+    session(site, cache, upstream, &peer, relay, metrics, lag, stop).await
+}
+
+/// One connection to `peer`'s feed, from the cache's position until it breaks.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    site: &SiteStore,
     cache: &SqliteStore,
+    upstream: &Upstream,
+    peer: &Peer,
     relay: &Relay,
     metrics: &Metrics,
     lag: &mut Lag,
@@ -127,8 +304,8 @@ async fn session(
         Err(error) => return Ended::Cache(error),
     };
     upstream.applied(after);
-    let mut client = upstream.client();
-    let request = pb::FollowRequest { after };
+    let mut client = peer.client.clone();
+    let request = with_epoch(pb::FollowRequest { after }, upstream.epoch());
     let opened = tokio::select! {
         opened = tokio::time::timeout(CONNECT_TIMEOUT, client.follow(request)) => opened,
         _ = stop.cancelled() => return Ended::Shutdown,
@@ -138,8 +315,8 @@ async fn session(
         Ok(Err(status)) => return Ended::Status(status),
         Ok(Ok(feed)) => feed.into_inner(),
     };
-    tracing::info!(after, "following the primary's change feed");
-    upstream.set_live(true);
+    tracing::info!(after, primary = %peer.url, epoch = upstream.epoch(), "following the primary's change feed");
+    upstream.set_following(Some(peer.clone()));
     let mut applied = after;
     loop {
         let message = tokio::select! {
@@ -152,6 +329,10 @@ async fn session(
             Ok(Ok(None)) => return Ended::Closed,
             Ok(Ok(Some(page))) => page,
         };
+        if site.site().role != Role::Replica {
+            // Promoted meanwhile: this station writes for itself now.
+            return Ended::NotPrimary("this station was promoted".into());
+        }
         if !page.changes.is_empty() {
             let changes = match decode(page.changes) {
                 Ok(changes) => changes,
@@ -169,13 +350,18 @@ async fn session(
             }
         }
         let (changes, seconds) = lag.observe(applied, page.primary_last, Instant::now());
-        if changes == 0 {
-            upstream.set_synced();
-        }
         metrics
             .replication_lag_changes
             .set(i64::try_from(changes).unwrap_or(i64::MAX));
         metrics.replication_lag_seconds.set(seconds);
+        if changes == 0 {
+            upstream.set_synced();
+            if page.role != Role::Primary.name() {
+                // It handed over (or was fenced) and this cache holds all it had: look for
+                // the primary that follows it.
+                return Ended::NotPrimary(page.role);
+            }
+        }
     }
 }
 
@@ -223,6 +409,46 @@ mod tests {
         let mut behind = Lag::default();
         behind.observe(5, 9, t0);
         assert!((behind.lost(t0 + Duration::from_secs(2)) - 2.0).abs() < 1e-9);
+    }
+
+    fn epochs(list: &[(u64, Seq)]) -> Vec<Epoch> {
+        list.iter()
+            .map(|&(epoch, first_seq)| Epoch { epoch, first_seq })
+            .collect()
+    }
+
+    #[test]
+    fn a_cache_fits_a_new_primary_when_it_holds_nothing_past_the_new_epochs_start() {
+        let old = epochs(&[(1, 1)]);
+        let new = epochs(&[(1, 1), (2, 101)]);
+        assert_eq!(
+            fit(&old, 100, &new),
+            Fit::Prefix,
+            "caught up to the handover"
+        );
+        assert_eq!(
+            fit(&old, 60, &new),
+            Fit::Prefix,
+            "behind: the rest comes by the feed"
+        );
+        assert_eq!(
+            fit(&old, 101, &new),
+            Fit::Diverged { from: 101 },
+            "ahead of the promotion"
+        );
+        assert_eq!(fit(&new, 150, &new), Fit::Prefix, "the same history");
+        assert_eq!(fit(&[], 0, &new), Fit::Prefix, "a fresh cache");
+    }
+
+    #[test]
+    fn a_cache_does_not_fit_another_history_or_an_older_one() {
+        let mine = epochs(&[(1, 1), (2, 101)]);
+        let other = epochs(&[(1, 1), (2, 90)]);
+        assert_eq!(fit(&mine, 120, &other), Fit::Diverged { from: 90 });
+        assert_eq!(
+            fit(&mine, 120, &epochs(&[(1, 1)])),
+            Fit::Diverged { from: 101 }
+        );
     }
 
     #[test]

@@ -3,23 +3,47 @@
 //!
 //! The primary serves `zbase.v1.Replication` on its replication port ([`feed`]); a replica
 //! follows the change feed into its local SQLite cache ([`follower`]) and runs the usual relay
-//! over a store that reads the cache and writes through the primary ([`cache`]); each resource
+//! over a store that reads the cache and writes through the primary ([`site`]); each resource
 //! with peers on a replica bridges their deltas and requests with the primary's ([`bridge`]). Sites
 //! authenticate each other by mutual TLS against the sites' CA bundle.
 
 mod bridge;
-mod cache;
 mod feed;
 mod follower;
+mod site;
 
-pub use cache::{Cache, Upstream};
 pub use feed::{Feed, MESSAGE_MAX, service};
-pub use follower::follow;
+pub use follower::{check_at_start, run};
+pub use site::{EPOCH_METADATA, Peer, Promotion, RoleError, SiteStore, Token, Upstream};
 
 /// The router of the replication port.
-pub fn router(
-    relay: crate::relay::Relay,
-    store: std::sync::Arc<dyn crate::store::Store>,
-) -> axum::Router {
-    tonic::service::Routes::new(service(relay, store)).into_axum_router()
+pub fn router(relay: crate::relay::Relay, site: std::sync::Arc<SiteStore>) -> axum::Router {
+    tonic::service::Routes::new(service(relay, site)).into_axum_router()
+}
+
+/// A peer site at `address`, dialled over mutual TLS with `tls` when its URL is `https://`.
+pub fn peer(
+    address: &crate::config::SiteAddress,
+    tls: Option<crate::tls::ClientTls>,
+) -> Result<Peer, String> {
+    use std::time::Duration;
+    let scheme = if address.tls { "https" } else { "http" };
+    let url = format!("{scheme}://{}", address.authority);
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", address.authority))
+        .map_err(|error| format!("{url} is not a usable address: {error}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    let channel = match (address.tls, tls) {
+        (true, Some(tls)) => endpoint.connect_with_connector_lazy(crate::tls::dial(tls)),
+        (true, None) => {
+            return Err(format!(
+                "{url} uses https but this site has no certificate for it: give --replication-tls-cert, --replication-tls-key and --replication-ca"
+            ));
+        }
+        (false, _) => endpoint.connect_lazy(),
+    };
+    Ok(Peer::new(url, channel))
 }

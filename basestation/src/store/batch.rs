@@ -10,7 +10,7 @@
 //! How changes are numbered, and what a backend does to recover after a failure, is the
 //! backend's business.
 
-use super::{Change, Claim, Seq, StoreError};
+use super::{Change, Claim, Seq, Site, StoreError};
 use bytes::Bytes;
 use std::fmt;
 use std::future::Future;
@@ -40,6 +40,11 @@ pub(super) enum Op {
     /// its primary; SQLite only). Each resource is written unless it already holds a later
     /// change, so applying a page twice changes nothing.
     Mirror { changes: Vec<Change> },
+    /// Replace the station's role and epochs.
+    Site { site: Site },
+    /// Delete every resource and epoch (a replica's cache that diverged from its new primary,
+    /// before it syncs again from the start; SQLite only).
+    Wipe,
 }
 
 impl Op {
@@ -47,7 +52,7 @@ impl Op {
     pub(super) fn id(&self) -> Option<&ResourceId> {
         match self {
             Op::Claim { id, .. } | Op::Put { id, .. } => Some(id),
-            Op::Mirror { .. } => None,
+            Op::Mirror { .. } | Op::Site { .. } | Op::Wipe => None,
         }
     }
 }
@@ -69,6 +74,7 @@ impl Write {
                 .iter()
                 .map(|change| change.jwk.len() + change.snapshot.as_ref().map_or(0, Bytes::len))
                 .sum(),
+            Op::Site { .. } | Op::Wipe => 0,
         }
     }
 
@@ -205,6 +211,16 @@ impl WriteQueue {
         self.write(Op::Mirror { changes })
             .await
             .map(Option::unwrap_or_default)
+    }
+
+    /// Replaces the station's role and epochs, once committed.
+    pub(super) async fn set_site(&self, site: Site) -> Result<(), StoreError> {
+        self.write(Op::Site { site }).await.map(drop)
+    }
+
+    /// Deletes every resource and epoch, once committed.
+    pub(super) async fn wipe(&self) -> Result<(), StoreError> {
+        self.write(Op::Wipe).await.map(drop)
     }
 
     /// A receiver that changes whenever this writer commits a change; its value is the highest

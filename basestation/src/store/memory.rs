@@ -1,7 +1,7 @@
 //! An in-memory [`Store`] for relay tests that need no disk. It keeps the trait's ordering
 //! promises (one lock, sequence in commit order) but not durability, so it is test-only.
 
-use super::{Change, Claim, Seq, Store, StoreError, StoredResource};
+use super::{Change, Claim, Seq, Site, Store, StoreError, StoredResource};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,6 +10,7 @@ use zbase_proto::wire::ResourceId;
 
 #[derive(Default)]
 struct State {
+    site: Option<Site>,
     resources: HashMap<ResourceId, StoredResource>,
     seq: Seq,
     closed: bool,
@@ -104,6 +105,17 @@ impl Store for MemoryStore {
 
     async fn last_seq(&self) -> Result<Seq, StoreError> {
         self.with(|state| Ok(state.seq))
+    }
+
+    async fn site(&self) -> Result<Option<Site>, StoreError> {
+        self.with(|state| Ok(state.site.clone()))
+    }
+
+    async fn set_site(&self, site: Site) -> Result<(), StoreError> {
+        self.with(|state| {
+            state.site = Some(site);
+            Ok(())
+        })
     }
 
     fn commits(&self) -> watch::Receiver<Seq> {

@@ -65,6 +65,60 @@ pub struct Change {
     pub snapshot: Option<Bytes>,
 }
 
+/// A station's role among the sites of a deployment (docs/REPLICATION.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The one writable site.
+    Primary,
+    /// A read-only cache of the primary.
+    Replica,
+    /// A former primary that learned of a later epoch, or handed over: it accepts no write.
+    Fenced,
+}
+
+impl Role {
+    /// The name stored and shown.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Fenced => "fenced",
+        }
+    }
+
+    /// The role a stored name stands for.
+    pub fn from_name(name: &str) -> Option<Role> {
+        [Role::Primary, Role::Replica, Role::Fenced]
+            .into_iter()
+            .find(|role| role.name() == name)
+    }
+}
+
+/// One epoch of a store's history: a period with one primary, from its first sequence on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epoch {
+    /// The epoch's number; each promotion takes the next one.
+    pub epoch: u64,
+    /// The first sequence numbered in this epoch.
+    pub first_seq: Seq,
+}
+
+/// What a store keeps about its station's place among the sites.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    /// The station's role.
+    pub role: Role,
+    /// The epochs of the history the store holds, oldest first.
+    pub epochs: Vec<Epoch>,
+}
+
+impl Site {
+    /// The current epoch (0 before any).
+    pub fn epoch(&self) -> u64 {
+        self.epochs.last().map_or(0, |epoch| epoch.epoch)
+    }
+}
+
 /// What a restore receives: the resources, then `Commit` once their source was read whole and
 /// found sound. A restore whose channel closes before `Commit` writes nothing.
 #[derive(Debug)]
@@ -118,6 +172,12 @@ pub enum StoreError {
         "the primary site is unreachable ({0}); this replica refuses configurations and snapshots until it is back: try again later"
     )]
     PrimaryUnavailable(String),
+    /// This station was the primary and is fenced: it handed over, or another site is primary
+    /// in a later epoch.
+    #[error(
+        "this station is no longer the primary site (it was at epoch {0}, and handed over or saw a later epoch): it accepts no configuration or snapshot; point clients at the current primary, and rebuild this one as its replica"
+    )]
+    Fenced(u64),
     /// There is no store where one was expected.
     #[error("there is no station store at {0}: point --data-dir at the station's data directory")]
     Missing(std::path::PathBuf),
@@ -146,6 +206,12 @@ pub trait Store: Send + Sync + 'static {
     /// that point. It reads one snapshot of the database, so writes go on meanwhile and none
     /// of them shows; it stops early, without error, if `into` is closed.
     async fn export(&self, into: mpsc::Sender<Change>) -> Result<Seq, StoreError>;
+
+    /// The station's role and epochs, or `None` in a store never served yet.
+    async fn site(&self) -> Result<Option<Site>, StoreError>;
+
+    /// Replaces the station's role and epochs, in one transaction; durable on return.
+    async fn set_site(&self, site: Site) -> Result<(), StoreError>;
 
     /// Changes whenever this process commits a change, holding the highest sequence it
     /// committed; commits by other processes sharing the database do not show, so a reader

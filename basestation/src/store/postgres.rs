@@ -35,7 +35,7 @@
 
 use super::batch::{Backend, Failure, MAX_BATCH_WRITES, Op, Write, WriteQueue};
 use super::rows::{self, ChangeRow, ResourceRow, read_error, seq_from_sql};
-use super::{Change, Claim, RestoreItem, Seq, Store, StoreError, StoredResource};
+use super::{Change, Claim, RestoreItem, Seq, Site, Store, StoreError, StoredResource};
 use bytes::Bytes;
 use futures::TryStreamExt as _;
 use sqlx::migrate::Migrator;
@@ -334,6 +334,25 @@ impl Store for PostgresStore {
         found.into_iter().map(rows::change).collect()
     }
 
+    async fn site(&self) -> Result<Option<Site>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(read_error)?;
+        let role: Option<String> = sqlx::query_scalar("SELECT role FROM zbase_site")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(read_error)?;
+        let epochs: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT epoch, first_seq FROM zbase_epochs ORDER BY epoch")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(read_error)?;
+        tx.rollback().await.map_err(read_error)?;
+        role.map(|role| rows::site(&role, &epochs)).transpose()
+    }
+
+    async fn set_site(&self, site: Site) -> Result<(), StoreError> {
+        self.writes.set_site(site).await
+    }
+
     async fn last_seq(&self) -> Result<Seq, StoreError> {
         // The counter moves only in committed transactions, and only by what they wrote.
         let last: i64 = sqlx::query_scalar("SELECT last FROM zbase_sequence")
@@ -396,6 +415,32 @@ impl Store for PostgresStore {
 }
 
 /// This process's only writer: batches requests into transactions on the pool.
+/// Replaces the site's role and epochs (inside the writer's transaction).
+async fn write_site(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    site: &Site,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM zbase_site")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("INSERT INTO zbase_site (role) VALUES ($1)")
+        .bind(site.role.name())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM zbase_epochs")
+        .execute(&mut **tx)
+        .await?;
+    for epoch in &site.epochs {
+        let (number, first) = rows::epoch_to_sql(epoch)?;
+        sqlx::query("INSERT INTO zbase_epochs (epoch, first_seq) VALUES ($1, $2)")
+            .bind(number)
+            .bind(first)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 struct Writer {
     pool: PgPool,
     fence: Option<Fence>,
@@ -431,10 +476,14 @@ impl Backend for Writer {
                     let put = sqlx::query(PUT).bind(&snapshot[..]).bind(id.as_str());
                     put.execute(&mut *tx).await
                 }
-                // `PostgresStore` has no way to ask for one: a replica's cache is SQLite.
-                Op::Mirror { .. } => {
+                // `PostgresStore` has no way to ask for these: a replica's cache is SQLite.
+                Op::Mirror { .. } | Op::Wipe => {
                     let message = "a PostgreSQL store does not mirror another store's changes";
                     return Err(Failure::Request(sqlx::Error::Protocol(message.into())));
+                }
+                Op::Site { site } => {
+                    write_site(&mut tx, site).await.map_err(Failure::Request)?;
+                    continue;
                 }
             };
             // Zero rows is the answer "taken" or "not found", and takes no sequence number.
@@ -688,15 +737,18 @@ mod tests {
         .fetch_all(&mut conn)
         .await
         .unwrap();
-        // Beside resources, only the counter and the pods' membership (nothing per resource).
+        // Beside resources, only the counter, the pods' membership and the site's role and
+        // epochs (nothing per resource).
         assert_eq!(
             tables,
             [
                 "_sqlx_migrations",
                 "resources",
+                "zbase_epochs",
                 "zbase_members",
                 "zbase_membership",
-                "zbase_sequence"
+                "zbase_sequence",
+                "zbase_site"
             ]
         );
         conn.close().await.unwrap();

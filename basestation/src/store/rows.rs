@@ -64,3 +64,31 @@ pub(super) fn read_error(error: sqlx::Error) -> StoreError {
         error => StoreError::Database(error),
     }
 }
+
+/// An epoch as the database keeps it.
+pub(super) fn epoch_to_sql(epoch: &super::Epoch) -> Result<(i64, i64), sqlx::Error> {
+    match (i64::try_from(epoch.epoch), i64::try_from(epoch.first_seq)) {
+        (Ok(number), Ok(first)) => Ok((number, first)),
+        _ => Err(sqlx::Error::Protocol(format!(
+            "epoch {} starting at {} is out of range",
+            epoch.epoch, epoch.first_seq
+        ))),
+    }
+}
+
+/// The site row and epoch rows as a [`super::Site`].
+pub(super) fn site(role: &str, epochs: &[(i64, i64)]) -> Result<super::Site, StoreError> {
+    let role = super::Role::from_name(role)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown site role {role:?}")))?;
+    let epochs = epochs
+        .iter()
+        .map(|&(epoch, first_seq)| {
+            Ok(super::Epoch {
+                epoch: u64::try_from(epoch)
+                    .map_err(|_| StoreError::Corrupt(format!("epoch {epoch} is negative")))?,
+                first_seq: seq_from_sql(first_seq)?,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    Ok(super::Site { role, epochs })
+}

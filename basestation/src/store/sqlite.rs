@@ -11,7 +11,7 @@
 
 use super::batch::{Backend, Failure, Op, Write, WriteQueue};
 use super::rows::{self, ChangeRow, ResourceRow, read_error, seq_from_sql};
-use super::{Change, Claim, RestoreItem, Seq, Store, StoreError, StoredResource};
+use super::{Change, Claim, RestoreItem, Seq, Site, Store, StoreError, StoredResource};
 use bytes::Bytes;
 use futures::TryStreamExt as _;
 use sqlx::migrate::Migrator;
@@ -114,6 +114,12 @@ impl SqliteStore {
     /// numbering is then the primary's.
     pub async fn mirror(&self, changes: Vec<Change>) -> Result<Seq, StoreError> {
         self.writes.mirror(changes).await
+    }
+
+    /// Deletes every resource and epoch in one transaction (the site's role stays): a
+    /// replica's cache that diverged from a new primary, before it syncs again from the start.
+    pub async fn wipe(&self) -> Result<(), StoreError> {
+        self.writes.wipe().await
     }
 
     /// Transactions committed and writes answered so far.
@@ -270,6 +276,25 @@ impl Store for SqliteStore {
         self.writes.commits()
     }
 
+    async fn site(&self) -> Result<Option<Site>, StoreError> {
+        let mut tx = self.reader.begin().await.map_err(read_error)?;
+        let role: Option<String> = sqlx::query_scalar("SELECT role FROM site")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(read_error)?;
+        let epochs: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT epoch, first_seq FROM epochs ORDER BY epoch")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(read_error)?;
+        tx.rollback().await.map_err(read_error)?;
+        role.map(|role| rows::site(&role, &epochs)).transpose()
+    }
+
+    async fn set_site(&self, site: Site) -> Result<(), StoreError> {
+        self.writes.set_site(site).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         // Reads a page of the file, not just the connection: a file that went away or became
         // unreadable fails here.
@@ -315,6 +340,22 @@ impl Backend for Writer {
         let mut last = self.last;
         let mut outcomes = Vec::with_capacity(batch.len());
         for write in batch {
+            if let Op::Wipe = &write.op {
+                for table in ["DELETE FROM resources", "DELETE FROM epochs"] {
+                    sqlx::query(table)
+                        .execute(&mut self.conn)
+                        .await
+                        .map_err(Failure::Request)?;
+                }
+                last = 0;
+                outcomes.push(None);
+                continue;
+            }
+            if let Op::Site { site } = &write.op {
+                write_site(&mut self.conn, site).await?;
+                outcomes.push(None);
+                continue;
+            }
             if let Op::Mirror { changes } = &write.op {
                 for change in changes {
                     mirror(&mut self.conn, change).await?;
@@ -337,7 +378,7 @@ impl Backend for Writer {
                     let put = sqlx::query(PUT).bind(&snapshot[..]).bind(seq);
                     put.bind(id.as_str()).execute(&mut self.conn).await
                 }
-                Op::Mirror { .. } => continue,
+                Op::Mirror { .. } | Op::Site { .. } | Op::Wipe => continue,
             };
             // Zero rows is the answer "taken" or "not found", and takes no sequence number.
             if result.map_err(Failure::Request)?.rows_affected() == 1 {
@@ -381,6 +422,33 @@ impl Backend for Writer {
             tracing::warn!(%error, "closing the store's write connection failed");
         }
     }
+}
+
+/// Replaces the site's role and epochs (inside the writer's transaction).
+async fn write_site(conn: &mut SqliteConnection, site: &Site) -> Result<(), Failure> {
+    sqlx::query("DELETE FROM site")
+        .execute(&mut *conn)
+        .await
+        .map_err(Failure::Request)?;
+    sqlx::query("INSERT INTO site (singleton, role) VALUES (1, ?1)")
+        .bind(site.role.name())
+        .execute(&mut *conn)
+        .await
+        .map_err(Failure::Request)?;
+    sqlx::query("DELETE FROM epochs")
+        .execute(&mut *conn)
+        .await
+        .map_err(Failure::Request)?;
+    for epoch in &site.epochs {
+        let (number, first) = rows::epoch_to_sql(epoch).map_err(Failure::Request)?;
+        sqlx::query("INSERT INTO epochs (epoch, first_seq) VALUES (?1, ?2)")
+            .bind(number)
+            .bind(first)
+            .execute(&mut *conn)
+            .await
+            .map_err(Failure::Request)?;
+    }
+    Ok(())
 }
 
 /// Writes one mirrored change with its own sequence, unless the row already holds a later one.
@@ -897,7 +965,7 @@ mod tests {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(tables, ["_sqlx_migrations", "resources"]);
+        assert_eq!(tables, ["_sqlx_migrations", "epochs", "resources", "site"]);
     }
 
     #[tokio::test]
