@@ -8,6 +8,7 @@ mod backup_s3;
 mod browser;
 mod chart;
 mod durability;
+mod geo;
 mod operator;
 mod operator_reconcile;
 mod pods;

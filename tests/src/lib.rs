@@ -9,6 +9,7 @@ pub mod apiserver;
 pub mod client;
 pub mod helm;
 pub mod kubelet;
+pub mod netns;
 pub mod pods;
 pub mod postgres;
 pub mod restored;

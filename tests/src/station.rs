@@ -55,6 +55,8 @@ pub struct StationBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     data_dir: Option<PathBuf>,
+    /// The network namespace to run in (`ip netns exec`), if not this one.
+    netns: Option<String>,
 }
 
 impl StationBuilder {
@@ -69,6 +71,13 @@ impl StationBuilder {
     /// [`Station::data_dir`].
     pub fn data_dir(mut self, dir: &Path) -> Self {
         self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Runs the station in network namespace `name` (see [`crate::netns`]); give it a
+    /// `--listen` address of that namespace.
+    pub fn netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_owned());
         self
     }
 
@@ -221,7 +230,15 @@ impl StationBuilder {
 
     /// `zbase-station serve` on 127.0.0.1:0 and `data_dir`, with this builder's flags.
     fn command(&self, data_dir: &Path) -> Command {
-        let mut command = Command::new(station_bin());
+        let mut command = match &self.netns {
+            Some(name) => {
+                // `ip netns exec` enters the namespace and execs the station: same pid.
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", name]).arg(station_bin());
+                command
+            }
+            None => Command::new(station_bin()),
+        };
         command.arg("serve");
         // A pod of a deployment keeps the address it was given, across restarts.
         if !self.args.iter().any(|arg| arg == "--listen") {
@@ -339,7 +356,7 @@ impl Station {
             Err(_) => self.start_failed(&mut child, "it did not listen within 30 s"),
         };
         assert!(
-            addr.ip().is_loopback() && addr.port() != 0,
+            (addr.ip().is_loopback() || self.builder.netns.is_some()) && addr.port() != 0,
             "station reported {addr}, expected 127.0.0.1 and a real port"
         );
         // The contract is exactly one stdout line; anything later goes to the log, marked.
