@@ -33,12 +33,17 @@
 //!     (baseline: the same bytes through `zstd | age` and `age -d | zstd -d`), and the backup
 //!     process's peak RSS at two store sizes. Needs Debian's `age` and `zstd`.
 //!
+//! 12. `replication`: a replica 20 ms (each way) from its primary through a delay proxy:
+//!     replication lag p50/p99 at 50 snapshots a second (baseline: the round trip through the
+//!     same kind of proxy), and the initial sync of 100,000 snapshots of 1 KiB (baseline: the
+//!     same bytes copied through the proxy).
+//!
 //! Figures 6 to 8 need PostgreSQL's server binaries (as `make test` does). Figures 9 and 10
 //! make a throwaway CA and a certificate for 127.0.0.1 in the bench's temporary directory.
 //!
 //! `cargo bench -p zbase-tests --bench station -- [fanout] [latency] [pairs] [snapshots]
 //! [memory] [handshakes] [pg-snapshots] [relayed-latency] [pods-fanout] [tls-fanout]
-//! [tls-handshakes] [backup]` runs only the named figures.
+//! [tls-handshakes] [backup] [replication]` runs only the named figures.
 
 // A crate root looks for modules beside itself; these live in `station/`.
 #[path = "station/backup.rs"]
@@ -61,6 +66,8 @@ mod pairs;
 mod pods;
 #[path = "station/procs.rs"]
 mod procs;
+#[path = "station/replication.rs"]
+mod replication;
 #[path = "station/report.rs"]
 mod report;
 #[path = "station/snapshots.rs"]
@@ -172,6 +179,9 @@ async fn run(wanted: Vec<String>, nofile: u64) -> anyhow::Result<()> {
 
     if runs("backup") {
         figure("backup", &mut report, backup_throughput(dir.path())).await;
+    }
+    if runs("replication") {
+        figure("replication", &mut report, replication_figures(dir.path())).await;
     }
 
     report.print(started.elapsed());
@@ -842,5 +852,52 @@ async fn backup_throughput(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
              every line and commits it all to SQLite in one durable transaction"
                 .to_owned(),
         ),
+    ])
+}
+
+async fn replication_figures(dir: &Path) -> anyhow::Result<Vec<report::Row>> {
+    let figures = replication::run(dir).await?;
+    let one_way = replication::LATENCY.as_millis();
+    let sync = &figures.sync;
+    let mb = sync.bytes as f64 / 1e6;
+    Ok(vec![
+        report::Row::lower(
+            format!("12. replication lag p50, ms ({} writes/s, {one_way} ms each way)", replication::WRITE_RATE),
+            figures.lag.0,
+            figures.rtt.0,
+            Some(1.0),
+        )
+        .note(format!(
+            "lag: from the commit on the primary (its writer's forward-response) to a pending \
+             requester on the replica being shown it; baseline: a 4-byte round trip through the \
+             same delay proxy. p99: lag {:.1} ms, round trip {:.1} ms",
+            figures.lag.1, figures.rtt.1
+        )),
+        report::Row::lower(
+            format!("12. replication lag p99, ms ({one_way} ms each way)"),
+            figures.lag.1,
+            figures.rtt.1,
+            Some(2.0),
+        ),
+        report::Row::lower(
+            format!(
+                "12. initial sync of {} snapshots ({mb:.0} MB), s",
+                replication::SYNC_RESOURCES
+            ),
+            sync.seconds,
+            sync.local,
+            Some(2.0),
+        )
+        .note(format!(
+            "from the replica's start to its cache holding every change; baseline: the same \
+             rows written into SQLite in this process the way the replica writes them, in \
+             transactions of 32 MiB, its largest (no network, no feed). The same {mb:.0} MB through the same kind of proxy to a socket \
+             that reads them: {:.2} s. CPU during the sync: primary {:.2} s, replica {:.2} s; \
+             snapshots of {} bytes",
+            sync.copy,
+            sync.cpu.0,
+            sync.cpu.1,
+            replication::SYNC_SNAPSHOT
+        )),
     ])
 }

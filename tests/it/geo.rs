@@ -199,7 +199,7 @@ impl Pair {
         let primary = site(&net, 0).start_process().await;
         wait_ready(&primary).await;
         let upstream = SocketAddr::new(net.site_ip(0, 1), REPLICATION_PORT);
-        let proxy = DelayProxy::start(&net.namespace(1), upstream, LATENCY);
+        let proxy = DelayProxy::start(Some(&net.namespace(1)), upstream, LATENCY);
         let replica = site(&net, 1)
             .flag("replica-of", format!("http://{}", proxy.addr))
             .start_process()

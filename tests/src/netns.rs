@@ -190,16 +190,19 @@ pub struct DelayProxy {
 }
 
 impl DelayProxy {
-    /// Starts the proxy in `namespace` on 127.0.0.1, towards `target`.
-    pub fn start(namespace: &str, target: SocketAddr, delay: Duration) -> DelayProxy {
-        let path = format!("/var/run/netns/{namespace}");
+    /// Starts the proxy on 127.0.0.1 in `namespace` (this process's own with `None`), towards
+    /// `target`.
+    pub fn start(namespace: Option<&str>, target: SocketAddr, delay: Duration) -> DelayProxy {
+        let path = namespace.map(|namespace| format!("/var/run/netns/{namespace}"));
         let (ready, listening) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::spawn(move || {
             // Sockets belong to the namespace of the thread that creates them.
-            let file = std::fs::File::open(&path).expect("open the namespace");
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("enter the namespace");
+            if let Some(path) = path {
+                let file = std::fs::File::open(&path).expect("open the namespace");
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("enter the namespace");
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -31,7 +31,7 @@ const MESSAGE_BYTES: usize = 1 << 20;
 /// silent primary from a quiet one, and how often it looks for other pods' commits.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Messages buffered towards one replica; HTTP/2 flow control is the real buffer.
-const FEED_BUFFER: usize = 2;
+const FEED_BUFFER: usize = 8;
 /// The largest message either side accepts: a change holds one snapshot, bounded by the
 /// frame limit, and the peer is an authenticated site of the same owner.
 pub const MESSAGE_MAX: usize = 1 << 30;

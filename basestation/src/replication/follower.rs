@@ -30,6 +30,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 /// How long a site has to answer a status request.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Snapshot bytes applied in one transaction at most, when pages arrive faster than they are
+/// applied.
+const APPLY_BYTES: usize = 32 << 20;
 /// How often a primary asks the other sites whether one is primary in a later epoch.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -323,7 +326,7 @@ async fn session(
             message = tokio::time::timeout(SILENCE, feed.message()) => message,
             _ = stop.cancelled() => return Ended::Shutdown,
         };
-        let page = match message {
+        let first = match message {
             Err(_) => return Ended::Silent,
             Ok(Err(status)) => return Ended::Status(status),
             Ok(Ok(None)) => return Ended::Closed,
@@ -333,11 +336,18 @@ async fn session(
             // Promoted meanwhile: this station writes for itself now.
             return Ended::NotPrimary("this station was promoted".into());
         }
-        if !page.changes.is_empty() {
-            let changes = match decode(page.changes) {
-                Ok(changes) => changes,
-                Err(ended) => return ended,
-            };
+        // Pages already received go into the same transaction: one commit (one fsync) for
+        // many pages is what lets an initial sync run at the link's speed.
+        let (pages, ended) = gather(first, &mut feed);
+        let Some(page) = pages.last() else {
+            return Ended::Closed;
+        };
+        let (primary_last, role) = (page.primary_last, page.role.clone());
+        let changes = match decode(pages.into_iter().flat_map(|page| page.changes).collect()) {
+            Ok(changes) => changes,
+            Err(ended) => return ended,
+        };
+        if !changes.is_empty() {
             let ids: Vec<ResourceId> = changes.iter().map(|change| change.id).collect();
             applied = match cache.mirror(changes).await {
                 Ok(applied) => applied,
@@ -349,20 +359,52 @@ async fn session(
                 relay.reload(id);
             }
         }
-        let (changes, seconds) = lag.observe(applied, page.primary_last, Instant::now());
+        if let Some(ended) = ended {
+            return ended;
+        }
+        let (changes, seconds) = lag.observe(applied, primary_last, Instant::now());
         metrics
             .replication_lag_changes
             .set(i64::try_from(changes).unwrap_or(i64::MAX));
         metrics.replication_lag_seconds.set(seconds);
         if changes == 0 {
             upstream.set_synced();
-            if page.role != Role::Primary.name() {
+            if role != Role::Primary.name() {
                 // It handed over (or was fenced) and this cache holds all it had: look for
                 // the primary that follows it.
-                return Ended::NotPrimary(page.role);
+                return Ended::NotPrimary(role);
             }
         }
     }
+}
+
+/// `first` and every page already received after it, up to [`APPLY_BYTES`]; and how the feed
+/// ended, if it ended meanwhile (after the pages it sent before).
+fn gather(
+    first: pb::Changes,
+    feed: &mut tonic::Streaming<pb::Changes>,
+) -> (Vec<pb::Changes>, Option<Ended>) {
+    use futures::FutureExt as _;
+    let size = |page: &pb::Changes| -> usize {
+        page.changes
+            .iter()
+            .map(|change| change.jwk.len() + change.snapshot.as_ref().map_or(0, |s| s.len()))
+            .sum()
+    };
+    let mut bytes = size(&first);
+    let mut pages = vec![first];
+    while bytes < APPLY_BYTES {
+        match feed.message().now_or_never() {
+            None => break,
+            Some(Ok(Some(page))) => {
+                bytes += size(&page);
+                pages.push(page);
+            }
+            Some(Ok(None)) => return (pages, Some(Ended::Closed)),
+            Some(Err(status)) => return (pages, Some(Ended::Status(status))),
+        }
+    }
+    (pages, None)
 }
 
 fn decode(changes: Vec<pb::Change>) -> Result<Vec<Change>, Ended> {
