@@ -3,10 +3,10 @@
 
 use anyhow::Context as _;
 use std::path::PathBuf;
-use zbase_basestation::config::SiteAddress;
+use zbase_basestation::config::{self, SiteAddress};
 use zbase_basestation::replication::{self, EPOCH_METADATA, Token};
 use zbase_basestation::telemetry::Metrics;
-use zbase_basestation::tls::{PairFiles, TlsFiles, Watched};
+use zbase_basestation::tls::Watched;
 use zbase_proto::pb;
 
 /// Where the station's replication port is, and how to authenticate to it.
@@ -52,27 +52,20 @@ impl SiteArgs {
     ) -> anyhow::Result<pb::replication_client::ReplicationClient<tonic::transport::Channel>> {
         let address = SiteAddress::parse(&self.site)
             .map_err(|expected| anyhow::anyhow!("--site {}: {expected}", self.site))?;
-        let tls = match (
-            &self.replication_tls_cert,
-            &self.replication_tls_key,
-            &self.replication_ca,
-        ) {
-            (Some(cert), Some(key), Some(ca)) => {
-                let files = TlsFiles {
-                    pair: PairFiles {
-                        cert: cert.clone(),
-                        key: key.clone(),
-                    },
-                    ca: Some(ca.clone()),
-                };
-                let watched = Watched::load(files, "replication", std::sync::Arc::new(Metrics::new()))
-                    .context("the site certificate (--replication-tls-cert, --replication-tls-key, --replication-ca)")?;
-                watched.client()
-            }
-            (None, None, None) => None,
-            _ => anyhow::bail!(
-                "--replication-tls-cert, --replication-tls-key and --replication-ca go together: give all three"
+        let files = config::mutual_tls(
+            "replication-tls-cert",
+            (
+                self.replication_tls_cert.clone(),
+                self.replication_tls_key.clone(),
+                self.replication_ca.clone(),
             ),
+            "--replication-tls-cert, --replication-tls-key and --replication-ca go together: give all three",
+        )?;
+        let tls = match files {
+            Some(files) => Watched::load(files, "replication", std::sync::Arc::new(Metrics::new()))
+                .context("the site certificate (--replication-tls-cert, --replication-tls-key, --replication-ca)")?
+                .client(),
+            None => None,
         };
         let peer = replication::peer(&address, tls).map_err(anyhow::Error::msg)?;
         Ok(peer.client)

@@ -310,7 +310,7 @@ async fn site_store(
     let was_primary = stored
         .as_ref()
         .is_some_and(|site| site.role != Role::Replica);
-    let site = match (stored, &wanted.primary) {
+    let site = match (stored.clone(), &wanted.primary) {
         (Some(site), Some(_)) if site.role == Role::Primary => {
             tracing::warn!(
                 epoch = site.epoch(),
@@ -341,10 +341,12 @@ async fn site_store(
             }],
         },
     };
-    local
-        .set_site(site.clone())
-        .await
-        .context("cannot record this station's role in its store")?;
+    if stored.as_ref() != Some(&site) {
+        local
+            .set_site(site.clone())
+            .await
+            .context("cannot record this station's role in its store")?;
+    }
     if site.role == Role::Replica && cache.is_none() {
         anyhow::bail!(
             "this store is a replica's, but a replica's cache is the embedded SQLite store: drop --store"

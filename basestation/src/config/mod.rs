@@ -770,7 +770,7 @@ impl RawSettings {
 }
 
 /// A mutual-TLS triple (certificate, key, CA bundle): all three or none.
-fn mutual_tls(
+pub fn mutual_tls(
     name: &'static str,
     files: (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>),
     expected: &'static str,

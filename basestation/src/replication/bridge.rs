@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use zbase_proto::pb::{self, RESOURCE_ID_METADATA};
-use zbase_proto::wire::{Code, Frame, HEADER_LEN, ResourceId, VERSION};
+use zbase_proto::wire::{Code, Frame, ResourceId};
 
 /// This site's frames buffered towards the primary for one resource before they are dropped.
 const UP_QUEUE: usize = 256;
@@ -87,7 +87,7 @@ async fn session(
         return Break::Lost { carried: false };
     };
     let (mut up, frames) = futures::channel::mpsc::channel(STREAM_BUFFER);
-    let mut request = with_epoch(frames.map(message), upstream.epoch());
+    let mut request = with_epoch(frames.map(pb::Frame::from_encoded), upstream.epoch());
     match MetadataValue::try_from(id.as_str()) {
         Ok(value) => {
             request.metadata_mut().insert(RESOURCE_ID_METADATA, value);
@@ -129,15 +129,6 @@ async fn session(
     }
 }
 
-/// One encoded frame as a gRPC message.
-fn message(bytes: Bytes) -> pb::Frame {
-    pb::Frame {
-        version: VERSION.into(),
-        code: bytes.get(1).copied().unwrap_or_default().into(),
-        payload: bytes.slice(HEADER_LEN.min(bytes.len())..),
-    }
-}
-
 /// The stream a bridge sends the other site.
 pub(super) type FrameStream =
     Pin<Box<dyn futures::Stream<Item = Result<pb::Frame, Status>> + Send>>;
@@ -147,14 +138,7 @@ pub(super) async fn serve(
     relay: &Relay,
     request: Request<Streaming<pb::Frame>>,
 ) -> Result<Response<FrameStream>, Status> {
-    let id = request
-        .metadata()
-        .get(RESOURCE_ID_METADATA)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| ResourceId::parse(text).ok())
-        .ok_or_else(|| {
-            Status::invalid_argument("metadata 'zbase-resource-id' must be an identifier")
-        })?;
+    let id = pb::resource_id(request.metadata())?;
     let link = relay
         .join_site(id)
         .await
@@ -174,7 +158,7 @@ async fn pump(
         tokio::select! {
             frame = link.next() => match frame {
                 Some(frame) => {
-                    if outbound.send(Ok(message(frame))).await.is_err() {
+                    if outbound.send(Ok(pb::Frame::from_encoded(frame))).await.is_err() {
                         return;
                     }
                 }

@@ -320,7 +320,7 @@ fn messages(changes: Vec<Change>, primary_last: Seq) -> Vec<pb::Changes> {
     let mut current = Vec::new();
     let mut bytes = 0;
     for change in changes {
-        let size = change.jwk.len() + change.snapshot.as_ref().map_or(0, |s| s.len());
+        let size = change.weight();
         if !current.is_empty() && bytes + size > MESSAGE_BYTES {
             messages.push(std::mem::take(&mut current));
             bytes = 0;

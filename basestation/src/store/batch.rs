@@ -70,10 +70,7 @@ impl Write {
         match &self.op {
             Op::Claim { jwk, .. } => jwk.len(),
             Op::Put { snapshot, .. } => snapshot.len(),
-            Op::Mirror { changes } => changes
-                .iter()
-                .map(|change| change.jwk.len() + change.snapshot.as_ref().map_or(0, Bytes::len))
-                .sum(),
+            Op::Mirror { changes } => changes.iter().map(Change::weight).sum(),
             Op::Site { .. } | Op::Wipe => 0,
         }
     }

@@ -119,6 +119,13 @@ impl Site {
     }
 }
 
+impl Change {
+    /// The bytes it carries (key and snapshot), for bounding batches and messages.
+    pub fn weight(&self) -> usize {
+        self.jwk.len() + self.snapshot.as_ref().map_or(0, Bytes::len)
+    }
+}
+
 /// What a restore receives: the resources, then `Commit` once their source was read whole and
 /// found sound. A restore whose channel closes before `Commit` writes nothing.
 #[derive(Debug)]

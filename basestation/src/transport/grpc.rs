@@ -9,9 +9,9 @@ use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt, future};
 use std::pin::Pin;
 use tonic::{Request, Response, Status, Streaming};
+use zbase_proto::pb;
 use zbase_proto::pb::station_server::{Station, StationServer};
-use zbase_proto::pb::{self, RESOURCE_ID_METADATA};
-use zbase_proto::wire::{Frame, FrameError, HEADER_LEN, ResourceId, VERSION};
+use zbase_proto::wire::{Frame, FrameError};
 
 /// Protobuf framing around a `Frame`'s fields: three tags, two small varints and a length.
 const MESSAGE_OVERHEAD: usize = 16;
@@ -50,16 +50,7 @@ impl Station for StationService {
         &self,
         request: Request<Streaming<pb::Frame>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let id = request
-            .metadata()
-            .get(RESOURCE_ID_METADATA)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|text| ResourceId::parse(text).ok())
-            .ok_or_else(|| {
-                Status::invalid_argument(
-                    "metadata 'zbase-resource-id' must be a 43-character canonical base64url identifier",
-                )
-            })?;
+        let id = pb::resource_id(request.metadata())?;
         let ip = match self.origin {
             Origin::Client => super::client_addr(request.extensions()).ip(),
             // The pod the client reached says who it is; the internal port trusts its pods.
@@ -116,11 +107,7 @@ fn incoming(message: Result<pb::Frame, Status>, limit: usize) -> Incoming {
 
 fn message(outgoing: Outgoing) -> Result<pb::Frame, Status> {
     match outgoing {
-        Outgoing::Frame(bytes) => Ok(pb::Frame {
-            version: VERSION.into(),
-            code: bytes.get(1).copied().unwrap_or_default().into(),
-            payload: bytes.slice(HEADER_LEN.min(bytes.len())..),
-        }),
+        Outgoing::Frame(bytes) => Ok(pb::Frame::from_encoded(bytes)),
         Outgoing::Close(reason) => Err(termination(reason)),
     }
 }
