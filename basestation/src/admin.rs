@@ -105,6 +105,9 @@ pub async fn status(args: SiteArgs) -> anyhow::Result<()> {
             "epoch": epoch,
             "epochs": epochs,
             "lastSequence": status.last_seq,
+            "following": (!status.following.is_empty()).then_some(&status.following),
+            "lagChanges": status.lag_changes,
+            "lagSeconds": status.lag_seconds,
         });
         println!("{out}");
     } else {
@@ -112,6 +115,15 @@ pub async fn status(args: SiteArgs) -> anyhow::Result<()> {
             "{}: {} at epoch {epoch}, last sequence {}",
             args.site, status.role, status.last_seq
         );
+        if status.role == "replica" {
+            match status.following.as_str() {
+                "" => println!("  no live change feed (lagging {:.1} s)", status.lag_seconds),
+                url => println!(
+                    "  following {url}: {} changes behind, {:.1} s",
+                    status.lag_changes, status.lag_seconds
+                ),
+            }
+        }
     }
     Ok(())
 }

@@ -93,10 +93,24 @@ impl Replication for Feed {
             self.site.last_seq().await.map_err(|error| {
                 Status::unavailable(format!("this site's store failed: {error}"))
             })?;
+        let metrics = self.relay.metrics();
+        let following = self.site.upstream().and_then(|upstream| upstream.following());
+        let replica = site.role == crate::store::Role::Replica;
         Ok(Response::new(pb::SiteStatus {
             role: site.role.name().to_owned(),
             epochs: epochs(&site),
             last_seq,
+            following: following.map(|peer| peer.url).unwrap_or_default(),
+            lag_changes: if replica {
+                u64::try_from(metrics.replication_lag_changes.get()).unwrap_or(0)
+            } else {
+                0
+            },
+            lag_seconds: if replica {
+                metrics.replication_lag_seconds.get()
+            } else {
+                0.0
+            },
         }))
     }
 
