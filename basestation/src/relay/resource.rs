@@ -127,6 +127,9 @@ struct Resource {
     peers: HashMap<u64, Peer>,
     pending: HashMap<u64, Instant>,
     writes: FuturesOrdered<BoxFuture<'static, Written>>,
+    /// Signalled when the latest queued write finished, for a store that needs one write at a
+    /// time per resource to keep their order.
+    last_write: Option<oneshot::Receiver<()>>,
     /// On a replica while it has peers: this site's deltas and requests, to the primary.
     uplink: Option<mpsc::Sender<Bytes>>,
     /// Where the uplink delivers other sites' frames (drained by the run loop).
@@ -149,6 +152,7 @@ pub(super) fn spawn(relay: Relay, id: ResourceId, generation: u64, rx: mpsc::Rec
         peers: HashMap::new(),
         pending: HashMap::new(),
         writes: FuturesOrdered::new(),
+        last_write: None,
         uplink: None,
         from_sites,
     };
@@ -555,8 +559,23 @@ impl Resource {
         let store = self.relay.inner.store.clone();
         let id = self.id;
         let timer = StoreTimer::start(&self.relay.metrics().store_write_seconds);
+        // Two snapshots in flight must not commit in the other order, or the older one would
+        // win; a store that cannot promise the order gets them one after the other.
+        let (finished, after) = if store.keeps_write_order() {
+            (None, None)
+        } else {
+            let (finished, next) = oneshot::channel();
+            (Some(finished), self.last_write.replace(next))
+        };
         self.writes.push_back(Box::pin(async move {
+            if let Some(previous) = after {
+                // An error only means the previous write's future was dropped: it is over.
+                let _ = previous.await;
+            }
             let result = store.put_snapshot(&id, payload.clone()).await;
+            if let Some(finished) = finished {
+                let _ = finished.send(());
+            }
             drop(timer);
             Written {
                 peer,

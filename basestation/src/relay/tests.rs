@@ -178,6 +178,23 @@ async fn s6_frames_never_cross_resources() {
 struct GatedStore {
     inner: MemoryStore,
     gate: Semaphore,
+    /// What `keeps_write_order` says.
+    ordered: bool,
+    /// Writes inside `put_snapshot` now, and the most seen at once.
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl GatedStore {
+    fn new(ordered: bool) -> GatedStore {
+        GatedStore {
+            inner: MemoryStore::default(),
+            gate: Semaphore::new(0),
+            ordered,
+            in_flight: Default::default(),
+            most: Default::default(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -189,8 +206,13 @@ impl Store for GatedStore {
         self.inner.claim(id, jwk).await
     }
     async fn put_snapshot(&self, id: &ResourceId, snapshot: Bytes) -> Result<Seq, StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
         self.gate.acquire().await.unwrap().forget();
-        self.inner.put_snapshot(id, snapshot).await
+        let seq = self.inner.put_snapshot(id, snapshot).await;
+        self.in_flight.fetch_sub(1, SeqCst);
+        seq
     }
     async fn changes_since(&self, after: Seq, limit: usize) -> Result<Vec<Change>, StoreError> {
         self.inner.changes_since(after, limit).await
@@ -203,6 +225,9 @@ impl Store for GatedStore {
     }
     fn commits(&self) -> tokio::sync::watch::Receiver<Seq> {
         self.inner.commits()
+    }
+    fn keeps_write_order(&self) -> bool {
+        self.ordered
     }
     async fn site(&self) -> Result<Option<crate::store::Site>, StoreError> {
         self.inner.site().await
@@ -218,10 +243,7 @@ impl Store for GatedStore {
 
 #[tokio::test]
 async fn s6_snapshot_is_offered_only_after_it_is_durable_and_deltas_do_not_wait() {
-    let store = Arc::new(GatedStore {
-        inner: MemoryStore::default(),
-        gate: Semaphore::new(0),
-    });
+    let store = Arc::new(GatedStore::new(true));
     let relay = relay_with(store.clone(), Limits::default());
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let id = create(&relay, &key).await;
@@ -239,6 +261,43 @@ async fn s6_snapshot_is_offered_only_after_it_is_durable_and_deltas_do_not_wait(
     assert_eq!(reader.frame(Code::ForwardResponse).await, &b"s1"[..]);
     let mut fresh = verified(&relay, id, &key).await;
     assert_eq!(fresh.frame(Code::OfferSnapshot).await, &b"s1"[..]);
+}
+
+#[tokio::test]
+async fn snapshots_go_one_at_a_time_to_a_store_that_cannot_keep_their_order() {
+    for ordered in [true, false] {
+        let store = Arc::new(GatedStore::new(ordered));
+        let relay = relay_with(store.clone(), Limits::default());
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let id = create(&relay, &key).await;
+        let writer = verified(&relay, id, &key).await;
+        for n in 1..=3 {
+            writer
+                .send(Code::SubmitSnapshot, Bytes::from(format!("s{n}")))
+                .await;
+        }
+        // Let every write the relay is willing to start reach the store.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let most = store.most.load(std::sync::atomic::Ordering::SeqCst);
+        store.gate.add_permits(3);
+        // Every write done: the permits are used and none is inside the store.
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while store.gate.available_permits() > 0
+                || store.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the three writes finish");
+        let stored = store.inner.load(&id).await.unwrap().unwrap();
+        assert_eq!(stored.snapshot.as_deref(), Some(&b"s3"[..]));
+        if ordered {
+            assert_eq!(most, 3, "an ordered store takes every write at once");
+        } else {
+            assert_eq!(most, 1, "one write at a time when the store cannot keep the order");
+        }
+    }
 }
 
 #[tokio::test]

@@ -552,6 +552,10 @@ impl Store for SiteStore {
         self.local.commits()
     }
 
+    fn keeps_write_order(&self) -> bool {
+        self.site().role != Role::Replica && self.local.keeps_write_order()
+    }
+
     /// On a replica, ready once the cache is worth serving: it caught up with the primary in
     /// this process's life, or it holds an earlier sync (a replica restarted while the primary
     /// is away still serves what it has). A new, empty replica would otherwise ask clients of

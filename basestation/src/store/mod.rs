@@ -225,6 +225,14 @@ pub trait Store: Send + Sync + 'static {
     /// waiting for changes (the replication feed) also polls.
     fn commits(&self) -> watch::Receiver<Seq>;
 
+    /// Whether snapshot writes to one resource commit in the order they were submitted even
+    /// while several are in flight. Local stores queue them in order; a replica's writes go
+    /// to another site as separate calls that may overtake each other, so its resource
+    /// tasks send one at a time.
+    fn keeps_write_order(&self) -> bool {
+        true
+    }
+
     /// Checks that the database answers a trivial query now, for readiness probes. Bounded
     /// like any read: an unreachable PostgreSQL fails after the pool's acquire timeout.
     async fn ping(&self) -> Result<(), StoreError>;
