@@ -117,7 +117,10 @@ pub async fn status(args: SiteArgs) -> anyhow::Result<()> {
         );
         if status.role == "replica" {
             match status.following.as_str() {
-                "" => println!("  no live change feed (lagging {:.1} s)", status.lag_seconds),
+                "" => println!(
+                    "  no live change feed (lagging {:.1} s)",
+                    status.lag_seconds
+                ),
                 url => println!(
                     "  following {url}: {} changes behind, {:.1} s",
                     status.lag_changes, status.lag_seconds

@@ -152,8 +152,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
     let (local, cache, mut cluster) = open_store(&settings).await?;
-    let (site, keep_diverged) =
-        site_store(&settings, local, cache, &replication_tls, &metrics).await?;
+    let site = site_store(&settings, local, cache, &replication_tls, &metrics).await?;
     replication::check_at_start(&site).await;
     let store: Arc<dyn Store> = site.clone();
     let token = CancellationToken::new();
@@ -182,12 +181,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         tracing::warn!(%addr, "PLAIN HTTP on a non-loopback address: clients' traffic is readable on the network; use --tls-cert and --tls-key, or a TLS-terminating proxy in front");
     }
     let grace = settings.limits.shutdown_grace;
-    tokio::spawn(replication::run(
-        site.clone(),
-        relay.clone(),
-        token.clone(),
-        keep_diverged,
-    ));
+    tokio::spawn(replication::run(site.clone(), relay.clone(), token.clone()));
     if let Some(listen) = settings.replication.listen {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -293,23 +287,25 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 /// The store the relay runs over, in the role kept with the data (or, at the first start, the
-/// one the flags say), with a link to the other sites if any are configured; and whether a
-/// diverged history must be kept (this store was a primary's).
+/// one the flags say), with a link to the other sites if any are configured.
 async fn site_store(
     settings: &Settings,
     local: Arc<dyn Store>,
     cache: Option<Arc<SqliteStore>>,
     tls: &Option<Arc<Watched>>,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<(Arc<SiteStore>, bool)> {
+) -> anyhow::Result<Arc<SiteStore>> {
     let wanted = &settings.replication;
     let stored = local
         .site()
         .await
         .context("cannot read this station's role from its store")?;
-    let was_primary = stored
+    // A fenced former primary rejoining as a replica stays recorded as fenced until its
+    // history is found to fit the new primary's: restarted before that, it must still know
+    // that its store may hold writes nobody else has.
+    let former_primary = stored
         .as_ref()
-        .is_some_and(|site| site.role != Role::Replica);
+        .is_some_and(|site| site.role == Role::Fenced);
     let site = match (stored.clone(), &wanted.primary) {
         (Some(site), Some(_)) if site.role == Role::Primary => {
             tracing::warn!(
@@ -341,7 +337,7 @@ async fn site_store(
             }],
         },
     };
-    if stored.as_ref() != Some(&site) {
+    if stored.as_ref() != Some(&site) && !former_primary {
         local
             .set_site(site.clone())
             .await
@@ -367,10 +363,13 @@ async fn site_store(
         "this station's role among the sites"
     );
     let upstream = (!peers.is_empty()).then(|| Upstream::new(peers, metrics.clone()));
-    Ok((
-        Arc::new(SiteStore::new(local, cache, upstream, site)),
-        was_primary,
-    ))
+    Ok(Arc::new(SiteStore::new(
+        local,
+        cache,
+        upstream,
+        site,
+        former_primary,
+    )))
 }
 
 /// What a pod on a shared PostgreSQL store runs beside the relay.

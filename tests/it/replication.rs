@@ -410,10 +410,25 @@ async fn a_planned_switchover_loses_nothing_and_the_old_primary_takes_no_more_wr
         written.push((id, identity, snapshot));
     }
 
+    // A client of the other replica, connected across the switchover: its bridge moves to
+    // the new primary along with the feed.
+    let (id0, identity0, _) = &written[0];
+    let mut on_c = join(c.addr(), Transport::Ws, id0, identity0).await;
+    on_c.expect_frame(Code::OfferSnapshot).await;
+
+    let replica = status(b_port).await;
+    assert_eq!(replica["role"], "replica");
+    assert_eq!(replica["following"], format!("http://{a_port}"));
+    assert!(replica["lagChanges"].is_u64(), "{replica}");
+    assert!(replica["lagSeconds"].is_number(), "{replica}");
+
     let (ok, token, err) = admin("demote", a_port, &[]).await;
     assert!(ok, "demote failed: {err}");
     let token = token.trim().to_owned();
     assert!(token.starts_with("1:"), "the token names epoch 1: {token}");
+    let (ok, again, err) = admin("demote", a_port, &[]).await;
+    assert!(ok, "a repeated demotion answers again: {err}");
+    assert_eq!(again.trim(), token, "with the same token");
     let (id, identity, _) = &written[0];
     assert_eq!(refused_write(&a, id, identity).await, CloseKind::Overloaded);
     assert_eq!(status(a_port).await["role"], "fenced");
@@ -436,6 +451,9 @@ async fn a_planned_switchover_loses_nothing_and_the_old_primary_takes_no_more_wr
     write(&c, &id2, &identity2, b"through the replica").await;
     until_offered(&b, &id2, &identity2, b"through the replica").await;
     assert_eq!(status(c_port).await["epoch"], 2);
+    let mut on_b = join(b.addr(), Transport::Grpc, id0, identity0).await;
+    on_b.expect_frame(Code::OfferSnapshot).await;
+    until_bridged(&mut on_c, &mut on_b).await;
 
     // Promoting again is refused with a reason.
     let (ok, _, err) = admin("promote", b_port, &[]).await;
@@ -477,4 +495,78 @@ async fn after_a_failover_the_old_primary_is_fenced_and_the_other_replica_follow
         "a fenced site still serves what it has"
     );
     until_offered(&b, &id, &identity, b"on the new primary").await;
+}
+
+#[tokio::test]
+async fn a_replica_that_missed_the_last_writes_catches_up_from_the_demoted_primary_to_promote() {
+    let [a_port, b_port]: [SocketAddr; 2] = replication_addresses(2).try_into().unwrap();
+    let a = site_at(a_port, None, &[b_port]).await;
+    let mut b = site_at(b_port, Some(a_port), &[]).await;
+    let (id, identity) = create_resource(a.addr(), Transport::Ws).await;
+    write(&a, &id, &identity, b"seen by both").await;
+    until_offered(&b, &id, &identity, b"seen by both").await;
+
+    // The replica is away for the last writes and the handover: when it is back, no site is
+    // primary, and the demoted one is the only place that has them.
+    b.kill().await;
+    write(&a, &id, &identity, b"the last write").await;
+    let (ok, token, err) = admin("demote", a_port, &[]).await;
+    assert!(ok, "demote failed: {err}");
+    b.restart().await;
+    wait_ready(&b).await;
+
+    let (ok, out, err) = admin("promote", b_port, &["--token", token.trim(), "--json"]).await;
+    assert!(ok, "promote with the token failed: {err}");
+    let promoted: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(promoted["failover"], false);
+    until_offered(&b, &id, &identity, b"the last write").await;
+    write(&b, &id, &identity, b"on the new primary").await;
+}
+
+#[tokio::test]
+async fn a_former_primary_rejoining_as_a_replica_keeps_its_diverged_writes_across_restarts() {
+    let [a_port, b_port]: [SocketAddr; 2] = replication_addresses(2).try_into().unwrap();
+    let mut a = site_at(a_port, None, &[b_port]).await;
+    let mut b = site_at(b_port, Some(a_port), &[]).await;
+    let (id, identity) = create_resource(a.addr(), Transport::Ws).await;
+    write(&a, &id, &identity, b"seen by both").await;
+    until_offered(&b, &id, &identity, b"seen by both").await;
+
+    // A write only the primary has, then the primary is lost and the replica promoted.
+    b.kill().await;
+    write(&a, &id, &identity, b"only on the old primary").await;
+    a.kill().await;
+    b.restart().await;
+    wait_ready(&b).await;
+    let (ok, _, err) = admin("promote", b_port, &[]).await;
+    assert!(ok, "failover failed: {err}");
+    write(&b, &id, &identity, b"on the new primary").await;
+
+    // The old primary comes back as it was (it fences itself), then twice as a replica of the
+    // new one: its history diverged, so it is kept every time, never wiped.
+    a.restart().await;
+    wait_ready(&a).await;
+    assert_eq!(status(a_port).await["role"], "fenced");
+    a.kill().await;
+    for start in 0..2 {
+        let mut rejoined = Station::builder()
+            .data_dir(a.data_dir())
+            .flag("replication-listen", a_port)
+            .flag("replica-of", format!("http://{b_port}"))
+            .start_process()
+            .await;
+        wait_ready(&rejoined).await;
+        eventually(CONVERGE, "the diverged history is reported", || async {
+            rejoined.stderr_log().contains("it is not wiped")
+        })
+        .await;
+        assert_eq!(
+            offered(&rejoined, Transport::Ws, &id, &identity)
+                .await
+                .as_deref(),
+            Some(&b"only on the old primary"[..]),
+            "start {start}: the write nobody else has is still there"
+        );
+        rejoined.kill().await;
+    }
 }

@@ -56,7 +56,8 @@ pub trait Uplink: Send + Sync + 'static {
     /// `submit-request` frames (encoded) into the returned sender, and closes the bridge by
     /// dropping it; the bridge delivers the other sites' `forward-delta` and
     /// `forward-request` frames (encoded) into `to_peers`, dropping them when it is full.
-    fn open(&self, id: ResourceId, to_peers: mpsc::Sender<Bytes>) -> mpsc::Sender<Bytes>;
+    /// `None` when this site has no other site to bridge to now (it is the primary).
+    fn open(&self, id: ResourceId, to_peers: mpsc::Sender<Bytes>) -> Option<mpsc::Sender<Bytes>>;
 }
 
 /// Another site's bridge, joined to one resource's peers as a peer (see [`Relay::join_site`]).
@@ -376,7 +377,7 @@ impl Relay {
         self.inner
             .uplink
             .as_ref()
-            .map(|uplink| uplink.open(id, to_peers))
+            .and_then(|uplink| uplink.open(id, to_peers))
     }
 
     /// Tells `id`'s task, if one is running, that its stored key or snapshot changed.
@@ -394,27 +395,45 @@ impl Relay {
 
 impl Homes for Relay {
     fn release(&self, directory: &Directory) -> futures::future::BoxFuture<'_, usize> {
-        let moved: Vec<(ResourceId, mpsc::Sender<Command>)> = self
-            .inner
-            .resources
-            .iter()
-            .filter(|entry| !directory.is_home(entry.key()))
-            .map(|entry| (*entry.key(), entry.value().tx.clone()))
-            .collect();
+        let moved = self.tasks_of(|id| !directory.is_home(id));
         Box::pin(async move {
-            let evictions = moved.into_iter().map(|(_, tx)| async move {
-                let (done, evicted) = oneshot::channel();
-                // A closed mailbox is a task already gone: nothing to let go of.
-                if tx.send(Command::Evict { done }).await.is_ok() {
-                    let _ = evicted.await;
-                    1
-                } else {
-                    0
-                }
-            });
-            let released: usize = futures::future::join_all(evictions).await.into_iter().sum();
+            let released = evict(moved).await;
             self.inner.metrics.rehomes.inc_by(released as u64);
             released
         })
     }
+}
+
+impl Relay {
+    /// The mailboxes of the active resources `which` selects.
+    fn tasks_of(&self, which: impl Fn(&ResourceId) -> bool) -> Vec<mpsc::Sender<Command>> {
+        self.inner
+            .resources
+            .iter()
+            .filter(|entry| which(entry.key()))
+            .map(|entry| entry.value().tx.clone())
+            .collect()
+    }
+
+    /// Closes every peer of every active resource with 1013 and lets each task go once its
+    /// writes are done, so the next connection loads the resource afresh: for a store whose
+    /// contents were replaced under the tasks (a replica's cache wiped to sync again).
+    pub(crate) async fn evict_all(&self) -> usize {
+        evict(self.tasks_of(|_| true)).await
+    }
+}
+
+/// Sends each task an eviction and waits until it is gone; returns how many were active.
+async fn evict(tasks: Vec<mpsc::Sender<Command>>) -> usize {
+    let evictions = tasks.into_iter().map(|tx| async move {
+        let (done, evicted) = oneshot::channel();
+        // A closed mailbox is a task already gone: nothing to let go of.
+        if tx.send(Command::Evict { done }).await.is_ok() {
+            let _ = evicted.await;
+            1
+        } else {
+            0
+        }
+    });
+    futures::future::join_all(evictions).await.into_iter().sum()
 }

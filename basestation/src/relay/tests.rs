@@ -295,7 +295,10 @@ async fn snapshots_go_one_at_a_time_to_a_store_that_cannot_keep_their_order() {
         if ordered {
             assert_eq!(most, 3, "an ordered store takes every write at once");
         } else {
-            assert_eq!(most, 1, "one write at a time when the store cannot keep the order");
+            assert_eq!(
+                most, 1,
+                "one write at a time when the store cannot keep the order"
+            );
         }
     }
 }

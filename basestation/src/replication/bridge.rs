@@ -31,10 +31,14 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 const STREAM_BUFFER: usize = 4;
 
 impl Uplink for Upstream {
-    fn open(&self, id: ResourceId, to_peers: mpsc::Sender<Bytes>) -> mpsc::Sender<Bytes> {
+    fn open(&self, id: ResourceId, to_peers: mpsc::Sender<Bytes>) -> Option<mpsc::Sender<Bytes>> {
+        // A primary's peers are the ones every bridge joins; it has nothing upstream.
+        if !self.replica() {
+            return None;
+        }
         let (tx, from_peers) = mpsc::channel(UP_QUEUE);
         tokio::spawn(carry(self.clone(), id, from_peers, to_peers));
-        tx
+        Some(tx)
     }
 }
 
@@ -48,8 +52,16 @@ async fn carry(
 ) {
     let mut backoff = BACKOFF.0;
     loop {
+        if !upstream.replica() {
+            // Promoted: this site's peers are the primary's now, joined by the others' bridges.
+            return;
+        }
         match session(&upstream, &id, &mut from_peers, &to_peers).await {
             Break::Closed => return,
+            Break::Moved => {
+                backoff = BACKOFF.0;
+                continue;
+            }
             Break::Lost { carried } => {
                 if carried {
                     backoff = BACKOFF.0;
@@ -73,6 +85,8 @@ async fn carry(
 enum Break {
     /// The resource closed the bridge (no peer of this site is left).
     Closed,
+    /// This site follows another primary now (a switchover or failover): bridge to it.
+    Moved,
     /// The stream failed or never opened; `carried` if it worked for a while.
     Lost { carried: bool },
 }
@@ -83,7 +97,8 @@ async fn session(
     from_peers: &mut mpsc::Receiver<Bytes>,
     to_peers: &mpsc::Sender<Bytes>,
 ) -> Break {
-    let Some(primary) = upstream.following() else {
+    let mut following = upstream.watch_following();
+    let Some(primary) = following.borrow_and_update().clone() else {
         return Break::Lost { carried: false };
     };
     let (mut up, frames) = futures::channel::mpsc::channel(STREAM_BUFFER);
@@ -95,7 +110,7 @@ async fn session(
         // An identifier is 43 base64url characters, always a valid header value.
         Err(_) => return Break::Closed,
     }
-    let mut client = primary.client;
+    let mut client = primary.client.clone();
     let mut down = match tokio::time::timeout(OPEN_TIMEOUT, client.bridge(request)).await {
         Ok(Ok(response)) => response.into_inner(),
         Ok(Err(_)) | Err(_) => return Break::Lost { carried: false },
@@ -103,6 +118,17 @@ async fn session(
     let mut carried = false;
     loop {
         tokio::select! {
+            // A lost feed alone keeps the bridge: deltas may still pass while the feed
+            // reconnects. Another primary followed is a new home for it.
+            Ok(()) = following.changed() => {
+                if following
+                    .borrow_and_update()
+                    .as_ref()
+                    .is_some_and(|now| now.url != primary.url)
+                {
+                    return Break::Moved;
+                }
+            }
             frame = from_peers.recv() => match frame {
                 Some(frame) => {
                     if up.send(frame).await.is_err() {

@@ -94,7 +94,10 @@ impl Replication for Feed {
                 Status::unavailable(format!("this site's store failed: {error}"))
             })?;
         let metrics = self.relay.metrics();
-        let following = self.site.upstream().and_then(|upstream| upstream.following());
+        let following = self
+            .site
+            .upstream()
+            .and_then(|upstream| upstream.following());
         let replica = site.role == crate::store::Role::Replica;
         Ok(Response::new(pb::SiteStatus {
             role: site.role.name().to_owned(),

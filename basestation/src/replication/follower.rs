@@ -69,10 +69,15 @@ pub(crate) fn fit(own: &[Epoch], position: Seq, theirs: &[Epoch]) -> Fit {
             from: last.first_seq,
         };
     }
-    match theirs.get(own.len()) {
-        Some(next) if position >= next.first_seq => Fit::Diverged {
-            from: next.first_seq,
-        },
+    // Every epoch this cache never saw renumbers from its first sequence on: the cache must
+    // hold nothing at or past the earliest of them (epochs normally start in order, but the
+    // check does not rely on it).
+    match theirs[own.len()..]
+        .iter()
+        .map(|epoch| epoch.first_seq)
+        .min()
+    {
+        Some(first) if position >= first => Fit::Diverged { from: first },
         _ => Fit::Prefix,
     }
 }
@@ -126,6 +131,8 @@ enum Ended {
     Closed,
     #[error("the site followed is no longer the primary ({0})")]
     NotPrimary(String),
+    #[error("this station was promoted")]
+    Promoted,
     #[error("the primary sent a change for a malformed identifier {0:?}")]
     BadChange(String),
     #[error(
@@ -138,23 +145,38 @@ enum Ended {
     Shutdown,
 }
 
+impl Ended {
+    /// Whether this is how looking for a primary normally fails while none is reachable or
+    /// the followed one hands over, rather than something an operator should look at.
+    fn expected_while_looking(&self) -> bool {
+        matches!(
+            self,
+            Ended::NoPrimary
+                | Ended::ConnectTimeout
+                | Ended::Silent
+                | Ended::Closed
+                | Ended::NotPrimary(_)
+                | Ended::Promoted
+        ) || matches!(self, Ended::Status(status) if status.code() == tonic::Code::Unavailable)
+    }
+}
+
 /// Runs until `stop`: follows the primary while this station is a replica, watches the other
-/// sites while it is the primary, and does nothing while it is fenced. With `keep`, a cache
-/// that diverged from the primary is kept (it holds a former primary's writes) rather than
-/// wiped.
-pub async fn run(site: Arc<SiteStore>, relay: Relay, stop: CancellationToken, keep: bool) {
+/// sites while it is the primary, and does nothing while it is fenced. A former primary's
+/// cache that diverged from the primary is kept rather than wiped.
+pub async fn run(site: Arc<SiteStore>, relay: Relay, stop: CancellationToken) {
     let Some(upstream) = site.upstream().cloned() else {
         return;
     };
     let metrics = relay.metrics().clone();
     let mut lag = Lag::default();
     let mut backoff = BACKOFF.0;
+    let mut last_reason: Option<String> = None;
     loop {
         let pause = match site.site().role {
             Role::Replica => {
                 let started = Instant::now();
-                let ended =
-                    follow_once(&site, &upstream, &relay, &metrics, &mut lag, keep, &stop).await;
+                let ended = follow_once(&site, &upstream, &relay, &metrics, &mut lag, &stop).await;
                 upstream.set_following(None);
                 if let Ended::Shutdown = ended {
                     return;
@@ -162,13 +184,19 @@ pub async fn run(site: Arc<SiteStore>, relay: Relay, stop: CancellationToken, ke
                 metrics
                     .replication_lag_seconds
                     .set(lag.lost(Instant::now()));
+                let reason = ended.to_string();
                 if started.elapsed() > SILENCE {
                     // The feed worked for a while: start over with short waits.
                     backoff = BACKOFF.0;
                     tracing::warn!(error = %ended, "lost the change feed from the primary; looking for it again");
-                } else {
+                } else if ended.expected_while_looking() || last_reason.as_ref() == Some(&reason) {
                     tracing::debug!(error = %ended, "no primary to follow yet");
+                } else {
+                    // Something needs a look (a refusal, a diverged history, the cache): said
+                    // once, not at every retry.
+                    tracing::warn!(error = %ended, "cannot follow the primary; trying again");
                 }
+                last_reason = Some(reason);
                 let pause = backoff;
                 backoff = (backoff * 2).min(BACKOFF.1);
                 pause
@@ -222,6 +250,36 @@ fn latest(epochs: &[pb::Epoch]) -> u64 {
     epochs.last().map_or(0, |epoch| epoch.epoch)
 }
 
+/// Which of `sites` to follow, for a cache at `position` in epoch `own`: the primary of the
+/// latest epoch, not older than this site's; while there is none, a fenced site of this very
+/// epoch that holds changes the cache lacks. That is a demoted primary: following it is how
+/// a promotion with its token catches up even if the feed from it had dropped, and what it
+/// sends is its own committed history, which the next primary continues.
+pub(crate) fn choose<'a>(
+    own: u64,
+    position: Seq,
+    sites: impl Iterator<Item = &'a pb::SiteStatus>,
+) -> Option<usize> {
+    let sites: Vec<&pb::SiteStatus> = sites.collect();
+    let primary = sites
+        .iter()
+        .enumerate()
+        .filter(|(_, status)| status.role == Role::Primary.name())
+        .filter(|(_, status)| latest(&status.epochs) >= own)
+        .max_by_key(|(_, status)| latest(&status.epochs))
+        .map(|(index, _)| index);
+    primary.or_else(|| {
+        sites
+            .iter()
+            .enumerate()
+            .filter(|(_, status)| status.role == Role::Fenced.name())
+            .filter(|(_, status)| own > 0 && latest(&status.epochs) == own)
+            .filter(|(_, status)| status.last_seq > position)
+            .max_by_key(|(_, status)| status.last_seq)
+            .map(|(index, _)| index)
+    })
+}
+
 /// Before a primary with other sites serves anyone: asks them once whether one is primary in
 /// a later epoch, so a primary restarted after it was replaced never takes a write.
 pub async fn check_at_start(site: &SiteStore) {
@@ -250,29 +308,28 @@ async fn follow_once(
     relay: &Relay,
     metrics: &Metrics,
     lag: &mut Lag,
-    keep: bool,
     stop: &CancellationToken,
 ) -> Ended {
     let Some((cache, _)) = site.replica_parts() else {
         return Ended::NoPrimary;
     };
     let own = site.site();
-    let chosen = statuses(upstream)
-        .await
-        .into_iter()
-        .filter(|(_, status)| status.role == Role::Primary.name())
-        .filter(|(_, status)| latest(&status.epochs) >= own.epoch())
-        .max_by_key(|(_, status)| latest(&status.epochs));
-    let Some((peer, status)) = chosen else {
-        return Ended::NoPrimary;
-    };
-    let theirs = epochs_of(&status.epochs);
     let position = match cache.last_seq().await {
         Ok(position) => position,
         Err(error) => return Ended::Cache(error),
     };
+    let mut sites = statuses(upstream).await;
+    let Some(chosen) = choose(
+        own.epoch(),
+        position,
+        sites.iter().map(|(_, status)| status),
+    ) else {
+        return Ended::NoPrimary;
+    };
+    let (peer, status) = sites.swap_remove(chosen);
+    let theirs = epochs_of(&status.epochs);
     if let Fit::Diverged { from } = fit(&own.epochs, position, &theirs) {
-        if keep {
+        if site.former_primary() {
             return Ended::Diverged {
                 from,
                 url: peer.url,
@@ -282,7 +339,14 @@ async fn follow_once(
         if let Err(error) = cache.wipe().await {
             return Ended::Cache(error);
         }
-        upstream.applied(0);
+        upstream.wiped();
+        // Resource tasks hold keys and snapshots of the history just dropped (some of those
+        // resources exist nowhere now): their peers reconnect and load what the new primary has.
+        let evicted = relay.evict_all().await;
+        tracing::info!(
+            evicted,
+            "closed the sessions of every active resource after the wipe"
+        );
     }
     if let Err(error) = site.adopt(theirs).await {
         return Ended::Cache(error);
@@ -334,7 +398,7 @@ async fn session(
         };
         if site.site().role != Role::Replica {
             // Promoted meanwhile: this station writes for itself now.
-            return Ended::NotPrimary("this station was promoted".into());
+            return Ended::Promoted;
         }
         // Pages already received go into the same transaction: one commit (one fsync) for
         // many pages is what lets an initial sync run at the link's speed.
@@ -349,8 +413,9 @@ async fn session(
         };
         if !changes.is_empty() {
             let ids: Vec<ResourceId> = changes.iter().map(|change| change.id).collect();
-            applied = match cache.mirror(changes).await {
-                Ok(applied) => applied,
+            applied = match site.mirror(cache, changes).await {
+                Ok(Some(applied)) => applied,
+                Ok(None) => return Ended::Promoted,
                 Err(error) => return Ended::Cache(error),
             };
             metrics.replication_applied.inc_by(ids.len() as u64);
@@ -483,6 +548,17 @@ mod tests {
     }
 
     #[test]
+    fn every_epoch_the_cache_missed_counts_not_only_the_next() {
+        let old = epochs(&[(1, 1)]);
+        let later = epochs(&[(1, 1), (2, 101), (3, 50)]);
+        assert_eq!(fit(&old, 60, &later), Fit::Diverged { from: 50 });
+        assert_eq!(fit(&old, 49, &later), Fit::Prefix);
+        let two_steps = epochs(&[(1, 1), (2, 101), (3, 120)]);
+        assert_eq!(fit(&old, 100, &two_steps), Fit::Prefix);
+        assert_eq!(fit(&old, 101, &two_steps), Fit::Diverged { from: 101 });
+    }
+
+    #[test]
     fn a_cache_does_not_fit_another_history_or_an_older_one() {
         let mine = epochs(&[(1, 1), (2, 101)]);
         let other = epochs(&[(1, 1), (2, 90)]);
@@ -490,6 +566,54 @@ mod tests {
         assert_eq!(
             fit(&mine, 120, &epochs(&[(1, 1)])),
             Fit::Diverged { from: 101 }
+        );
+    }
+
+    fn status(role: Role, epochs: &[(u64, Seq)], last_seq: Seq) -> pb::SiteStatus {
+        pb::SiteStatus {
+            role: role.name().into(),
+            epochs: epochs
+                .iter()
+                .map(|&(epoch, first_seq)| pb::Epoch { epoch, first_seq })
+                .collect(),
+            last_seq,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_primary_of_the_latest_epoch_is_followed() {
+        let sites = [
+            status(Role::Fenced, &[(1, 1)], 90),
+            status(Role::Primary, &[(1, 1), (2, 91)], 120),
+            status(Role::Replica, &[(1, 1), (2, 91)], 110),
+        ];
+        assert_eq!(choose(1, 50, sites.iter()), Some(1));
+        assert_eq!(choose(2, 100, sites.iter()), Some(1));
+        assert_eq!(
+            choose(3, 100, sites.iter()),
+            None,
+            "a primary behind this site's epoch is not followed"
+        );
+    }
+
+    #[test]
+    fn without_a_primary_a_demoted_one_of_the_same_epoch_is_followed_while_it_has_more() {
+        let demoted = [
+            status(Role::Replica, &[(1, 1)], 40),
+            status(Role::Fenced, &[(1, 1)], 90),
+        ];
+        assert_eq!(choose(1, 50, demoted.iter()), Some(1), "it holds 51..=90");
+        assert_eq!(choose(1, 90, demoted.iter()), None, "nothing more to take");
+        assert_eq!(
+            choose(2, 50, demoted.iter()),
+            None,
+            "a fenced site of an older epoch was replaced: its extra writes are not history"
+        );
+        assert_eq!(
+            choose(0, 0, demoted.iter()),
+            None,
+            "a cache that never followed anyone waits for a primary"
         );
     }
 

@@ -71,7 +71,9 @@ struct UpstreamInner {
     /// The sites this replica may follow (`--replica-of`), in the order given.
     candidates: Vec<Peer>,
     /// The one it follows now, while the feed is live.
-    following: std::sync::Mutex<Option<Peer>>,
+    following: watch::Sender<Option<Peer>>,
+    /// Whether this station is a replica now (only a replica writes through and bridges).
+    replica: AtomicBool,
     /// The highest primary sequence applied to the cache.
     applied: watch::Sender<Seq>,
     /// True once the cache held everything the primary had, in this process's life.
@@ -87,7 +89,8 @@ impl Upstream {
         Upstream {
             inner: Arc::new(UpstreamInner {
                 candidates,
-                following: std::sync::Mutex::new(None),
+                following: watch::Sender::new(None),
+                replica: AtomicBool::new(false),
                 applied: watch::Sender::new(0),
                 synced: AtomicBool::new(false),
                 epoch: std::sync::atomic::AtomicU64::new(0),
@@ -103,11 +106,12 @@ impl Upstream {
 
     /// The site followed now, while the feed is live.
     pub(super) fn following(&self) -> Option<Peer> {
-        self.inner
-            .following
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.inner.following.borrow().clone()
+    }
+
+    /// Told whenever the site followed changes.
+    pub(super) fn watch_following(&self) -> watch::Receiver<Option<Peer>> {
+        self.inner.following.subscribe()
     }
 
     /// Records which site the live feed comes from (`None`: the feed is down).
@@ -116,11 +120,7 @@ impl Upstream {
             .metrics
             .replication_connected
             .set(i64::from(peer.is_some()));
-        *self
-            .inner
-            .following
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = peer;
+        self.inner.following.send_replace(peer);
     }
 
     /// This site's epoch, as sent on calls.
@@ -128,14 +128,29 @@ impl Upstream {
         self.inner.epoch.load(Ordering::Relaxed)
     }
 
-    /// Records this site's epoch.
-    pub(super) fn set_epoch(&self, epoch: u64) {
-        self.inner.epoch.store(epoch, Ordering::Relaxed);
+    /// Records this site's epoch and role.
+    pub(super) fn set_site(&self, site: &Site) {
+        self.inner.epoch.store(site.epoch(), Ordering::Relaxed);
+        self.inner
+            .replica
+            .store(site.role == Role::Replica, Ordering::Relaxed);
+    }
+
+    /// Whether this station is a replica now.
+    pub(super) fn replica(&self) -> bool {
+        self.inner.replica.load(Ordering::Relaxed)
     }
 
     /// Records that the cache now holds every change up to `seq` (a wiped cache starts over).
     pub(super) fn applied(&self, seq: Seq) {
         self.inner.applied.send_replace(seq);
+    }
+
+    /// Records that the cache was emptied to sync again from the start: it holds nothing, and
+    /// is not worth serving until it caught up again.
+    pub(super) fn wiped(&self) {
+        self.inner.applied.send_replace(0);
+        self.inner.synced.store(false, Ordering::Relaxed);
     }
 
     /// Records that the cache caught up with the primary.
@@ -164,7 +179,7 @@ impl Upstream {
         match tokio::time::timeout(within, applied.wait_for(|applied| *applied >= seq)).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(StoreError::PrimaryUnavailable(format!(
-                "the primary committed change {seq} but it did not reach this replica within {} s",
+                "the primary committed change {seq}, but the change feed did not bring it here within {} s; it is kept and shows here once the feed catches up",
                 within.as_secs()
             ))),
         }
@@ -329,20 +344,26 @@ pub struct SiteStore {
     role: tokio::sync::RwLock<Role>,
     /// The role as of now, for the follower, bridges and status (no waiting).
     current: watch::Sender<Site>,
+    /// The store holds a fenced former primary's writes that other sites may lack: a history
+    /// that diverged from the primary's is kept, not wiped, and the role stays recorded as
+    /// fenced until the cache is found to fit the primary's history.
+    former_primary: AtomicBool,
 }
 
 impl SiteStore {
     /// The store over `local` in the role and epochs `site` says. `cache` is `local` itself
     /// when it is SQLite (only then can this station follow a primary); `upstream` reaches the
-    /// other sites, if any are configured.
+    /// other sites, if any are configured; `former_primary` when the store is a fenced
+    /// primary's, whatever role it runs in now.
     pub fn new(
         local: Arc<dyn Store>,
         cache: Option<Arc<SqliteStore>>,
         upstream: Option<Upstream>,
         site: Site,
+        former_primary: bool,
     ) -> SiteStore {
         if let Some(upstream) = &upstream {
-            upstream.set_epoch(site.epoch());
+            upstream.set_site(&site);
         }
         SiteStore {
             local,
@@ -350,7 +371,14 @@ impl SiteStore {
             upstream,
             role: tokio::sync::RwLock::new(site.role),
             current: watch::Sender::new(site),
+            former_primary: AtomicBool::new(former_primary),
         }
+    }
+
+    /// Whether the store holds a former primary's writes that no check has cleared yet: a
+    /// diverged history must then be kept for its owner to look at, never wiped.
+    pub(super) fn former_primary(&self) -> bool {
+        self.former_primary.load(Ordering::Relaxed)
     }
 
     /// The link to the other sites, if any are configured.
@@ -377,23 +405,46 @@ impl SiteStore {
     async fn record(&self, site: Site) -> Result<(), StoreError> {
         self.local.set_site(site.clone()).await?;
         if let Some(upstream) = &self.upstream {
-            upstream.set_epoch(site.epoch());
+            upstream.set_site(&site);
         }
         self.current.send_replace(site);
         Ok(())
     }
 
-    /// Takes the primary's epochs as this replica's history (it follows that primary now).
+    /// Takes the primary's epochs as this replica's history (it follows that primary now, its
+    /// cache found to fit that history).
     pub(super) async fn adopt(&self, epochs: Vec<Epoch>) -> Result<(), StoreError> {
-        let role = self.role.write().await;
-        let site = Site {
-            role: *role,
-            epochs,
-        };
-        if site != self.site() {
-            self.record(site).await?;
+        let current = self.site();
+        if current.epochs == epochs && !self.former_primary() {
+            return Ok(());
         }
+        let role = self.role.write().await;
+        if *role != Role::Replica {
+            // Promoted meanwhile: its own epochs stand.
+            return Ok(());
+        }
+        self.record(Site {
+            role: Role::Replica,
+            epochs,
+        })
+        .await?;
+        self.former_primary.store(false, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Applies a page of the primary's feed to the cache, unless this station stopped being a
+    /// replica (`None`). A promotion waits for the page being applied, so its epoch begins
+    /// above every change the cache holds, and nothing from the old primary lands after it.
+    pub(super) async fn mirror(
+        &self,
+        cache: &SqliteStore,
+        changes: Vec<Change>,
+    ) -> Result<Option<Seq>, StoreError> {
+        let role = self.role.read().await;
+        if *role != Role::Replica {
+            return Ok(None);
+        }
+        cache.mirror(changes).await.map(Some)
     }
 
     /// Promotes this replica to primary in the next epoch. With `token`, first waits until the
@@ -451,19 +502,27 @@ impl SiteStore {
     }
 
     /// Demotes this primary: waits for every write in flight, then refuses writes for good
-    /// and returns the token its successor must replay up to.
+    /// and returns the token its successor must replay up to. Asked again, a fenced site
+    /// answers with the same token (it writes nothing any more), so a demotion whose answer
+    /// was lost can simply be repeated.
     pub async fn demote(&self) -> Result<Token, RoleError> {
         let mut role = self.role.write().await;
-        if *role != Role::Primary {
-            return Err(RoleError::WrongRole(
-                "not the primary",
-                "only the primary hands over",
-            ));
+        match *role {
+            Role::Primary => {
+                let mut site = self.site();
+                site.role = Role::Fenced;
+                self.record(site).await?;
+                *role = Role::Fenced;
+            }
+            Role::Fenced => {}
+            Role::Replica => {
+                return Err(RoleError::WrongRole(
+                    "a replica",
+                    "only the primary hands over",
+                ));
+            }
         }
-        let mut site = self.site();
-        site.role = Role::Fenced;
-        self.record(site.clone()).await?;
-        *role = Role::Fenced;
+        let site = self.site();
         Ok(Token {
             epoch: site.epoch(),
             seq: self.local.last_seq().await?,

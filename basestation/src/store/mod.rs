@@ -176,7 +176,7 @@ pub enum StoreError {
     RestoreAbandoned,
     /// A replica's write could not reach the primary site, or did not come back from it.
     #[error(
-        "the primary site is unreachable ({0}); this replica refuses configurations and snapshots until it is back: try again later"
+        "this replica cannot write through the primary site now ({0}); it refuses configurations and snapshots until it can: try again later"
     )]
     PrimaryUnavailable(String),
     /// This station was the primary and is fenced: it handed over, or another site is primary
