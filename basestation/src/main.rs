@@ -232,6 +232,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(transport::serve_internal(
             internal,
             relay.clone(),
+            Some(replication::service(relay.clone(), site.clone())),
             grace,
             tls,
         ));

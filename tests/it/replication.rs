@@ -11,7 +11,7 @@ use zbase_tests::client::{
     CloseKind, Conn, Event, Identity, SILENCE, Transport, create_resource, join, random_bytes,
     seed_snapshot,
 };
-use zbase_tests::pods::metric;
+use zbase_tests::pods::{Pods, metric};
 use zbase_tests::sites::{
     Sites, SitesTls, admin, eventually, replication_addresses, status, wait_ready,
 };
@@ -28,7 +28,17 @@ async fn offered(
     id: &ResourceId,
     identity: &Identity,
 ) -> Option<Vec<u8>> {
-    let mut conn = Conn::connect(transport, station.addr(), id).await;
+    offered_at(station.addr(), transport, id, identity).await
+}
+
+/// [`offered`] by the station at `addr`.
+async fn offered_at(
+    addr: SocketAddr,
+    transport: Transport,
+    id: &ResourceId,
+    identity: &Identity,
+) -> Option<Vec<u8>> {
+    let mut conn = Conn::connect(transport, addr, id).await;
     let challenge = match conn.recv_timeout(Duration::from_secs(5)).await? {
         Event::Frame(frame) if frame.code() == Code::RequireVerification => frame,
         _ => return None,
@@ -48,11 +58,16 @@ async fn offered(
 
 /// Waits until `station` offers exactly `snapshot` for `id`.
 async fn until_offered(station: &Station, id: &ResourceId, identity: &Identity, snapshot: &[u8]) {
+    until_offered_at(station.addr(), id, identity, snapshot).await;
+}
+
+/// [`until_offered`] by the station at `addr`.
+async fn until_offered_at(addr: SocketAddr, id: &ResourceId, identity: &Identity, snapshot: &[u8]) {
     eventually(
         CONVERGE,
         "the station offers the latest snapshot",
         || async {
-            offered(station, Transport::Ws, id, identity)
+            offered_at(addr, Transport::Ws, id, identity)
                 .await
                 .as_deref()
                 == Some(snapshot)
@@ -568,5 +583,67 @@ async fn a_former_primary_rejoining_as_a_replica_keeps_its_diverged_writes_acros
             "start {start}: the write nobody else has is still there"
         );
         rejoined.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_of_several_pods_takes_a_replicas_writes_for_every_home_and_hands_over_as_one() {
+    let ports = replication_addresses(4);
+    let (pod_ports, replica_port) = (ports[..3].to_vec(), ports[3]);
+    let pods = Pods::start_each(3, |i, _| {
+        Station::builder().flag("replication-listen", pod_ports[i])
+    })
+    .await;
+    let replica = site_at(replica_port, Some(pod_ports[0]), &[]).await;
+
+    // Resources created and written through the replica: their homes are spread over the
+    // three pods, and the pod the replica follows passes each call on to the home.
+    let mut written = Vec::new();
+    for n in 0..12u32 {
+        let (id, identity) = create_resource(replica.addr(), Transport::Ws).await;
+        let snapshot = format!("through the replica {n}").into_bytes();
+        write(&replica, &id, &identity, &snapshot).await;
+        until_offered_at(pods.vip(), &id, &identity, &snapshot).await;
+        written.push((id, identity, snapshot));
+    }
+    // Deltas cross between the replica's clients and the primary's, whichever pod is home.
+    for (id, identity, _) in &written[..3] {
+        let mut on_replica = join(replica.addr(), Transport::Ws, id, identity).await;
+        on_replica.expect_frame(Code::OfferSnapshot).await;
+        let mut on_primary = join(pods.vip(), Transport::Grpc, id, identity).await;
+        on_primary.expect_frame(Code::OfferSnapshot).await;
+        until_bridged(&mut on_replica, &mut on_primary).await;
+    }
+
+    // Demoting through one pod fences them all: none takes a write after the token.
+    let (ok, token, err) = admin("demote", pod_ports[1], &[]).await;
+    assert!(ok, "demote failed: {err}");
+    let token = token.trim().to_owned();
+    for (id, identity, _) in &written[..4] {
+        let mut conn = join(pods.vip(), Transport::Ws, id, identity).await;
+        conn.expect_frame(Code::OfferSnapshot).await;
+        conn.send(Code::SubmitSnapshot, b"after the demotion".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(conn.expect_closed().await, CloseKind::Overloaded);
+    }
+    for port in &pod_ports {
+        eventually(CONVERGE, "every pod reports the demotion", || async {
+            status(*port).await["role"] == "fenced"
+        })
+        .await;
+    }
+
+    let (ok, out, err) = admin("promote", replica_port, &["--token", &token, "--json"]).await;
+    assert!(ok, "promote with the token failed: {err}");
+    let promoted: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let token_seq: u64 = token.split_once(':').unwrap().1.parse().unwrap();
+    assert_eq!(
+        promoted["firstSequence"],
+        token_seq + 1,
+        "the new epoch starts right after the token: nothing was written after it"
+    );
+    for (id, identity, snapshot) in &written {
+        until_offered(&replica, id, identity, snapshot).await;
     }
 }

@@ -10,6 +10,7 @@
 
 use super::connection::{Incoming, Outgoing};
 use super::registry::Relay;
+use crate::cluster::Route;
 use crate::session::{CloseReason, NOT_A_FRAME, rejection};
 use crate::telemetry::DirectionLabel;
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -43,6 +44,19 @@ enum Ended {
 }
 
 impl Relay {
+    /// The channel to `id`'s home pod when it is another pod (`None`: this one), for calls
+    /// that must run in the home's resource task; `Moved` while no pod can be home.
+    pub(crate) async fn home_elsewhere(
+        &self,
+        id: &ResourceId,
+    ) -> Result<Option<Channel>, CloseReason> {
+        match self.route(id).await {
+            Route::Local => Ok(None),
+            Route::Remote { address, .. } => self.pod_channel(&address).map(Some),
+            Route::Settling | Route::Unavailable => Err(CloseReason::Moved),
+        }
+    }
+
     /// The shared channel to the pod at `address`, created on first use.
     fn pod_channel(&self, address: &str) -> Result<Channel, CloseReason> {
         if let Some(channel) = self.inner.pods.get(address) {

@@ -8,7 +8,7 @@
 //! requesters see them and the replica is answered only once they are durable. Bridges of
 //! deltas and requests are in [`super::bridge`].
 
-use super::site::{EPOCH_METADATA, SiteStore, Token};
+use super::site::{EPOCH_METADATA, Peer, SiteStore, Token, with_epoch};
 use crate::relay::Relay;
 use crate::session::CloseReason;
 use crate::store::{Change, Claim, Seq, Site, Store, StoreError};
@@ -17,8 +17,10 @@ use futures::channel::mpsc;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use zbase_proto::pb;
+use zbase_proto::pb::replication_client::ReplicationClient;
 use zbase_proto::pb::replication_server::{Replication, ReplicationServer};
 use zbase_proto::wire::{ResourceId, VerificationKey};
 
@@ -201,9 +203,13 @@ impl Replication for Feed {
         &self,
         request: Request<pb::ClaimRequest>,
     ) -> Result<Response<pb::ClaimReply>, Status> {
-        self.caller(&request).await;
+        let epoch = self.caller(&request).await;
+        let passed = passed_on(&request);
         let request = request.into_inner();
         let id = parse_id(&request.id)?;
+        if let Some(mut home) = self.home(&id, passed).await? {
+            return home.claim(pass_on(request, epoch)).await;
+        }
         let key = VerificationKey::from_jwk_json(&request.jwk)
             .map_err(|error| Status::invalid_argument(format!("jwk: {error}")))?;
         match self.relay.claim(id, key).await.map_err(refused)? {
@@ -216,9 +222,13 @@ impl Replication for Feed {
         &self,
         request: Request<pb::PutSnapshotRequest>,
     ) -> Result<Response<pb::PutSnapshotReply>, Status> {
-        self.caller(&request).await;
+        let epoch = self.caller(&request).await;
+        let passed = passed_on(&request);
         let request = request.into_inner();
         let id = parse_id(&request.id)?;
+        if let Some(mut home) = self.home(&id, passed).await? {
+            return home.put_snapshot(pass_on(request, epoch)).await;
+        }
         let seq = self
             .relay
             .write(id, request.snapshot)
@@ -231,8 +241,65 @@ impl Replication for Feed {
         &self,
         request: Request<tonic::Streaming<pb::Frame>>,
     ) -> Result<Response<super::bridge::FrameStream>, Status> {
-        self.caller(&request).await;
+        let epoch = self.caller(&request).await;
+        let id = pb::resource_id(request.metadata())?;
+        if let Some(mut home) = self.home(&id, passed_on(&request)).await? {
+            use futures::StreamExt as _;
+            // The replica's frames as they come, until its stream ends or fails.
+            let frames = request
+                .into_inner()
+                .take_while(|frame| std::future::ready(frame.is_ok()))
+                .filter_map(|frame| std::future::ready(frame.ok()));
+            let mut request = pass_on(frames, epoch);
+            request.metadata_mut().insert(
+                pb::RESOURCE_ID_METADATA,
+                tonic::metadata::MetadataValue::try_from(id.as_str()).map_err(|_| {
+                    Status::invalid_argument("the identifier is not a header value")
+                })?,
+            );
+            let frames = home.bridge(request).await?.into_inner();
+            return Ok(Response::new(Box::pin(frames)));
+        }
         super::bridge::serve(&self.relay, request).await
+    }
+}
+
+/// Metadata on a call one pod of a site passed on to another, the resource's home: the home
+/// answers it itself, so two pods that disagree about the home for a moment cannot pass a
+/// call back and forth.
+const PASSED_ON_METADATA: &str = "zbase-passed-on";
+
+/// Whether `request` was passed on by another pod of this site.
+fn passed_on<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(PASSED_ON_METADATA)
+}
+
+/// `message` as a call passed on to the home pod, with the replica's epoch.
+fn pass_on<T>(message: T, epoch: u64) -> Request<T> {
+    let mut request = with_epoch(message, epoch);
+    request.metadata_mut().insert(
+        PASSED_ON_METADATA,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    request
+}
+
+impl Feed {
+    /// A client of `id`'s home pod when another pod of this site is home (writes and bridges
+    /// must run in the home's resource task, like a client's); `None` when this pod is.
+    async fn home(
+        &self,
+        id: &ResourceId,
+        passed: bool,
+    ) -> Result<Option<ReplicationClient<Channel>>, Status> {
+        match self.relay.home_elsewhere(id).await {
+            Ok(None) => Ok(None),
+            Ok(Some(_)) if passed => Err(Status::unavailable(
+                "the pods of the primary site disagree about this resource's home for a moment: try again",
+            )),
+            Ok(Some(channel)) => Ok(Some(Peer::new(String::new(), channel).client)),
+            Err(reason) => Err(refused(reason)),
+        }
     }
 }
 

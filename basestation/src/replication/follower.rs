@@ -165,18 +165,16 @@ impl Ended {
 /// sites while it is the primary, and does nothing while it is fenced. A former primary's
 /// cache that diverged from the primary is kept rather than wiped.
 pub async fn run(site: Arc<SiteStore>, relay: Relay, stop: CancellationToken) {
-    let Some(upstream) = site.upstream().cloned() else {
-        return;
-    };
+    let upstream = site.upstream().cloned();
     let metrics = relay.metrics().clone();
     let mut lag = Lag::default();
     let mut backoff = BACKOFF.0;
     let mut last_reason: Option<String> = None;
     loop {
-        let pause = match site.site().role {
-            Role::Replica => {
+        let pause = match (site.site().role, &upstream) {
+            (Role::Replica, Some(upstream)) => {
                 let started = Instant::now();
-                let ended = follow_once(&site, &upstream, &relay, &metrics, &mut lag, &stop).await;
+                let ended = follow_once(&site, upstream, &relay, &metrics, &mut lag, &stop).await;
                 upstream.set_following(None);
                 if let Ended::Shutdown = ended {
                     return;
@@ -201,11 +199,17 @@ pub async fn run(site: Arc<SiteStore>, relay: Relay, stop: CancellationToken) {
                 backoff = (backoff * 2).min(BACKOFF.1);
                 pause
             }
-            Role::Primary => {
-                watch_once(&site, &upstream).await;
+            (Role::Primary, upstream) => {
+                // Pods sharing a PostgreSQL store: one of them may have been demoted.
+                if let Err(error) = site.refresh().await {
+                    tracing::warn!(%error, "could not read this site's role from the store");
+                }
+                if let Some(upstream) = upstream {
+                    watch_once(&site, upstream).await;
+                }
                 WATCH_EVERY
             }
-            Role::Fenced => WATCH_EVERY,
+            (Role::Replica | Role::Fenced, _) => WATCH_EVERY,
         };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}

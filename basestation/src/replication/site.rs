@@ -529,6 +529,34 @@ impl SiteStore {
         })
     }
 
+    /// Takes the role another process sharing this store recorded (another pod of this site
+    /// demoted it, or learned of a later epoch), so this one stops accepting writes too. The
+    /// store already refuses them; this keeps what the pod reports true.
+    pub(super) async fn refresh(&self) -> Result<(), StoreError> {
+        let Some(stored) = self.local.site().await? else {
+            return Ok(());
+        };
+        let own = self.site();
+        if own.role != Role::Primary || (stored.role == Role::Primary && stored == own) {
+            return Ok(());
+        }
+        let mut role = self.role.write().await;
+        if *role != Role::Primary {
+            return Ok(());
+        }
+        tracing::warn!(
+            role = stored.role.name(),
+            epoch = stored.epoch(),
+            "another pod of this site recorded a new role: taking it"
+        );
+        *role = stored.role;
+        if let Some(upstream) = &self.upstream {
+            upstream.set_site(&stored);
+        }
+        self.current.send_replace(stored);
+        Ok(())
+    }
+
     /// Fences this primary because another site is at `epoch`, later than its own: it accepts
     /// no write from now on. Does nothing on a replica or below its own epoch.
     pub async fn fence(&self, epoch: u64, seen_at: &str) -> Result<(), StoreError> {

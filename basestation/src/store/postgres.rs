@@ -35,7 +35,7 @@
 
 use super::batch::{Backend, Failure, MAX_BATCH_WRITES, Op, Write, WriteQueue};
 use super::rows::{self, ChangeRow, ResourceRow, read_error, seq_from_sql};
-use super::{Change, Claim, RestoreItem, Seq, Site, Store, StoreError, StoredResource};
+use super::{Change, Claim, RestoreItem, Role, Seq, Site, Store, StoreError, StoredResource};
 use bytes::Bytes;
 use futures::TryStreamExt as _;
 use sqlx::migrate::Migrator;
@@ -66,7 +66,7 @@ const PUT: &str = "UPDATE resources SET snapshot = $1 WHERE id = $2";
 /// counter (locking its row until commit) and gives each written resource its final number,
 /// `last - $1 + rank`, where rank is the 1-based position of its latest change in the batch.
 const NUMBER: &str = "WITH taken AS (\
-                          UPDATE zbase_sequence SET last = last + $1 RETURNING last\
+                          UPDATE zbase_sequence SET last = last + $1 WHERE writable RETURNING last\
                       ) \
                       UPDATE resources AS r SET seq = taken.last - $1 + v.rank \
                       FROM taken, unnest($2::text[], $3::bigint[]) AS v (id, rank) \
@@ -122,7 +122,7 @@ const NUMBER_FENCED: &str = "WITH fence AS (\
                                  FOR KEY SHARE\
                              ), taken AS (\
                                  UPDATE zbase_sequence SET last = last + $1 \
-                                 WHERE EXISTS (SELECT 1 FROM fence) RETURNING last\
+                                 WHERE writable AND EXISTS (SELECT 1 FROM fence) RETURNING last\
                              ) \
                              UPDATE resources AS r SET seq = taken.last - $1 + v.rank \
                              FROM taken, unnest($2::text[], $3::bigint[]) AS v (id, rank) \
@@ -427,6 +427,11 @@ async fn write_site(
         .bind(site.role.name())
         .execute(&mut **tx)
         .await?;
+    // Waits for every numbering in flight on any pod; none numbers after this unless writable.
+    sqlx::query("UPDATE zbase_sequence SET writable = $1")
+        .bind(site.role == Role::Primary)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query("DELETE FROM zbase_epochs")
         .execute(&mut **tx)
         .await?;
@@ -513,6 +518,16 @@ impl Backend for Writer {
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(Failure::Batch)?;
+            if numbered.is_empty() {
+                let writable: bool = sqlx::query_scalar("SELECT writable FROM zbase_sequence")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(Failure::Batch)?;
+                if !writable {
+                    let message = "this site is no longer the primary (it handed over, or another site is primary in a later epoch): no pod of it accepts writes";
+                    return Err(Failure::Batch(sqlx::Error::Protocol(message.into())));
+                }
+            }
             if let (Some(fence), true) = (&self.fence, numbered.is_empty()) {
                 let message = format!(
                     "pod {} no longer holds its membership lease; its writes are fenced until it joins again",

@@ -11,6 +11,7 @@ mod http;
 mod ws;
 
 use crate::relay::{Origin, Relay};
+use crate::replication::Feed;
 use crate::tls::{ACME_TLS_ALPN, ServerTls};
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,6 +21,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
+use zbase_proto::pb::replication_server::ReplicationServer;
 
 /// The router of everything the public port serves.
 pub fn router(relay: Relay) -> axum::Router {
@@ -30,9 +32,15 @@ pub fn router(relay: Relay) -> axum::Router {
         .merge(grpc)
 }
 
-/// The router of the internal port: sessions other pods relay to this one as their home.
-pub fn internal_router(relay: Relay) -> axum::Router {
-    tonic::service::Routes::new(grpc::service(relay, Origin::Pod)).into_axum_router()
+/// The router of the internal port: sessions other pods relay to this one as their home, and
+/// the replication calls other pods of this site pass on to the home of a resource.
+pub fn internal_router(relay: Relay, replication: Option<ReplicationServer<Feed>>) -> axum::Router {
+    let routes = tonic::service::Routes::new(grpc::service(relay, Origin::Pod));
+    match replication {
+        Some(replication) => routes.add_service(replication),
+        None => routes,
+    }
+    .into_axum_router()
 }
 
 /// Accepts connections on the public `listener` until shutdown, then waits (at most `grace`)
@@ -52,11 +60,12 @@ pub async fn serve(listener: TcpListener, relay: Relay, grace: Duration, tls: Op
 pub async fn serve_internal(
     listener: TcpListener,
     relay: Relay,
+    replication: Option<ReplicationServer<Feed>>,
     grace: Duration,
     tls: Option<ServerTls>,
 ) {
     let port = Port {
-        app: internal_router(relay.clone()),
+        app: internal_router(relay.clone(), replication),
         // Every session relayed from one pod to another shares that pair's one HTTP/2
         // connection, so the usual cap of a few hundred streams would stall the rest.
         max_streams: Some(INTERNAL_STREAMS),
