@@ -32,9 +32,17 @@ fn vectors() -> serde_json::Value {
     );
     let ephemeral = [0x88; 32];
     let seal_nonce = [0x99; 12];
-    let sealed_key = seal::seal_with(&key, &resource, &member.public().sealing, &ephemeral, seal_nonce);
+    let sealed_key = seal::seal_with(
+        &key,
+        &resource,
+        &member.public().sealing,
+        &ephemeral,
+        seal_nonce,
+    );
     assert_eq!(
-        seal::open(&member, &resource, 1, &sealed_key).unwrap().bytes(),
+        seal::open(&member, &resource, 1, &sealed_key)
+            .unwrap()
+            .bytes(),
         key.bytes()
     );
     let operation = Operation {
@@ -46,7 +54,10 @@ fn vectors() -> serde_json::Value {
     }
     .sign(&owner)
     .unwrap();
-    assert_eq!(SignedOperation::decode(operation.token()).unwrap(), operation);
+    assert_eq!(
+        SignedOperation::decode(operation.token()).unwrap(),
+        operation
+    );
     let identity = |identity: &Identity, secrets: &([u8; 32], [u8; 32])| {
         json!({
             "signingSecret": b64(&secrets.0),

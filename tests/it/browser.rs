@@ -49,6 +49,47 @@ async fn webcrypto_ed25519_client_configures_verifies_and_relays() {
     browser_round_trip(Algorithm::Ed25519).await;
 }
 
+/// The actor formats (docs/ACTOR-FORMATS.md) in a browser with WebCrypto alone: the page
+/// opens the envelope, sealed key and operation the Rust crate made (`actor/vectors/v1.json`),
+/// and makes the same bytes again from the same secrets and nonces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webcrypto_opens_and_reproduces_the_actor_formats() {
+    let vectors: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../actor/vectors/v1.json"),
+        )
+        .expect("actor/vectors/v1.json exists"),
+    )
+    .expect("the vectors are JSON");
+    let browser = Browser::launch().await;
+    browser.open_page("actor.html", "").await;
+    assert_eq!(
+        browser
+            .exec("return typeof actor === 'object'", json!([]))
+            .await,
+        Value::Bool(true),
+        "the page did not load actor.js"
+    );
+    let record = browser
+        .exec("return actor.check(arguments[0])", json!([vectors]))
+        .await;
+    let expect = |check: &str, want: &Value| {
+        assert_eq!(
+            &record[check], want,
+            "{check}: the browser computed {record:#}"
+        );
+    };
+    expect("envelopeOpens", &vectors["envelope"]["snapshot"]);
+    expect("envelopeMade", &vectors["envelope"]["envelope"]);
+    expect("envelopeOtherResourceRefused", &Value::Bool(true));
+    expect("sealedKeyOpens", &vectors["contentKey"]["key"]);
+    expect("sealedKeyMade", &vectors["sealedKey"]["sealed"]);
+    expect("operationVerifies", &Value::Bool(true));
+    expect("operationAlteredRefused", &Value::Bool(true));
+    expect("operationId", &vectors["operation"]["id"]);
+    expect("operationMade", &vectors["operation"]["token"]);
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Algorithm {
     P256,
@@ -330,14 +371,23 @@ impl Browser {
         browser
     }
 
-    /// Loads the client page as a `file://` URL (a secure context, so `crypto.subtle` exists).
-    async fn open_client(&self, station: SocketAddr) {
-        let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/index.html");
+    /// Loads `tests/browser/<name>` as a `file://` URL with `query` (a secure context, so
+    /// `crypto.subtle` exists).
+    async fn open_page(&self, name: &str, query: &str) {
+        let page = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("browser")
+            .join(name);
         let page = page
             .canonicalize()
-            .expect("tests/browser/index.html exists");
-        let url = format!("file://{}?station={station}", page.display());
+            .unwrap_or_else(|_| panic!("tests/browser/{name} exists"));
+        let url = format!("file://{}{query}", page.display());
         self.session_command("/url", json!({ "url": url })).await;
+    }
+
+    /// Loads the client page, pointed at `station`.
+    async fn open_client(&self, station: SocketAddr) {
+        self.open_page("index.html", &format!("?station={station}"))
+            .await;
         let ready = self
             .exec(
                 "return typeof zb === 'object' && isSecureContext",
