@@ -12,4 +12,5 @@ pub mod crd;
 pub mod leader;
 pub mod pki;
 pub mod reconcile;
+pub mod site;
 pub mod telemetry;
