@@ -606,11 +606,15 @@ fn missing_references_are_named() {
 fn every_deploy_example_validates_and_builds() {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     let mut seen = 0;
-    for example in std::fs::read_dir(&deploy).unwrap() {
-        let path = example.unwrap().path().join("basestation.yaml");
-        if !path.is_file() {
-            continue;
-        }
+    let examples: Vec<PathBuf> = std::fs::read_dir(&deploy)
+        .unwrap()
+        .flat_map(|example| {
+            let dir = example.unwrap().path();
+            ["basestation.yaml", "primary.yaml", "replica.yaml"].map(|file| dir.join(file))
+        })
+        .filter(|path| path.is_file())
+        .collect();
+    for path in examples {
         let mut bs: BaseStation = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         bs.metadata.namespace = Some("zbase".into());
@@ -625,7 +629,7 @@ fn every_deploy_example_validates_and_builds() {
         seen += 1;
     }
     assert!(
-        seen >= 2,
+        seen >= 5,
         "the deploy examples were not found under {}",
         deploy.display()
     );
