@@ -101,7 +101,6 @@ pub struct Credentials {
 /// A connection to one station pod's replication port.
 pub struct Site {
     client: ReplicationClient<Channel>,
-    address: SocketAddr,
 }
 
 impl Site {
@@ -135,7 +134,6 @@ impl Site {
             .map_err(|e| unreachable(error_chain(&e)))?;
         Ok(Site {
             client: ReplicationClient::new(channel),
-            address,
         })
     }
 
@@ -145,7 +143,7 @@ impl Site {
             .client
             .status(request(pb::StatusRequest {}))
             .await
-            .map_err(|s| self.failed(s))?
+            .map_err(SiteError::from)?
             .into_inner();
         Ok(Reported {
             role: status.role,
@@ -165,7 +163,7 @@ impl Site {
             .client
             .promote(request(pb::PromoteRequest { token }))
             .await
-            .map_err(|s| self.failed(s))?
+            .map_err(SiteError::from)?
             .into_inner();
         Ok(Promoted {
             epoch: reply.epoch,
@@ -179,24 +177,9 @@ impl Site {
             .client
             .demote(request(pb::DemoteRequest {}))
             .await
-            .map_err(|s| self.failed(s))?
+            .map_err(SiteError::from)?
             .into_inner();
         Ok((token.epoch, token.seq))
-    }
-
-    /// A transport failure is the pod being unreachable; the rest is the station's answer.
-    fn failed(&self, status: tonic::Status) -> SiteError {
-        match status.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown
-                if status.message().contains("transport") =>
-            {
-                SiteError::Unreachable {
-                    address: self.address,
-                    reason: status.message().to_owned(),
-                }
-            }
-            _ => status.into(),
-        }
     }
 }
 

@@ -697,6 +697,191 @@ mod tests {
         (ok, reason)
     }
 
+    use crate::reconcile::site::SiteObserved;
+    use crate::reconcile::validate::{self, Defaults, References};
+    use crate::site::{Promoted, Reported};
+
+    /// A site BaseStation with `site` (YAML of spec.site), validated with its trust present
+    /// unless `trust` is false.
+    fn site_station(site: &str, trust: bool) -> (BaseStation, Station) {
+        let bs: BaseStation = serde_yaml::from_str(&format!(
+            "apiVersion: zbase.dev/v1alpha1\nkind: BaseStation\nmetadata: {{name: west, namespace: zbase, generation: 3}}\nspec: {{site: {site}}}\n"
+        ))
+        .unwrap();
+        let pem = include_str!("../../tests/other-sites-ca.pem");
+        let refs = References {
+            secrets: [("others".to_owned(), vec!["ca.crt".to_owned()])].into(),
+            site_trust: trust.then(|| pem.as_bytes().to_vec()),
+            ..Default::default()
+        };
+        let refs = if trust { refs } else { References::default() };
+        let defaults = Defaults {
+            station_image: "zbase-station".into(),
+        };
+        let station = validate::validate(&bs, &defaults, &refs).unwrap();
+        (bs, station)
+    }
+
+    fn replica(following: Option<&str>, lag_seconds: f64) -> SiteObserved {
+        SiteObserved {
+            reported: Some(Ok(Reported {
+                role: "replica".into(),
+                epoch: 1,
+                last_seq: 40,
+                following: following.map(str::to_owned),
+                lag_changes: 2,
+                lag_seconds,
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn replication(
+        bs: &BaseStation,
+        station: &Station,
+        site: SiteObserved,
+    ) -> (BaseStationStatus, (String, String, String)) {
+        let observed = Observed {
+            site: Some(site),
+            ..Default::default()
+        };
+        let now: Timestamp = "2026-12-03T14:00:00Z".parse().unwrap();
+        let status = status(bs, &Outcome::Applied(station), &observed, now);
+        let c = find(&status, ConditionType::Replication).unwrap().clone();
+        (status, (c.status, c.reason, c.message))
+    }
+
+    const REPLICA: &str =
+        "{replicaOf: 'https://east:7443', trust: {name: others}, maxLagSeconds: 10}";
+
+    #[test]
+    fn a_replica_is_following_lagging_or_without_a_primary() {
+        let (bs, station) = site_station(REPLICA, true);
+        let (status, (ok, reason, message)) =
+            replication(&bs, &station, replica(Some("https://east:7443"), 1.04));
+        assert_eq!(
+            (ok.as_str(), reason.as_str()),
+            ("True", "Following"),
+            "{message}"
+        );
+        let site = status.site.unwrap();
+        assert_eq!(site.following.as_deref(), Some("https://east:7443"));
+        assert_eq!((site.lag_changes, site.lag_seconds), (Some(2), Some(1.0)));
+
+        let (_, (ok, reason, message)) =
+            replication(&bs, &station, replica(Some("https://east:7443"), 12.0));
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "Lagging"));
+        assert!(message.contains("beyond 10 s"), "{message}");
+
+        let (_, (ok, reason, message)) = replication(&bs, &station, replica(None, 4.0));
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "NoPrimary"));
+        assert!(message.contains("spec.site.trust"), "{message}");
+    }
+
+    #[test]
+    fn missing_trust_or_an_unreachable_station_say_what_to_do() {
+        let (bs, station) = site_station(REPLICA, false);
+        let (_, (ok, reason, message)) =
+            replication(&bs, &station, replica(Some("https://east:7443"), 0.0));
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "TrustMissing"));
+        assert!(
+            message.contains("Secret 'others', which does not exist"),
+            "{message}"
+        );
+
+        // The last report stays while the station cannot be asked.
+        let (mut bs, station) = site_station(REPLICA, true);
+        let (before, _) = replication(&bs, &station, replica(Some("https://east:7443"), 0.0));
+        bs.status = Some(before);
+        let down = SiteObserved {
+            reported: Some(Err("pod 'west-0' has no IP yet".into())),
+            ..Default::default()
+        };
+        let (status, (ok, reason, message)) = replication(&bs, &station, down);
+        assert_eq!(
+            (ok.as_str(), reason.as_str()),
+            ("False", "StationUnreachable")
+        );
+        assert!(message.contains("no IP yet"), "{message}");
+        assert_eq!(status.site.unwrap().role.as_deref(), Some("replica"));
+    }
+
+    #[test]
+    fn role_changes_are_recorded_while_asked_for_and_fencing_is_told_apart() {
+        let primary = "{trust: {name: others}, demote: true}";
+        let (mut bs, station) = site_station(primary, true);
+        let demoted = SiteObserved {
+            reported: Some(Ok(Reported {
+                role: "fenced".into(),
+                epoch: 1,
+                last_seq: 40,
+                ..Default::default()
+            })),
+            demoted: Some("1:40".into()),
+            ..Default::default()
+        };
+        let (status, (ok, reason, message)) = replication(&bs, &station, demoted);
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "Demoted"));
+        assert!(message.contains("promote.token: \"1:40\""), "{message}");
+        assert_eq!(
+            status.site.as_ref().unwrap().handover_token.as_deref(),
+            Some("1:40")
+        );
+        bs.status = Some(status);
+
+        // Without the request, the token goes, and a fenced site is Fenced, not Demoted.
+        let (_, station) = site_station("{trust: {name: others}}", true);
+        bs.spec.site.as_mut().unwrap().demote = false;
+        let fenced = SiteObserved {
+            reported: Some(Ok(Reported {
+                role: "fenced".into(),
+                epoch: 1,
+                last_seq: 40,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let (status, (_, reason, _)) = replication(&bs, &station, fenced);
+        assert_eq!(reason, "Fenced");
+        assert_eq!(status.site.unwrap().handover_token, None);
+
+        let (mut bs, station) = site_station(
+            "{replicaOf: 'https://east:7443', trust: {name: others}, promote: {token: '1:40'}}",
+            true,
+        );
+        let promoted = SiteObserved {
+            reported: Some(Ok(Reported {
+                role: "primary".into(),
+                epoch: 2,
+                last_seq: 40,
+                ..Default::default()
+            })),
+            promoted: Some((
+                "token:1:40".into(),
+                Promoted {
+                    epoch: 2,
+                    failover: false,
+                },
+            )),
+            ..Default::default()
+        };
+        let (status, (ok, reason, _)) = replication(&bs, &station, promoted);
+        assert_eq!((ok.as_str(), reason.as_str()), ("True", "Primary"));
+        let promotion = status.site.as_ref().unwrap().promotion.clone().unwrap();
+        assert_eq!(promotion.request.as_deref(), Some("token:1:40"));
+        assert_eq!((promotion.epoch, promotion.failover), (2, false));
+        bs.status = Some(status);
+        // Kept as history once the spec no longer asks, but no longer a request.
+        bs.spec.site.as_mut().unwrap().promote = None;
+        let (_, station) = site_station(
+            "{replicaOf: 'https://east:7443', trust: {name: others}}",
+            true,
+        );
+        let (status, _) = replication(&bs, &station, SiteObserved::default());
+        let kept = status.site.unwrap().promotion.unwrap();
+        assert_eq!((kept.request, kept.epoch), (None, 2));
+    }
+
     #[test]
     fn the_backup_condition_follows_the_cron_jobs_runs() {
         let day1 = "2026-12-01T03:00:00Z";
