@@ -11,7 +11,8 @@ pub struct BaseStationStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Progressing, Degraded, and one per concern (Store, TLS, Paused, Backup).
+    /// Ready, Progressing, Degraded, and one per concern (Store, TLS, Paused, Backup,
+    /// Replication).
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Pods the StatefulSet has.
