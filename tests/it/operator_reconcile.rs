@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime};
 use zbase_operator::crd::{BackupPhase, BaseStation, BaseStationBackup};
 use zbase_operator::reconcile::build::CONFIG_HASH_ANNOTATION;
 use zbase_tests::apiserver::ApiServer;
+use zbase_tests::client::{Conn, Identity, Tls, Transport, configure, random_id};
 use zbase_tests::kubelet::{LocalPod, LocalVolume, VolumeFiles};
 
 const NS: &str = "zbase";
@@ -1342,13 +1343,39 @@ async fn two_sites_follow_then_switch_over_through_their_basestations() {
     assert_eq!(replica.lag_changes, Some(0), "lag reported: {replica:?}");
     assert!(replica.lag_seconds.is_some(), "{replica:?}");
 
+    // A resource created on the primary's public port reaches the replica's cache, as both
+    // stations report it in status.
+    let tls = Tls::new(
+        String::from_utf8(east_ca.clone()).unwrap(),
+        "east.zbase.svc",
+    );
+    let proposed = random_id();
+    let mut conn = Conn::connect_tls(Transport::Ws, east_pod.port("public"), &proposed, &tls).await;
+    configure(&mut conn, &proposed, &Identity::ed25519()).await;
+    let written = eventually(&op, "east counts the write", || async {
+        site_status(&client, "east")
+            .await?
+            .last_sequence
+            .filter(|seq| *seq > primary.last_sequence.unwrap_or(0))
+    })
+    .await;
+    eventually(&op, "west's cache holds it", || async {
+        let site = site_status(&client, "west").await?;
+        (site.last_sequence == Some(written) && site.lag_changes == Some(0)).then_some(())
+    })
+    .await;
+
     // Switchover: demote the primary, then promote the replica with its token.
     patch_spec(&client, "east", json!({"site": {"demote": true}})).await;
     let token = eventually(&op, "east's handover token", || async {
         site_status(&client, "east").await?.handover_token
     })
     .await;
-    assert_eq!(token, format!("1:{}", primary.last_sequence.unwrap()));
+    assert_eq!(
+        token,
+        format!("1:{written}"),
+        "the primary's epoch and last write"
+    );
     eventually(&op, "east says it is demoted and what to do", || async {
         let (status, reason, message) = condition(&station(&client, "east").await, "Replication")?;
         (status == "False" && reason == "Demoted" && message.contains(&token)).then_some(())
@@ -1374,6 +1401,7 @@ async fn two_sites_follow_then_switch_over_through_their_basestations() {
     })
     .await;
     assert_eq!(promoted.epoch, Some(2), "{}", logs());
+    assert_eq!(promoted.last_sequence, Some(written), "nothing lost");
     let promotion = promoted.promotion.clone().unwrap();
     assert_eq!(
         (
