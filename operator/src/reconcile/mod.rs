@@ -390,10 +390,15 @@ async fn publish(
     }
 }
 
-/// Events for the role changes a site round made: each is done once, so each is news.
+/// Events for the role changes a site round made: each is done once, so each is news. Their
+/// reasons are not the Replication condition's (whose changes are Events of their own):
+/// Events of one reason fold into one series. A refusal is told by the condition's change.
 async fn publish_site_changes(ctx: &Context, bs: &BaseStation, round: &site::SiteObserved) {
     let object = bs.object_ref(&());
-    if let Some(token) = &round.demoted {
+    if round.found_done {
+        tracing::info!(station = %bs.name_any(), "the role change asked for was already made; recorded as done");
+    }
+    if let Some(token) = round.demoted.as_ref().filter(|_| !round.found_done) {
         publish(
             ctx,
             &object,
@@ -405,7 +410,7 @@ async fn publish_site_changes(ctx: &Context, bs: &BaseStation, round: &site::Sit
         )
         .await;
     }
-    if let Some((_, promoted)) = &round.promoted {
+    if let Some((_, promoted)) = round.promoted.as_ref().filter(|_| !round.found_done) {
         let (warning, reason, note) = if promoted.failover {
             (
                 true,
@@ -427,16 +432,6 @@ async fn publish_site_changes(ctx: &Context, bs: &BaseStation, round: &site::Sit
         };
         tracing::info!(station = %bs.name_any(), epoch = promoted.epoch, failover = promoted.failover, "promoted");
         publish(ctx, &object, warning, reason, note).await;
-    }
-    if let Some(refused) = &round.refused {
-        publish(
-            ctx,
-            &object,
-            true,
-            "RoleChangeRefused",
-            format!("the station refused {refused}"),
-        )
-        .await;
     }
 }
 

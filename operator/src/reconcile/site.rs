@@ -28,6 +28,9 @@ pub struct SiteObserved {
     pub demoted: Option<String>,
     /// A role change the station refused, with its reason.
     pub refused: Option<String>,
+    /// Whether the role change above was found already made (the station said "already the
+    /// primary" or "not the primary"): recorded as done, but no Event claims it just happened.
+    pub found_done: bool,
 }
 
 /// The pod that holds the site's role: a site runs one pod.
@@ -62,6 +65,7 @@ pub async fn round(
             Err(SiteError::Refused(why)) => match station_client.status().await {
                 Ok(now) if now.role != "primary" && now.role != "replica" => {
                     observed.demoted = Some(format!("{}:{}", now.epoch, now.last_seq));
+                    observed.found_done = true;
                 }
                 _ => observed.refused = Some(format!("demote: {why}")),
             },
@@ -84,6 +88,7 @@ pub async fn round(
                 // "already the primary": promoted by an earlier round whose answer was lost.
                 Err(SiteError::Refused(why)) => match station_client.status().await {
                     Ok(now) if now.role == "primary" => {
+                        observed.found_done = true;
                         observed.promoted = Some((
                             request,
                             Promoted {

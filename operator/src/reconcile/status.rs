@@ -379,7 +379,7 @@ fn replication_condition(
         }
         (_, Some(token)) => (
             false,
-            "Demoted",
+            "HandedOver",
             format!(
                 "demoted: this site accepts no write. Promote the next primary with \
                  spec.site.promote.token: \"{token}\", then make this site a replica of it \
@@ -651,7 +651,7 @@ pub fn events(
                 ConditionType::Backup => now.reason == "BackupFailed",
                 ConditionType::Replication => {
                     now.status == "False"
-                        && !["Demoted", "NotChecked"].contains(&now.reason.as_str())
+                        && !["HandedOver", "NotChecked"].contains(&now.reason.as_str())
                 }
                 _ => false,
             };
@@ -821,7 +821,7 @@ mod tests {
             ..Default::default()
         };
         let (status, (ok, reason, message)) = replication(&bs, &station, demoted);
-        assert_eq!((ok.as_str(), reason.as_str()), ("False", "Demoted"));
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "HandedOver"));
         assert!(message.contains("promote.token: \"1:40\""), "{message}");
         assert_eq!(
             status.site.as_ref().unwrap().handover_token.as_deref(),
@@ -829,7 +829,7 @@ mod tests {
         );
         bs.status = Some(status);
 
-        // Without the request, the token goes, and a fenced site is Fenced, not Demoted.
+        // Without the request, the token goes, and a fenced site is Fenced, not HandedOver.
         let (_, station) = site_station("{trust: {name: others}}", true);
         bs.spec.site.as_mut().unwrap().demote = false;
         let fenced = SiteObserved {
