@@ -94,7 +94,7 @@ pub(super) fn network_policy(station: &Station) -> NetworkPolicy {
     NetworkPolicy {
         metadata: metadata(station, &station.name),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(pods.clone()),
+            pod_selector: Some(pods),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(ingress),
             ..Default::default()
