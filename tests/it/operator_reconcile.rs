@@ -1429,6 +1429,27 @@ async fn two_sites_follow_then_switch_over_through_their_basestations() {
     })
     .await;
 
+    // Without its demote request, east is a fenced site like any other that learned of a
+    // later epoch: its token is gone and a Warning says what to do.
+    patch_spec(&client, "east", json!({"site": {"demote": null}})).await;
+    eventually(&op, "east reported fenced", || async {
+        let bs = station(&client, "east").await;
+        let (status, reason, message) = condition(&bs, "Replication")?;
+        (status == "False"
+            && reason == "Fenced"
+            && message.contains("rebuild it as a replica")
+            && bs.status?.site?.handover_token.is_none())
+        .then_some(())
+    })
+    .await;
+    eventually(&op, "a Fenced warning", || async {
+        events(&client)
+            .await
+            .contains(&("Warning".into(), "Fenced".into()))
+            .then_some(())
+    })
+    .await;
+
     // Done once: a new operator (the old one's memory gone) finds it recorded and does not
     // ask again, while it goes on reporting.
     let mut op = op;
