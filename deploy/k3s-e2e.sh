@@ -10,6 +10,12 @@
 #
 #   deploy/k3s-e2e.sh            # run it
 #   KEEP=1 deploy/k3s-e2e.sh     # leave everything installed afterwards
+#
+# Two sites (deploy/two-sites) are not run here: they need two clusters whose LoadBalancer
+# addresses reach each other (two k3s servers on two machines or VMs of one network; one
+# cluster would hide what the cross-cluster trust copy and addresses must prove). Their steps
+# are in deploy/two-sites/README.md, to run with `--kube-context` for each; the same scenario
+# runs without a cluster in tests/it/operator_reconcile.rs (two real stations).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -86,6 +86,10 @@ struct RunArgs {
     /// Renew a site certificate once it expires within this long.
     #[arg(long, env = "ZBASE_OPERATOR_SITE_CERT_RENEW_BEFORE", default_value = "30d", value_parser = humantime::parse_duration, value_name = "DURATION")]
     site_cert_renew_before: Duration,
+    /// How often a site's station is asked for its role and lag (spec.site), which also
+    /// picks up a changed spec.site.trust Secret.
+    #[arg(long, env = "ZBASE_OPERATOR_SITE_REFRESH", default_value = "15s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    site_refresh: Duration,
     /// Log line format.
     #[arg(
         long,
@@ -221,6 +225,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         metrics: metrics.clone(),
         pki,
+        site_refresh: args.site_refresh,
     });
     let lost = tokio::select! {
         () = controller::run(ctx, scope, stop_rx.clone()) => false,

@@ -36,13 +36,22 @@ fn all_present() -> References {
             ("storage-ca", vec!["ca.crt"]),
             ("home-backup-key", vec!["key.txt"]),
             ("backup-s3", vec!["access-key-id", "secret-access-key"]),
+            ("other-sites", vec!["ca.crt", "bundle.crt"]),
         ]
         .into_iter()
         .map(|(n, keys)| (n.to_owned(), keys.into_iter().map(String::from).collect()))
         .collect(),
         cnpg_cluster: Some(true),
         service_addresses: Vec::new(),
+        replication_addresses: Vec::new(),
+        site_trust: Some(other_sites_ca().into_bytes()),
     }
+}
+
+/// The other site's CA certificate, as a user copies it into the trust Secret.
+fn other_sites_ca() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/other-sites-ca.pem"))
+        .unwrap()
 }
 
 /// Site credentials as a plan would hand them over; the bytes stand in for PEM.
@@ -83,6 +92,8 @@ fn render(desired: &Desired) -> String {
         public_service,
         headless_service,
         internal_service,
+        replication_service,
+        replication_trust,
         stateful_set,
         pod_disruption_budget,
         network_policy,
@@ -98,9 +109,19 @@ fn render(desired: &Desired) -> String {
         serde_yaml::to_string(public_service).unwrap(),
         serde_yaml::to_string(headless_service).unwrap(),
         serde_yaml::to_string(internal_service).unwrap(),
-        serde_yaml::to_string(stateful_set).unwrap(),
-        serde_yaml::to_string(pod_disruption_budget).unwrap(),
     ];
+    docs.extend(
+        replication_service
+            .iter()
+            .map(|s| serde_yaml::to_string(s).unwrap()),
+    );
+    docs.extend(
+        replication_trust
+            .iter()
+            .map(|s| serde_yaml::to_string(s).unwrap()),
+    );
+    docs.push(serde_yaml::to_string(stateful_set).unwrap());
+    docs.push(serde_yaml::to_string(pod_disruption_budget).unwrap());
     docs.extend(
         network_policy
             .iter()
@@ -190,6 +211,8 @@ fn the_rendered_config_is_one_the_station_reads() {
         "sqlite-tls-secret",
         "postgres-three-pods",
         "acme-nodeport",
+        "site-primary",
+        "site-replica",
     ] {
         let desired = built(&station(&fixture(name)));
         let text = &desired.config_map.data.unwrap()[build::CONFIG_KEY];
@@ -583,11 +606,15 @@ fn missing_references_are_named() {
 fn every_deploy_example_validates_and_builds() {
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     let mut seen = 0;
-    for example in std::fs::read_dir(&deploy).unwrap() {
-        let path = example.unwrap().path().join("basestation.yaml");
-        if !path.is_file() {
-            continue;
-        }
+    let examples: Vec<PathBuf> = std::fs::read_dir(&deploy)
+        .unwrap()
+        .flat_map(|example| {
+            let dir = example.unwrap().path();
+            ["basestation.yaml", "primary.yaml", "replica.yaml"].map(|file| dir.join(file))
+        })
+        .filter(|path| path.is_file())
+        .collect();
+    for path in examples {
         let mut bs: BaseStation = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         bs.metadata.namespace = Some("zbase".into());
@@ -602,7 +629,7 @@ fn every_deploy_example_validates_and_builds() {
         seen += 1;
     }
     assert!(
-        seen >= 2,
+        seen >= 5,
         "the deploy examples were not found under {}",
         deploy.display()
     );
@@ -729,4 +756,113 @@ fn site_names_cover_the_services_the_pods_and_what_the_user_adds() {
         message.contains("tls.names are for the certificate the operator issues"),
         "{message}"
     );
+}
+
+#[test]
+fn a_site_spec_that_cannot_work_is_refused_with_what_to_change() {
+    let replica = fixture("site-replica");
+    let mut on_postgres = fixture("postgres-three-pods");
+    on_postgres.spec.site = replica.spec.site.clone();
+    let message = problems(&on_postgres, &all_present());
+    assert!(message.contains("a site runs one pod"), "{message}");
+    assert!(
+        message.contains("replica site caches in its own SQLite file"),
+        "{message}"
+    );
+
+    let mut promote_primary = fixture("site-primary");
+    let site = promote_primary.spec.site.as_mut().unwrap();
+    site.promote = Some(zbase_operator::crd::PromoteSpec {
+        failover: true,
+        ..Default::default()
+    });
+    site.demote = true;
+    let message = problems(&promote_primary, &all_present());
+    assert!(
+        message.contains("site.promote is for a replica site"),
+        "{message}"
+    );
+    assert!(message.contains("exclude each other"), "{message}");
+
+    let mut both = replica.clone();
+    both.spec.site.as_mut().unwrap().promote = Some(zbase_operator::crd::PromoteSpec {
+        token: Some("1:42".into()),
+        failover: true,
+    });
+    assert!(problems(&both, &all_present()).contains("exactly one of token"));
+
+    let mut malformed = replica.clone();
+    let site = malformed.spec.site.as_mut().unwrap();
+    site.promote = Some(zbase_operator::crd::PromoteSpec {
+        token: Some("1-42".into()),
+        failover: false,
+    });
+    site.replica_of = Some("east.example.org:7443".into());
+    site.sites = vec!["https://east.example.org/feed".into()];
+    site.replication.allow_from = vec!["10.0.0.0/40".into()];
+    let message = problems(&malformed, &all_present());
+    for expected in [
+        "site.promote.token: \"1-42\" is not a handover token",
+        "site.replicaOf 'east.example.org:7443' is not",
+        "site.sites[0] 'https://east.example.org/feed' is not",
+        "site.replication.allowFrom[0] '10.0.0.0/40' is not a CIDR",
+    ] {
+        assert!(message.contains(expected), "{expected} in {message}");
+    }
+
+    let garbage = References {
+        site_trust: Some(b"not a certificate".to_vec()),
+        ..all_present()
+    };
+    assert!(
+        problems(&replica, &garbage).contains("holds no PEM certificate"),
+        "a trust bundle that is not one is refused before any pod mounts it"
+    );
+}
+
+#[test]
+fn a_site_without_its_trust_secret_still_builds_trusting_its_own_ca() {
+    let replica = fixture("site-replica");
+    let missing = References {
+        secrets: Default::default(),
+        site_trust: None,
+        ..all_present()
+    };
+    let station = validate::validate(&replica, &defaults(), &missing).unwrap();
+    let site = station.site.as_ref().unwrap();
+    let why = site.trust_missing.as_deref().unwrap();
+    assert!(
+        why.contains("Secret 'other-sites', which does not exist") && why.contains("bundle.crt"),
+        "{why}"
+    );
+    let trust = built(&station).replication_trust.unwrap();
+    assert_eq!(
+        trust.data.unwrap()[build::REPLICATION_TRUST_KEY].0,
+        b"site CA",
+        "this site's own CA only, until the others' are given"
+    );
+
+    // Given, the others' CAs follow this site's own.
+    let with = built(&self::station(&replica)).replication_trust.unwrap();
+    let bundle =
+        String::from_utf8(with.data.unwrap()[build::REPLICATION_TRUST_KEY].0.clone()).unwrap();
+    assert!(
+        bundle.starts_with("site CA\n") && bundle.ends_with(&other_sites_ca()),
+        "{bundle}"
+    );
+}
+
+#[test]
+fn a_site_certificate_names_the_replication_service_and_its_address() {
+    let primary = fixture("site-primary");
+    let refs = References {
+        replication_addresses: vec!["203.0.113.77".into()],
+        ..all_present()
+    };
+    let names = validate::site_names("east", "zbase", &primary.spec, &refs);
+    for name in ["203.0.113.77", "203.0.113.10", "east-replication.zbase.svc"] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+    let plain = validate::site_names("home", "zbase", &fixture("minimal").spec, &refs);
+    assert!(!plain.iter().any(|n| n == "203.0.113.77"), "{plain:?}");
 }

@@ -91,6 +91,8 @@ fn the_schema_carries_the_rules_kubernetes_can_check() {
             "Pods",
             "Desired",
             "Endpoint",
+            "Role",
+            "Lag",
             "Cert-Expiry",
             "Last-Backup",
             "Reason",
@@ -101,4 +103,75 @@ fn the_schema_carries_the_rules_kubernetes_can_check() {
         crd["metadata"]["annotations"]["helm.sh/resource-policy"],
         "keep"
     );
+}
+
+/// The rules of `schema` (an object with `x-kubernetes-validations`).
+fn rules_of(schema: &serde_json::Value) -> Vec<String> {
+    schema["x-kubernetes-validations"]
+        .as_array()
+        .map(|rules| {
+            rules
+                .iter()
+                .map(|r| r["rule"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_site_is_checked_by_the_api_server_where_it_can_be() {
+    let crd: serde_json::Value =
+        serde_yaml::from_str(&crd_yaml("basestations").unwrap().unwrap()).unwrap();
+    let version = &crd["spec"]["versions"][0];
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let rules = rules_of(spec);
+    for rule in [
+        "!has(self.site) || self.replicas <= 1",
+        "!has(self.site) || !has(self.site.replicaOf) || !has(self.store.postgres)",
+    ] {
+        assert!(rules.iter().any(|r| r == rule), "{rule} in {rules:?}");
+    }
+    let site = &spec["properties"]["site"];
+    let rules = rules_of(site);
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.contains("has(self.promote)") && r.contains("self.demote")),
+        "promote and demote exclude each other: {rules:?}"
+    );
+    assert!(
+        rules
+            .iter()
+            .any(|r| r == "!has(self.promote) || has(self.replicaOf)"),
+        "{rules:?}"
+    );
+    let promote = &site["properties"]["promote"];
+    assert!(
+        rules_of(promote)
+            .iter()
+            .any(|r| r.contains("has(self.token) !=")),
+        "token xor failover"
+    );
+    assert!(
+        rules_of(&promote["properties"]["token"])
+            .iter()
+            .any(|r| r.contains("^[0-9]+:[0-9]+$")),
+        "the token's shape"
+    );
+    let replication = &site["properties"]["replication"]["properties"];
+    assert_eq!(replication["port"]["default"], 7443);
+    assert_eq!(replication["port"]["maximum"].as_f64(), Some(65535.0));
+    let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"];
+    for field in [
+        "role",
+        "following",
+        "lagSeconds",
+        "handoverToken",
+        "promotion",
+    ] {
+        assert!(
+            status["properties"]["site"]["properties"][field].is_object(),
+            "status.site.{field}"
+        );
+    }
 }

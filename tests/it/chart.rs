@@ -529,7 +529,11 @@ fn values_reach_the_objects() {
         "ingress only to the metrics/probe port"
     );
     let egress = policy["spec"]["egress"].as_array().unwrap();
-    assert_eq!(egress.len(), 2, "DNS and the API server only: {egress:?}");
+    assert_eq!(
+        egress.len(),
+        3,
+        "DNS, the API server and the sites' replication port only: {egress:?}"
+    );
     assert_eq!(
         egress[0]["ports"],
         json!([{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}])
@@ -544,6 +548,14 @@ fn values_reach_the_objects() {
             "ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}],
             "to": [{"ipBlock": {"cidr": "10.0.0.1/32"}}],
         })
+    );
+    assert_eq!(
+        egress[2],
+        json!({
+            "ports": [{"port": zbase_operator::reconcile::build::REPLICATION_PORT, "protocol": "TCP"}],
+            "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "zbase-station"}}}],
+        }),
+        "the station pods' replication port, which the operator asks for a site's role and lag"
     );
 }
 
@@ -731,4 +743,20 @@ fn every_deploy_example_values_file_lints_and_renders() {
         .unwrap();
     assert!(three.find_in("Role", "zbase", "zbase-operator").is_some());
     assert!(three.all("ClusterRole").is_empty());
+    // Two sites: the operator's own policy still lets it ask its site's station for its role.
+    let sites = Chart::operator()
+        .values_file(workspace_root().join("deploy/two-sites/values.yaml"))
+        .render()
+        .unwrap();
+    let policy = sites.get("NetworkPolicy", "zbase-operator").unwrap();
+    let reaches_sites = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|rule| {
+            rule["ports"][0]["port"] == zbase_operator::reconcile::build::REPLICATION_PORT
+                && rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+                    == "zbase-station"
+        });
+    assert!(reaches_sites, "{policy}");
 }

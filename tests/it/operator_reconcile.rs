@@ -3,9 +3,11 @@
 //! deleted by hand, a configuration change, scheduled backups and their status, status and
 //! Events, leader election, and the chart's own Deployment command.
 //!
-//! Nothing runs pods here, so the tests play the kubelet and StatefulSet controller: they
-//! write the StatefulSet's status to say how many pods are ready, and the CronJob's status to
-//! say when a backup ran.
+//! Mostly nothing runs pods here, so the tests play the kubelet and StatefulSet controller:
+//! they write the StatefulSet's status to say how many pods are ready, and the CronJob's
+//! status to say when a backup ran. The two-site test runs each site's pod for real (the
+//! stand-in kubelet, `zbase_tests::kubelet`), since the operator asks the stations
+//! themselves for their role and lag.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -19,12 +21,14 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use zbase_operator::crd::{BackupPhase, BaseStation, BaseStationBackup};
 use zbase_operator::reconcile::build::CONFIG_HASH_ANNOTATION;
 use zbase_tests::apiserver::ApiServer;
+use zbase_tests::client::{Conn, Identity, Tls, Transport, configure, random_id};
+use zbase_tests::kubelet::{LocalPod, LocalVolume, VolumeFiles};
 
 const NS: &str = "zbase";
 
@@ -37,6 +41,11 @@ fn free_port() -> std::net::SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
+}
+
+/// `path` opened for appending, for a child's output.
+fn append(path: &Path) -> std::fs::File {
+    std::fs::File::options().append(true).open(path).unwrap()
 }
 
 /// An operator process; killed on drop, its log kept for failure messages.
@@ -68,8 +77,10 @@ impl Operator {
             .env("POD_NAMESPACE", "zbase-system")
             .env("POD_NAME", identity)
             .env("ZBASE_OPERATOR_STATION_IMAGE", "zbase-station:test")
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
+            // The operator logs to stdout (tracing's default): both streams go to the log
+            // file, appended, so a failure shows what the operator did.
+            .stdout(append(log.path()))
+            .stderr(append(log.path()))
             .spawn()
             .unwrap();
         Operator { child, listen, log }
@@ -1127,4 +1138,369 @@ async fn the_site_certificate_is_renewed_and_the_ca_rotated_without_a_pod_distru
             .contains_key("ca.key"),
         "the operator does not replace a CA it cannot read"
     );
+}
+
+/// Plays the kubelet for a site's one pod: starts `<name>-0` from the StatefulSet's template
+/// as a real station on the loopback IP `ip` (its container ports kept, as on a pod of its
+/// own), mounting the ConfigMap and Secrets as the API server holds them now, then writes the
+/// Pod with its IP and the StatefulSet's ready status.
+async fn run_site_pod(client: &Client, name: &str, ip: std::net::IpAddr) -> LocalPod {
+    let set = sts(client, name).await.unwrap();
+    let template = set.spec.unwrap().template;
+    let config: VolumeFiles = Api::<ConfigMap>::namespaced(client.clone(), NS)
+        .get(&format!("{name}-config"))
+        .await
+        .unwrap()
+        .data
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    let secret = |secret: String| async move {
+        let files: VolumeFiles = Api::<Secret>::namespaced(client.clone(), NS)
+            .get(&secret)
+            .await
+            .unwrap()
+            .data
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        LocalVolume::from(files)
+    };
+    let volumes = BTreeMap::from([
+        ("config".to_owned(), LocalVolume::from(config)),
+        ("site-tls".to_owned(), secret(format!("{name}-tls")).await),
+        (
+            "replication-trust".to_owned(),
+            secret(format!("{name}-replication-trust")).await,
+        ),
+    ]);
+    let pod_name = format!("{name}-0");
+    let pod = LocalPod::start_at(
+        ip,
+        &template,
+        "station",
+        &zbase_tests::station::station_bin(),
+        &volumes,
+        &pod_name,
+        NS,
+        &[],
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let object: Pod = serde_json::from_value(json!({
+        "metadata": {"name": pod_name, "labels": {"app.kubernetes.io/instance": name}},
+        "spec": {"containers": [{"name": "station"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &object).await.unwrap();
+    pods.patch_status(
+        &pod_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip.to_string()}})),
+    )
+    .await
+    .unwrap();
+    pods_ready(client, name, 1).await;
+    pod
+}
+
+/// status.site of `name`, once it has one.
+async fn site_status(client: &Client, name: &str) -> Option<zbase_operator::crd::SiteStatus> {
+    station(client, name).await.status?.site
+}
+
+/// How many times an Event of `reason` was published on `name`.
+async fn events_on(client: &Client, name: &str, reason: &str) -> usize {
+    Api::<Event>::namespaced(client.clone(), NS)
+        .list(&Default::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                })
+                // A repeated Event is one object with a series count.
+                .map(|e| {
+                    e.series
+                        .map_or(1, |s| usize::try_from(s.count).unwrap_or(1))
+                })
+                .sum()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn two_sites_follow_then_switch_over_through_their_basestations() {
+    let (api, client) = cluster().await;
+    let op = Operator::start_with(&api, "op-a", &["--site-refresh=500ms"]);
+    // Each site pod has a loopback IP of its own, so the other site and the operator reach
+    // its replication port as they would a pod's: podIP:7443.
+    let net = zbase_tests::pods::private_net();
+    let (east_ip, west_ip) = (
+        zbase_tests::pods::ip_in(net, 1),
+        zbase_tests::pods::ip_in(net, 2),
+    );
+    let east_url = format!("https://{east_ip}:7443");
+    let west_url = format!("https://{west_ip}:7443");
+    create(
+        &client,
+        &format!(
+            "apiVersion: zbase.dev/v1alpha1\nkind: BaseStation\nmetadata: {{name: east, namespace: zbase}}\n\
+             spec: {{site: {{sites: ['{west_url}'], trust: {{name: east-trust}}}}}}\n"
+        ),
+    )
+    .await;
+    create(
+        &client,
+        &format!(
+            "apiVersion: zbase.dev/v1alpha1\nkind: BaseStation\nmetadata: {{name: west, namespace: zbase}}\n\
+             spec: {{site: {{replicaOf: '{east_url}', sites: ['{east_url}'], trust: {{name: west-trust}}}}}}\n"
+        ),
+    )
+    .await;
+
+    // Without the other site's CA, each site is still applied (its CA is what the other
+    // site needs) and says what to create.
+    for name in ["east", "west"] {
+        let message = eventually(&op, "the missing trust is reported", || async {
+            let (status, reason, message) =
+                condition(&station(&client, name).await, "Replication")?;
+            (status == "False" && reason == "TrustMissing").then_some(message)
+        })
+        .await;
+        assert!(
+            message.contains(&format!("Secret '{name}-trust', which does not exist")),
+            "{message}"
+        );
+    }
+    assert!(exists::<Service>(&client, "east-replication").await);
+
+    // The user copies each site's CA bundle into the other's trust Secret.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let bundle = |name: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get(&format!("{name}-ca"))
+                .await
+                .unwrap()
+                .data
+                .unwrap()["bundle.crt"]
+                .0
+                .clone()
+        }
+    };
+    let (east_ca, west_ca) = (bundle("east").await, bundle("west").await);
+    for (name, ca) in [("east-trust", &west_ca), ("west-trust", &east_ca)] {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {"ca.crt": String::from_utf8(ca.clone()).unwrap()},
+        }))
+        .unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+    }
+    // Picked up without a watch on the user's Secret: the site refresh reads it again.
+    for (name, own, other) in [("east", &east_ca, &west_ca), ("west", &west_ca, &east_ca)] {
+        eventually(&op, "the merged trust holds both CAs", || async {
+            let merged = secrets
+                .get(&format!("{name}-replication-trust"))
+                .await
+                .ok()?
+                .data?["ca.crt"]
+                .0
+                .clone();
+            let text = String::from_utf8(merged).ok()?;
+            let has = |pem: &Vec<u8>| text.contains(std::str::from_utf8(pem).unwrap());
+            (has(own) && has(other)).then_some(())
+        })
+        .await;
+    }
+
+    let east_pod = run_site_pod(&client, "east", east_ip).await;
+    let west_pod = run_site_pod(&client, "west", west_ip).await;
+    let logs = || {
+        format!(
+            "east:\n{}\nwest:\n{}",
+            east_pod.stderr_log(),
+            west_pod.stderr_log()
+        )
+    };
+
+    let primary = eventually(&op, "east reports itself the primary", || async {
+        let bs = station(&client, "east").await;
+        let (status, reason, _) = condition(&bs, "Replication")?;
+        (status == "True" && reason == "Primary").then_some(bs.status?.site?)
+    })
+    .await;
+    assert_eq!(
+        (primary.role.as_deref(), primary.epoch),
+        (Some("primary"), Some(1)),
+        "{}",
+        logs()
+    );
+    let replica = eventually(&op, "west follows east", || async {
+        let bs = station(&client, "west").await;
+        let (status, reason, _) = condition(&bs, "Replication")?;
+        (status == "True" && reason == "Following").then_some(bs.status?.site?)
+    })
+    .await;
+    assert_eq!(replica.role.as_deref(), Some("replica"));
+    assert_eq!(replica.following.as_deref(), Some(east_url.as_str()));
+    assert_eq!(replica.lag_changes, Some(0), "lag reported: {replica:?}");
+    assert!(replica.lag_seconds.is_some(), "{replica:?}");
+
+    // A resource created on the primary's public port reaches the replica's cache, as both
+    // stations report it in status.
+    let tls = Tls::new(
+        String::from_utf8(east_ca.clone()).unwrap(),
+        "east.zbase.svc",
+    );
+    let proposed = random_id();
+    let mut conn = Conn::connect_tls(Transport::Ws, east_pod.port("public"), &proposed, &tls).await;
+    configure(&mut conn, &proposed, &Identity::ed25519()).await;
+    let written = eventually(&op, "east counts the write", || async {
+        site_status(&client, "east")
+            .await?
+            .last_sequence
+            .filter(|seq| *seq > primary.last_sequence.unwrap_or(0))
+    })
+    .await;
+    eventually(&op, "west's cache holds it", || async {
+        let site = site_status(&client, "west").await?;
+        (site.last_sequence == Some(written) && site.lag_changes == Some(0)).then_some(())
+    })
+    .await;
+
+    // Switchover: demote the primary, then promote the replica with its token.
+    patch_spec(&client, "east", json!({"site": {"demote": true}})).await;
+    let token = eventually(&op, "east's handover token", || async {
+        site_status(&client, "east").await?.handover_token
+    })
+    .await;
+    assert_eq!(
+        token,
+        format!("1:{written}"),
+        "the primary's epoch and last write"
+    );
+    eventually(&op, "east says it is demoted and what to do", || async {
+        let (status, reason, message) = condition(&station(&client, "east").await, "Replication")?;
+        (status == "False" && reason == "HandedOver" && message.contains(&token)).then_some(())
+    })
+    .await;
+    eventually(&op, "a Demoted event", || async {
+        (events_on(&client, "east", "Demoted").await == 1).then_some(())
+    })
+    .await;
+
+    patch_spec(
+        &client,
+        "west",
+        json!({"site": {"promote": {"token": token}}}),
+    )
+    .await;
+    let promoted = eventually(&op, "west is the primary at epoch 2", || async {
+        let bs = station(&client, "west").await;
+        let (status, reason, _) = condition(&bs, "Replication")?;
+        let site = bs.status?.site?;
+        (status == "True" && reason == "Primary" && site.role.as_deref() == Some("primary"))
+            .then_some(site)
+    })
+    .await;
+    assert_eq!(promoted.epoch, Some(2), "{}", logs());
+    assert_eq!(promoted.last_sequence, Some(written), "nothing lost");
+    let promotion = promoted.promotion.clone().unwrap();
+    assert_eq!(
+        (
+            promotion.epoch,
+            promotion.failover,
+            promotion.request.as_deref()
+        ),
+        (2, false, Some(format!("token:{token}").as_str()))
+    );
+    assert_eq!(promoted.following, None);
+    eventually(&op, "a Promoted event", || async {
+        (events_on(&client, "west", "Promoted").await == 1).then_some(())
+    })
+    .await;
+
+    // Without its demote request, east is a fenced site like any other that learned of a
+    // later epoch: its token is gone and a Warning says what to do.
+    patch_spec(&client, "east", json!({"site": {"demote": null}})).await;
+    eventually(&op, "east reported fenced", || async {
+        let bs = station(&client, "east").await;
+        let (status, reason, message) = condition(&bs, "Replication")?;
+        (status == "False"
+            && reason == "Fenced"
+            && message.contains("rebuild it as a replica")
+            && bs.status?.site?.handover_token.is_none())
+        .then_some(())
+    })
+    .await;
+    eventually(&op, "a Fenced warning", || async {
+        events(&client)
+            .await
+            .contains(&("Warning".into(), "Fenced".into()))
+            .then_some(())
+    })
+    .await;
+
+    // Done once: a new operator (the old one's memory gone) finds it recorded and does not
+    // ask again, while it goes on reporting.
+    let mut op = op;
+    op.sigterm();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !matches!(op.child.try_wait(), Ok(Some(_))) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first operator did not stop:\n{}",
+            op.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let op = Operator::start_with(&api, "op-b", &["--site-refresh=500ms"]);
+    eventually(&op, "the new operator reconciles both sites", || async {
+        let done = op
+            .metric("zbase_operator_reconciliations_total{result=\"ok\"}")
+            .await?;
+        // Several refreshes of both sites, a second apart or more from the promotion.
+        (done >= 8.0).then_some(())
+    })
+    .await;
+    let after = site_status(&client, "west").await.unwrap();
+    assert_eq!(after.promotion, Some(promotion), "promoted once");
+    assert_eq!(events_on(&client, "west", "Promoted").await, 1);
+    assert_eq!(after.epoch, Some(2));
+
+    // A record lost (removed here from status, as a status write that never landed) is not
+    // a reason to promote twice: the station answers "already the primary", which counts as
+    // done, and no Event claims a new promotion.
+    Api::<BaseStation>::namespaced(client.clone(), NS)
+        .patch_status(
+            "west",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"site": {"promotion": null}}})),
+        )
+        .await
+        .unwrap();
+    eventually(&op, "the promotion is found already made", || async {
+        op.log()
+            .contains("already made; recorded as done")
+            .then_some(())
+    })
+    .await;
+    let again = eventually(&op, "recorded again", || async {
+        site_status(&client, "west").await?.promotion
+    })
+    .await;
+    assert_eq!(
+        (again.epoch, again.request),
+        (2, Some(format!("token:{token}")))
+    );
+    assert_eq!(events_on(&client, "west", "Promoted").await, 1);
 }

@@ -8,7 +8,9 @@
 //! earlier variables are expanded; the termination message file is the pod's own, read back
 //! as Kubernetes puts it in the pod's status. What it cannot do: container ports are moved
 //! to free loopback ports (rewritten the same way), and images are not pulled (the binary is
-//! given).
+//! given). A pod started with [`LocalPod::start_at`] has a loopback IP of its own instead and
+//! keeps its container ports, as a pod with its own IP does: then another process (the
+//! operator) reaches it at `podIP:containerPort` exactly as it would in a cluster.
 
 // A test harness: a failure to set up the pod is the test's failure, said where it happens.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -58,6 +60,47 @@ impl LocalPod {
         namespace: &str,
         extra_env: &[(&str, String)],
     ) -> LocalPod {
+        LocalPod::start_inner(
+            template, container, binary, volumes, pod_name, namespace, extra_env, None,
+        )
+    }
+
+    /// As [`LocalPod::start`], but the pod has the loopback IP `pod_ip` to itself (its
+    /// `status.podIP`) and every container port keeps its number there.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_at(
+        pod_ip: std::net::IpAddr,
+        template: &PodTemplateSpec,
+        container: &str,
+        binary: &Path,
+        volumes: &BTreeMap<String, LocalVolume>,
+        pod_name: &str,
+        namespace: &str,
+        extra_env: &[(&str, String)],
+    ) -> LocalPod {
+        LocalPod::start_inner(
+            template,
+            container,
+            binary,
+            volumes,
+            pod_name,
+            namespace,
+            extra_env,
+            Some(pod_ip),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_inner(
+        template: &PodTemplateSpec,
+        container: &str,
+        binary: &Path,
+        volumes: &BTreeMap<String, LocalVolume>,
+        pod_name: &str,
+        namespace: &str,
+        extra_env: &[(&str, String)],
+        pod_ip: Option<std::net::IpAddr>,
+    ) -> LocalPod {
         let spec = template.spec.as_ref().expect("a pod template has a spec");
         // An init container runs the same way: to its end, before the others.
         let c: &Container = spec
@@ -72,10 +115,20 @@ impl LocalPod {
         let mut ports = BTreeMap::new();
         let mut rewrites: Vec<(String, String)> = Vec::new();
         for port in c.ports.iter().flatten() {
-            let free = TcpListener::bind("127.0.0.1:0")
-                .expect("free port")
-                .local_addr()
-                .expect("addr");
+            let free = match pod_ip {
+                // The pod's own address: the port must be free there, as on a fresh pod.
+                Some(ip) => {
+                    let number = u16::try_from(port.container_port).expect("a port number");
+                    TcpListener::bind((ip, number))
+                        .unwrap_or_else(|e| panic!("{ip}:{number} is taken: {e}"))
+                        .local_addr()
+                        .expect("addr")
+                }
+                None => TcpListener::bind("127.0.0.1:0")
+                    .expect("free port")
+                    .local_addr()
+                    .expect("addr"),
+            };
             let name = port
                 .name
                 .clone()
@@ -158,7 +211,9 @@ impl LocalPod {
                     match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
                         Some("metadata.name") => pod_name.to_owned(),
                         Some("metadata.namespace") => namespace.to_owned(),
-                        Some("status.podIP") => "127.0.0.1".to_owned(),
+                        Some("status.podIP") => {
+                            pod_ip.map_or_else(|| "127.0.0.1".to_owned(), |ip| ip.to_string())
+                        }
                         other => panic!(
                             "the stand-in kubelet cannot resolve {} from {other:?}",
                             var.name

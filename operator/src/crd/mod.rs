@@ -7,7 +7,7 @@ mod backup;
 mod status;
 
 pub use backup::{BackupPhase, BaseStationBackup, BaseStationBackupSpec, BaseStationBackupStatus};
-pub use status::{BaseStationStatus, ConditionType};
+pub use status::{BaseStationStatus, ConditionType, PromotionStatus, SiteStatus};
 
 use k8s_openapi::api::core::v1::{
     Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
@@ -48,6 +48,18 @@ pub const GROUP: &str = "zbase.dev";
     printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
     printcolumn(
+        name = "Role",
+        type_ = "string",
+        json_path = ".status.site.role",
+        description = "primary, replica or fenced, as the station reports it (with spec.site)"
+    ),
+    printcolumn(
+        name = "Lag",
+        type_ = "number",
+        json_path = ".status.site.lagSeconds",
+        description = "Seconds a replica site is behind its primary"
+    ),
+    printcolumn(
         name = "Cert-Expiry",
         type_ = "date",
         json_path = ".status.certificateExpiry",
@@ -74,6 +86,8 @@ pub const GROUP: &str = "zbase.dev";
 #[x_kube(validation = Rule::new("self.replicas <= 1 || has(self.store.postgres)").message("more than one replica needs a PostgreSQL store: set spec.store.postgres, or spec.replicas: 1"))]
 #[x_kube(validation = Rule::new("!has(self.restore) || has(self.backup)").message("spec.restore reads the backup from spec.backup's destination: set spec.backup"))]
 #[x_kube(validation = Rule::new("!has(self.tls.acme) || self.replicas <= 1").message("ACME issuance runs in the station and serves one pod only: set spec.replicas: 1, or use spec.tls.certManager"))]
+#[x_kube(validation = Rule::new("!has(self.site) || self.replicas <= 1").message("spec.site runs one pod: a primary of several pods refuses replicas' writes for resources homed on another pod, and a replica's cache is one SQLite file; set spec.replicas: 1"))]
+#[x_kube(validation = Rule::new("!has(self.site) || !has(self.site.replicaOf) || !has(self.store.postgres)").message("a replica site caches in SQLite: remove spec.store.postgres, or spec.site.replicaOf"))]
 #[serde(rename_all = "camelCase")]
 pub struct BaseStationSpec {
     /// Number of station pods. More than one needs `store.postgres`.
@@ -154,11 +168,141 @@ pub struct BaseStationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 
+    /// This station as one site of a deployment of several: the primary (writable), or a
+    /// replica of it in another cluster (docs/REPLICATION.md). Absent: a station on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<SiteSpec>,
+
     /// Start from a backup: before the station first serves, the backup named here is
     /// restored from spec.backup's destination into the empty store. Later starts find the
     /// store holding data and leave it alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreSpec>,
+}
+
+/// One site of a deployment: its place (primary, or replica of another site), the other
+/// sites it knows, whom it trusts, its replication port, and one-shot role changes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.promote) && has(self.demote) && self.demote)").message("site.promote and site.demote exclude each other: keep one"))]
+#[x_kube(validation = Rule::new("!has(self.promote) || has(self.replicaOf)").message("site.promote is for a replica site (one with site.replicaOf); a primary is already writable"))]
+pub struct SiteSpec {
+    /// The primary's replication URL (`https://host:7443`): this site is a replica of it.
+    /// Read when the store is new only; once promoted, the role kept with the data wins.
+    /// Absent: this site is the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("site.replicaOf is a URL: https://host:port"))]
+    pub replica_of: Option<String>,
+
+    /// The replication URLs of the deployment's other sites. A replica follows whichever is
+    /// primary in the latest epoch (so it moves by itself after a promotion); a primary
+    /// fences itself when one of them is primary in a later epoch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(u, u.startsWith('https://') || u.startsWith('http://'))").message("site.sites are URLs: https://host:port"))]
+    pub sites: Vec<String>,
+
+    /// A Secret key holding the PEM CA certificates of the OTHER sites (each site's
+    /// `<name>-ca` key `bundle.crt`). The operator adds this site's own CA and mounts the
+    /// result; a change is picked up without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<CaKeyRef>,
+
+    /// The replication port and how other sites reach it.
+    #[serde(default)]
+    pub replication: ReplicationSpec,
+
+    /// A replica becomes the primary (once; recorded in status.site.promotion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote: Option<PromoteSpec>,
+
+    /// The primary stops taking writes for good and hands over: its token appears in
+    /// status.site.handoverToken, for the next primary's site.promote.token.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub demote: bool,
+
+    /// A replica lagging longer than this many seconds makes the Replication condition
+    /// False. [default: 30]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub max_lag_seconds: Option<u32>,
+}
+
+/// A one-shot promotion: a planned switchover (token) or a failover.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.token) != (has(self.failover) && self.failover)").message("site.promote needs exactly one of token (a switchover) and failover: true"))]
+pub struct PromoteSpec {
+    /// The handover token `EPOCH:SEQUENCE` of the demoted primary (its
+    /// status.site.handoverToken): promote once this site holds every change it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+:[0-9]+$')").message("site.promote.token is EPOCH:SEQUENCE, as the demoted primary's status.site.handoverToken shows it"))]
+    pub token: Option<String>,
+    /// Promote now, without a token: writes the lost primary took after this site's last
+    /// change are not here.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub failover: bool,
+}
+
+/// The replication port: a Service of its own, so it can be exposed to the other sites
+/// (and firewalled to them) apart from the public port.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationSpec {
+    /// The Service port. [default: 7443]
+    #[serde(default = "default_replication_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// The Service `<name>-replication`.
+    #[serde(default)]
+    pub service: ReplicationServiceSpec,
+    /// CIDRs allowed to reach the port (the other sites' egress addresses), for the
+    /// NetworkPolicy. [default: anywhere; mutual TLS still admits sites only]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub allow_from: Vec<String>,
+}
+
+impl Default for ReplicationSpec {
+    fn default() -> Self {
+        ReplicationSpec {
+            port: default_replication_port(),
+            service: ReplicationServiceSpec::default(),
+            allow_from: Vec::new(),
+        }
+    }
+}
+
+/// The replication Service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationServiceSpec {
+    /// LoadBalancer, NodePort or ClusterIP. [default: LoadBalancer: other sites are in other
+    /// clusters]
+    #[serde(default = "default_service_type", rename = "type")]
+    #[x_kube(validation = Rule::new("self in ['LoadBalancer', 'NodePort', 'ClusterIP']").message("site.replication.service.type is LoadBalancer, NodePort or ClusterIP"))]
+    pub type_: String,
+    /// Annotations of the Service, e.g. for MetalLB address pools.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// A fixed address, for load balancers that honour `spec.loadBalancerIP`; it is added to
+    /// the site certificate's names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer_ip: Option<String>,
+}
+
+impl Default for ReplicationServiceSpec {
+    fn default() -> Self {
+        ReplicationServiceSpec {
+            type_: default_service_type(),
+            annotations: BTreeMap::new(),
+            load_balancer_ip: None,
+        }
+    }
+}
+
+fn default_replication_port() -> i32 {
+    7443
 }
 
 /// A backup to start a new station from.

@@ -265,6 +265,19 @@ pub fn check_name(name: &str) -> Result<(), PkiError> {
     Names::parse(&[name.to_string()]).map(|_| ())
 }
 
+/// How many X.509 certificates the PEM `text` holds, stopping at the first block that is not
+/// one: a trust bundle with none, or with garbage, is refused before any pod mounts it.
+pub fn count_certificates(text: &str) -> usize {
+    let mut count = 0;
+    for block in x509_parser::pem::Pem::iter_from_buffer(text.as_bytes()) {
+        match block {
+            Ok(pem) if pem.label == "CERTIFICATE" && pem.parse_x509().is_ok() => count += 1,
+            _ => return 0,
+        }
+    }
+    count
+}
+
 /// Plans the CA and leaf Secrets of `station` at `now`: see the module documentation for the
 /// rules. `names` are the leaf's names (DNS names, or IP addresses), the first also its CN.
 pub fn plan(

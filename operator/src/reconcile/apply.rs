@@ -64,6 +64,8 @@ pub async fn apply(
         public_service,
         headless_service,
         internal_service,
+        replication_service,
+        replication_trust,
         stateful_set,
         pod_disruption_budget,
         network_policy,
@@ -77,6 +79,9 @@ pub async fn apply(
     // The site certificate before the pods that mount it.
     apply_one(client, ns, ca_secret).await?;
     apply_one(client, ns, leaf_secret).await?;
+    if let Some(trust) = replication_trust {
+        apply_one(client, ns, trust).await?;
+    }
     if let Some(certificate) = certificate {
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), ns, &certificate_resource());
@@ -96,6 +101,9 @@ pub async fn apply(
     let service = apply_one(client, ns, public_service).await?;
     apply_one(client, ns, headless_service).await?;
     apply_one(client, ns, internal_service).await?;
+    if let Some(service) = replication_service {
+        apply_one(client, ns, service).await?;
+    }
     let stateful_set = apply_one(client, ns, stateful_set).await?;
     apply_one(client, ns, pod_disruption_budget).await?;
     if let Some(policy) = network_policy {
@@ -109,24 +117,16 @@ pub async fn apply(
     let mut pruned = Vec::new();
     prune::<ServiceAccount>(client, station, &[service_account.name_any()], &mut pruned).await?;
     prune::<ConfigMap>(client, station, &[config_map.name_any()], &mut pruned).await?;
-    prune::<Secret>(
-        client,
-        station,
-        &[ca_secret.name_any(), leaf_secret.name_any()],
-        &mut pruned,
-    )
-    .await?;
-    prune::<Service>(
-        client,
-        station,
-        &[
-            public_service.name_any(),
-            headless_service.name_any(),
-            internal_service.name_any(),
-        ],
-        &mut pruned,
-    )
-    .await?;
+    let mut keep = vec![ca_secret.name_any(), leaf_secret.name_any()];
+    keep.extend(replication_trust.iter().map(|s| s.name_any()));
+    prune::<Secret>(client, station, &keep, &mut pruned).await?;
+    let mut keep = vec![
+        public_service.name_any(),
+        headless_service.name_any(),
+        internal_service.name_any(),
+    ];
+    keep.extend(replication_service.iter().map(|s| s.name_any()));
+    prune::<Service>(client, station, &keep, &mut pruned).await?;
     prune::<StatefulSet>(client, station, &[stateful_set.name_any()], &mut pruned).await?;
     prune::<PodDisruptionBudget>(
         client,

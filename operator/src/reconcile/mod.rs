@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod build;
 pub mod on_demand;
+pub mod site;
 pub mod status;
 pub mod validate;
 
@@ -47,6 +48,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Lifetimes and renewal windows of the site CAs and certificates.
     pub pki: pki::Policy,
+    /// How often a site's station is asked for its role and lag.
+    pub site_refresh: Duration,
 }
 
 /// Why a reconcile failed; the variant name is the metric label.
@@ -160,6 +163,11 @@ async fn reconcile_once(bs: &BaseStation, ctx: &Context) -> Result<Action, Error
                     .ok()
                     .map(|half| half.min(status::EXPIRY_WARNING));
             }
+            if let Some(site) = &station.site {
+                let round = site::round(client, bs, &station, site, &plan).await;
+                publish_site_changes(ctx, bs, &round).await;
+                observed.site = Some(round);
+            }
             report(ctx, bs, &Outcome::Applied(&station), &observed).await?;
             for change in &plan.reasons {
                 tracing::info!(station = %bs.name_any(), namespace = %ns, reason = change.reason, "{}", change.note);
@@ -177,7 +185,13 @@ async fn reconcile_once(bs: &BaseStation, ctx: &Context) -> Result<Action, Error
                 .review_at
                 .duration_since(now)
                 .unwrap_or(Duration::from_secs(1));
-            Ok(Action::requeue(until_review.min(RESYNC)))
+            // A site's role and lag are the station's to tell: ask again soon.
+            let resync = if station.site.is_some() {
+                ctx.site_refresh.min(RESYNC)
+            } else {
+                RESYNC
+            };
+            Ok(Action::requeue(until_review.min(resync)))
         }
         Err(e) => {
             let observed = observe(client, &ns, &bs.name_any(), station.tls.secret_name()).await;
@@ -213,15 +227,40 @@ async fn read_references(client: &Client, bs: &BaseStation) -> Result<References
         }
     }
     let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    if let Some(service) = services.get_opt(&bs.name_any()).await? {
-        refs.service_addresses = service
+    let addresses = |service: Service| -> Vec<String> {
+        service
             .status
             .and_then(|s| s.load_balancer)
             .and_then(|lb| lb.ingress)
             .unwrap_or_default()
             .into_iter()
             .flat_map(|i| i.ip.into_iter().chain(i.hostname))
-            .collect();
+            .collect()
+    };
+    if let Some(service) = services.get_opt(&bs.name_any()).await? {
+        refs.service_addresses = addresses(service);
+    }
+    if let Some(site) = &bs.spec.site {
+        if let Some(service) = services
+            .get_opt(&build::replication_name(&bs.name_any()))
+            .await?
+        {
+            refs.replication_addresses = addresses(service);
+        }
+        // Read at every reconcile, and a site is reconciled every --site-refresh: a changed
+        // trust Secret reaches the pods without a watch on every Secret of the namespace.
+        if let Some(trust) = &site.trust
+            && let Some(secret) = secrets.get_opt(&trust.name).await?
+        {
+            refs.site_trust = secret
+                .data
+                .and_then(|d| d.get(&trust.key).map(|v| v.0.clone()))
+                .or_else(|| {
+                    secret
+                        .string_data
+                        .and_then(|d| d.get(&trust.key).map(|v| v.clone().into_bytes()))
+                });
+        }
     }
     if let Some(cnpg) = bs
         .spec
@@ -348,6 +387,51 @@ async fn publish(
     };
     if let Err(e) = ctx.recorder.publish(&event, object).await {
         tracing::debug!(error = %e, "could not publish an event");
+    }
+}
+
+/// Events for the role changes a site round made: each is done once, so each is news. Their
+/// reasons are not the Replication condition's (whose changes are Events of their own):
+/// Events of one reason fold into one series. A refusal is told by the condition's change.
+async fn publish_site_changes(ctx: &Context, bs: &BaseStation, round: &site::SiteObserved) {
+    let object = bs.object_ref(&());
+    if round.found_done {
+        tracing::info!(station = %bs.name_any(), "the role change asked for was already made; recorded as done");
+    }
+    if let Some(token) = round.demoted.as_ref().filter(|_| !round.found_done) {
+        publish(
+            ctx,
+            &object,
+            false,
+            "Demoted",
+            format!(
+                "the station accepts no write from now on; promote the next primary with spec.site.promote.token: \"{token}\""
+            ),
+        )
+        .await;
+    }
+    if let Some((_, promoted)) = round.promoted.as_ref().filter(|_| !round.found_done) {
+        let (warning, reason, note) = if promoted.failover {
+            (
+                true,
+                "FailedOver",
+                format!(
+                    "the primary at epoch {} by failover: writes the old primary took after this site's last change are not here; rebuild the old primary as a replica",
+                    promoted.epoch
+                ),
+            )
+        } else {
+            (
+                false,
+                "Promoted",
+                format!(
+                    "the primary at epoch {}, with every change the old primary had",
+                    promoted.epoch
+                ),
+            )
+        };
+        tracing::info!(station = %bs.name_any(), epoch = promoted.epoch, failover = promoted.failover, "promoted");
+        publish(ctx, &object, warning, reason, note).await;
     }
 }
 

@@ -2,8 +2,9 @@
 //! server reported back. Pure: the caller reads the objects and the clock.
 
 use super::build::public_port;
+use super::site::SiteObserved;
 use super::validate::{Station, Tls};
-use crate::crd::{BaseStation, BaseStationStatus, ConditionType};
+use crate::crd::{BaseStation, BaseStationStatus, ConditionType, PromotionStatus, SiteStatus};
 use crate::pki;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
@@ -46,6 +47,8 @@ pub struct Observed {
     pub expiry_warning: Option<SignedDuration>,
     /// The backup CronJob as it is now, with spec.backup.
     pub backup_cron_job: Option<CronJob>,
+    /// With spec.site, once applied: what the station said and what was done with it.
+    pub site: Option<SiteObserved>,
 }
 
 /// The new status of `bs`.
@@ -214,6 +217,17 @@ pub fn status(
         set(ConditionType::Backup, ok, reason, message);
     }
 
+    let site = bs
+        .spec
+        .site
+        .as_ref()
+        .map(|_| site_status(bs, old.site.as_ref(), observed.site.as_ref(), now));
+    if bs.spec.site.is_some() {
+        let (ok, reason, message) =
+            replication_condition(bs, outcome, station, observed.site.as_ref(), site.as_ref());
+        set(ConditionType::Replication, ok, reason, message);
+    }
+
     BaseStationStatus {
         observed_generation: generation,
         conditions,
@@ -225,6 +239,162 @@ pub fn status(
         certificate_expiry: observed.certificate_expiry.map(rfc3339),
         last_backup: last_backup.or(old.last_backup),
         config_hash: observed.config_hash.clone().or(old.config_hash),
+        site,
+    }
+}
+
+/// status.site: the station's latest report (the previous one while it cannot be asked),
+/// and the role changes made, kept while the spec still asks for them.
+fn site_status(
+    bs: &BaseStation,
+    old: Option<&SiteStatus>,
+    observed: Option<&SiteObserved>,
+    now: Timestamp,
+) -> SiteStatus {
+    let spec = bs.spec.site.as_ref();
+    let mut site = old.cloned().unwrap_or_default();
+    if let Some(Ok(reported)) = observed.and_then(|o| o.reported.as_ref()) {
+        let replica = reported.role == "replica";
+        site.role = Some(reported.role.clone());
+        site.epoch = Some(reported.epoch);
+        site.last_sequence = Some(reported.last_seq);
+        site.following = reported.following.clone().filter(|_| replica);
+        site.lag_changes = replica.then_some(reported.lag_changes);
+        // A tenth of a second is enough to read, and keeps a steady replica's status still.
+        site.lag_seconds = replica.then(|| (reported.lag_seconds * 10.0).round() / 10.0);
+    }
+    if let Some(token) = observed.and_then(|o| o.demoted.clone()) {
+        site.handover_token = Some(token);
+    }
+    // The token is for one handover: gone with the request, so an old one is never reused.
+    if !spec.is_some_and(|s| s.demote) {
+        site.handover_token = None;
+    }
+    if let Some((request, promoted)) = observed.and_then(|o| o.promoted.clone()) {
+        site.promotion = Some(PromotionStatus {
+            request: Some(request),
+            epoch: promoted.epoch,
+            failover: promoted.failover,
+            at: rfc3339(now),
+        });
+    }
+    // Once the spec no longer asks, the same request later is a new one.
+    if spec.and_then(|s| s.promote.as_ref()).is_none()
+        && let Some(promotion) = site.promotion.as_mut()
+    {
+        promotion.request = None;
+    }
+    site
+}
+
+/// The Replication condition: True while the site serves as primary or follows its primary
+/// within the lag allowed; otherwise False with what to do.
+fn replication_condition(
+    bs: &BaseStation,
+    outcome: &Outcome<'_>,
+    station: Option<&Station>,
+    observed: Option<&SiteObserved>,
+    site: Option<&SiteStatus>,
+) -> (bool, &'static str, String) {
+    let Some(spec) = station.and_then(|s| s.site.as_ref()) else {
+        return match outcome {
+            Outcome::Invalid(m) if m.contains("site.") => (false, "InvalidSpec", m.clone()),
+            _ => (
+                false,
+                "NotChecked",
+                "the spec is not applied, so the station was not asked".into(),
+            ),
+        };
+    };
+    if let Some(missing) = &spec.trust_missing {
+        return (false, "TrustMissing", missing.clone());
+    }
+    let Some(observed) = observed else {
+        return (false, "NotChecked", "the station was not asked yet".into());
+    };
+    let reported = match &observed.reported {
+        Some(Ok(reported)) => reported,
+        Some(Err(why)) => {
+            return (
+                false,
+                "StationUnreachable",
+                format!(
+                    "the station's replication port did not answer ({why}); it may still be \
+                     starting: see `kubectl logs {}-0`",
+                    bs.metadata.name.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+        None => return (false, "NotChecked", "the station was not asked yet".into()),
+    };
+    if let Some(refused) = &observed.refused {
+        return (
+            false,
+            "RoleChangeRefused",
+            format!(
+                "the station refused {refused}; fix spec.site.promote or spec.site.demote, or \
+                 remove it"
+            ),
+        );
+    }
+    let token = site.and_then(|s| s.handover_token.as_deref());
+    match (reported.role.as_str(), token) {
+        ("primary", _) => (
+            true,
+            "Primary",
+            format!(
+                "the primary at epoch {}, last sequence {}",
+                reported.epoch, reported.last_seq
+            ),
+        ),
+        ("replica", _) => {
+            let lag = format!(
+                "{} changes and {:.1} s behind",
+                reported.lag_changes, reported.lag_seconds
+            );
+            match &reported.following {
+                Some(primary) if reported.lag_seconds <= spec.max_lag.as_secs_f64() => {
+                    (true, "Following", format!("following {primary}, {lag}"))
+                }
+                Some(primary) => (
+                    false,
+                    "Lagging",
+                    format!(
+                        "following {primary} but {lag}, beyond {} s: check the link between \
+                         the sites and the primary's load",
+                        spec.max_lag.as_secs()
+                    ),
+                ),
+                None => (
+                    false,
+                    "NoPrimary",
+                    format!(
+                        "no live change feed from a primary ({lag}): check that the primary \
+                         runs, that its replication Service is reachable from this cluster at \
+                         spec.site.replicaOf or spec.site.sites, and that each site's \
+                         spec.site.trust holds the other's CA"
+                    ),
+                ),
+            }
+        }
+        (_, Some(token)) => (
+            false,
+            "HandedOver",
+            format!(
+                "demoted: this site accepts no write. Promote the next primary with \
+                 spec.site.promote.token: \"{token}\", then make this site a replica of it \
+                 (spec.site.replicaOf, without spec.site.demote)"
+            ),
+        ),
+        (role, None) => (
+            false,
+            "Fenced",
+            format!(
+                "the station is {role}: another site is primary in a later epoch, so this \
+                 one accepts no write. Take a backup if writes made here since matter, then \
+                 rebuild it as a replica of the new primary (docs/REPLICATION.md, Failover)"
+            ),
+        ),
     }
 }
 
@@ -459,6 +629,7 @@ pub fn events(
         ConditionType::Paused,
         ConditionType::Tls,
         ConditionType::Backup,
+        ConditionType::Replication,
     ] {
         let Some(now) = find(new, kind) else { continue };
         let before = old.and_then(|o| find(o, kind));
@@ -469,6 +640,8 @@ pub fn events(
             ConditionType::Ready => before.is_some() || now.status == "True",
             // No backup yet is how every station starts, not news; a failed one is.
             ConditionType::Backup => now.reason == "BackupFailed",
+            // A site starting up is not news; once it has served or followed, a change is.
+            ConditionType::Replication => before.is_some_and(|b| b.reason != "NotChecked"),
             _ => now.status == "False",
         };
         if changed && (news || before.is_some()) {
@@ -476,6 +649,10 @@ pub fn events(
                 ConditionType::Degraded => now.status == "True",
                 ConditionType::Tls => now.status == "False",
                 ConditionType::Backup => now.reason == "BackupFailed",
+                ConditionType::Replication => {
+                    now.status == "False"
+                        && !["HandedOver", "NotChecked"].contains(&now.reason.as_str())
+                }
                 _ => false,
             };
             out.push((warning, now.reason.clone(), now.message.clone()));
@@ -518,6 +695,191 @@ mod tests {
     fn reason(cron_job: Option<&CronJob>, spec: &BackupSpec) -> (bool, &'static str) {
         let (ok, reason, _) = backup_condition("home", spec, cron_job);
         (ok, reason)
+    }
+
+    use crate::reconcile::site::SiteObserved;
+    use crate::reconcile::validate::{self, Defaults, References};
+    use crate::site::{Promoted, Reported};
+
+    /// A site BaseStation with `site` (YAML of spec.site), validated with its trust present
+    /// unless `trust` is false.
+    fn site_station(site: &str, trust: bool) -> (BaseStation, Station) {
+        let bs: BaseStation = serde_yaml::from_str(&format!(
+            "apiVersion: zbase.dev/v1alpha1\nkind: BaseStation\nmetadata: {{name: west, namespace: zbase, generation: 3}}\nspec: {{site: {site}}}\n"
+        ))
+        .unwrap();
+        let pem = include_str!("../../tests/other-sites-ca.pem");
+        let refs = References {
+            secrets: [("others".to_owned(), vec!["ca.crt".to_owned()])].into(),
+            site_trust: trust.then(|| pem.as_bytes().to_vec()),
+            ..Default::default()
+        };
+        let refs = if trust { refs } else { References::default() };
+        let defaults = Defaults {
+            station_image: "zbase-station".into(),
+        };
+        let station = validate::validate(&bs, &defaults, &refs).unwrap();
+        (bs, station)
+    }
+
+    fn replica(following: Option<&str>, lag_seconds: f64) -> SiteObserved {
+        SiteObserved {
+            reported: Some(Ok(Reported {
+                role: "replica".into(),
+                epoch: 1,
+                last_seq: 40,
+                following: following.map(str::to_owned),
+                lag_changes: 2,
+                lag_seconds,
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn replication(
+        bs: &BaseStation,
+        station: &Station,
+        site: SiteObserved,
+    ) -> (BaseStationStatus, (String, String, String)) {
+        let observed = Observed {
+            site: Some(site),
+            ..Default::default()
+        };
+        let now: Timestamp = "2026-12-03T14:00:00Z".parse().unwrap();
+        let status = status(bs, &Outcome::Applied(station), &observed, now);
+        let c = find(&status, ConditionType::Replication).unwrap().clone();
+        (status, (c.status, c.reason, c.message))
+    }
+
+    const REPLICA: &str =
+        "{replicaOf: 'https://east:7443', trust: {name: others}, maxLagSeconds: 10}";
+
+    #[test]
+    fn a_replica_is_following_lagging_or_without_a_primary() {
+        let (bs, station) = site_station(REPLICA, true);
+        let (status, (ok, reason, message)) =
+            replication(&bs, &station, replica(Some("https://east:7443"), 1.04));
+        assert_eq!(
+            (ok.as_str(), reason.as_str()),
+            ("True", "Following"),
+            "{message}"
+        );
+        let site = status.site.unwrap();
+        assert_eq!(site.following.as_deref(), Some("https://east:7443"));
+        assert_eq!((site.lag_changes, site.lag_seconds), (Some(2), Some(1.0)));
+
+        let (_, (ok, reason, message)) =
+            replication(&bs, &station, replica(Some("https://east:7443"), 12.0));
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "Lagging"));
+        assert!(message.contains("beyond 10 s"), "{message}");
+
+        let (_, (ok, reason, message)) = replication(&bs, &station, replica(None, 4.0));
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "NoPrimary"));
+        assert!(message.contains("spec.site.trust"), "{message}");
+    }
+
+    #[test]
+    fn missing_trust_or_an_unreachable_station_say_what_to_do() {
+        let (bs, station) = site_station(REPLICA, false);
+        let (_, (ok, reason, message)) =
+            replication(&bs, &station, replica(Some("https://east:7443"), 0.0));
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "TrustMissing"));
+        assert!(
+            message.contains("Secret 'others', which does not exist"),
+            "{message}"
+        );
+
+        // The last report stays while the station cannot be asked.
+        let (mut bs, station) = site_station(REPLICA, true);
+        let (before, _) = replication(&bs, &station, replica(Some("https://east:7443"), 0.0));
+        bs.status = Some(before);
+        let down = SiteObserved {
+            reported: Some(Err("pod 'west-0' has no IP yet".into())),
+            ..Default::default()
+        };
+        let (status, (ok, reason, message)) = replication(&bs, &station, down);
+        assert_eq!(
+            (ok.as_str(), reason.as_str()),
+            ("False", "StationUnreachable")
+        );
+        assert!(message.contains("no IP yet"), "{message}");
+        assert_eq!(status.site.unwrap().role.as_deref(), Some("replica"));
+    }
+
+    #[test]
+    fn role_changes_are_recorded_while_asked_for_and_fencing_is_told_apart() {
+        let primary = "{trust: {name: others}, demote: true}";
+        let (mut bs, station) = site_station(primary, true);
+        let demoted = SiteObserved {
+            reported: Some(Ok(Reported {
+                role: "fenced".into(),
+                epoch: 1,
+                last_seq: 40,
+                ..Default::default()
+            })),
+            demoted: Some("1:40".into()),
+            ..Default::default()
+        };
+        let (status, (ok, reason, message)) = replication(&bs, &station, demoted);
+        assert_eq!((ok.as_str(), reason.as_str()), ("False", "HandedOver"));
+        assert!(message.contains("promote.token: \"1:40\""), "{message}");
+        assert_eq!(
+            status.site.as_ref().unwrap().handover_token.as_deref(),
+            Some("1:40")
+        );
+        bs.status = Some(status);
+
+        // Without the request, the token goes, and a fenced site is Fenced, not HandedOver.
+        let (_, station) = site_station("{trust: {name: others}}", true);
+        bs.spec.site.as_mut().unwrap().demote = false;
+        let fenced = SiteObserved {
+            reported: Some(Ok(Reported {
+                role: "fenced".into(),
+                epoch: 1,
+                last_seq: 40,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let (status, (_, reason, _)) = replication(&bs, &station, fenced);
+        assert_eq!(reason, "Fenced");
+        assert_eq!(status.site.unwrap().handover_token, None);
+
+        let (mut bs, station) = site_station(
+            "{replicaOf: 'https://east:7443', trust: {name: others}, promote: {token: '1:40'}}",
+            true,
+        );
+        let promoted = SiteObserved {
+            reported: Some(Ok(Reported {
+                role: "primary".into(),
+                epoch: 2,
+                last_seq: 40,
+                ..Default::default()
+            })),
+            promoted: Some((
+                "token:1:40".into(),
+                Promoted {
+                    epoch: 2,
+                    failover: false,
+                },
+            )),
+            ..Default::default()
+        };
+        let (status, (ok, reason, _)) = replication(&bs, &station, promoted);
+        assert_eq!((ok.as_str(), reason.as_str()), ("True", "Primary"));
+        let promotion = status.site.as_ref().unwrap().promotion.clone().unwrap();
+        assert_eq!(promotion.request.as_deref(), Some("token:1:40"));
+        assert_eq!((promotion.epoch, promotion.failover), (2, false));
+        bs.status = Some(status);
+        // Kept as history once the spec no longer asks, but no longer a request.
+        bs.spec.site.as_mut().unwrap().promote = None;
+        let (_, station) = site_station(
+            "{replicaOf: 'https://east:7443', trust: {name: others}}",
+            true,
+        );
+        let (status, _) = replication(&bs, &station, SiteObserved::default());
+        let kept = status.site.unwrap().promotion.unwrap();
+        assert_eq!((kept.request, kept.epoch), (None, 2));
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub struct References {
     /// The public Service's load-balancer addresses (IPs or host names) as assigned so far,
     /// which the site certificate carries so clients may connect by them.
     pub service_addresses: Vec<String>,
+    /// The replication Service's load-balancer addresses, for the site certificate too.
+    pub replication_addresses: Vec<String>,
+    /// The value of the key spec.site.trust names, when that Secret and key exist.
+    pub site_trust: Option<Vec<u8>>,
 }
 
 /// A station ready to be built: validated, defaulted, resolved.
@@ -87,6 +91,54 @@ pub struct Station {
     pub backup: Option<Backup>,
     /// The backup to start from, when the spec names one.
     pub restore: Option<Restore>,
+    /// This station as a site of a deployment, with spec.site.
+    pub site: Option<Site>,
+}
+
+/// spec.site, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    /// The primary's replication URL, on a replica site.
+    pub replica_of: Option<String>,
+    /// The other sites' replication URLs.
+    pub sites: Vec<String>,
+    /// The PEM certificates of the other sites' CAs, from spec.site.trust; `None` while that
+    /// Secret or key is missing (the merged bundle then holds this site's CA only).
+    pub trust: Option<String>,
+    /// Why `trust` is `None` when spec.site.trust is set, naming what to create.
+    pub trust_missing: Option<String>,
+    /// The replication Service and policy.
+    pub replication: crate::crd::ReplicationSpec,
+    /// The promotion the spec asks for.
+    pub promote: Option<Promote>,
+    /// Whether the spec asks for a demotion.
+    pub demote: bool,
+    /// Lag beyond which a replica is reported Lagging.
+    pub max_lag: Duration,
+}
+
+/// A promotion asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promote {
+    /// A switchover, once this site holds the demoted primary's last change.
+    Token {
+        /// The demoted primary's epoch.
+        epoch: u64,
+        /// Its last sequence.
+        seq: u64,
+    },
+    /// A failover: promote now.
+    Failover,
+}
+
+impl Promote {
+    /// How status.site.promotion.request records this request.
+    pub fn request(&self) -> String {
+        match self {
+            Promote::Token { epoch, seq } => format!("token:{epoch}:{seq}"),
+            Promote::Failover => "failover".into(),
+        }
+    }
 }
 
 /// The backup a new station starts from, checked.
@@ -480,6 +532,17 @@ pub fn validate(
         }
     });
 
+    let site = spec.site.as_ref().map(|site| {
+        validate_site(
+            site,
+            spec,
+            &store,
+            &bs.namespace().unwrap_or_default(),
+            refs,
+            &mut problems,
+        )
+    });
+
     if !problems.is_empty() {
         return Err(Invalid { problems });
     }
@@ -510,7 +573,168 @@ pub fn validate(
         network_policy: spec.network_policy,
         backup,
         restore,
+        site,
     })
+}
+
+/// Checks `spec.site`, adding what is wrong to `problems`.
+fn validate_site(
+    site: &crate::crd::SiteSpec,
+    spec: &BaseStationSpec,
+    store: &Store,
+    namespace: &str,
+    refs: &References,
+    problems: &mut Vec<String>,
+) -> Site {
+    use zbase_basestation::config::SiteAddress;
+    if spec.replicas > 1 {
+        problems.push(format!(
+            "spec.site with spec.replicas {}: a site runs one pod (a primary of several pods \
+             refuses replicas' writes for resources homed on another pod, and a replica caches in \
+             one SQLite file); set spec.replicas: 1",
+            spec.replicas
+        ));
+    }
+    if site.replica_of.is_some() && *store != Store::Sqlite {
+        problems.push(
+            "spec.site.replicaOf with spec.store.postgres: a replica site caches in its own \
+             SQLite file; remove spec.store.postgres (the primary keeps the data)"
+                .into(),
+        );
+    }
+    let mut url = |field: String, value: &str| {
+        if let Err(expected) = SiteAddress::parse(value) {
+            problems.push(format!("{field} '{value}' is not {expected}"));
+        }
+    };
+    if let Some(primary) = &site.replica_of {
+        url("site.replicaOf".into(), primary);
+    }
+    for (i, other) in site.sites.iter().enumerate() {
+        url(format!("site.sites[{i}]"), other);
+    }
+    let replication = &site.replication;
+    if !(1..=65535).contains(&replication.port) {
+        problems.push(format!(
+            "site.replication.port is {}: use a port from 1 to 65535",
+            replication.port
+        ));
+    }
+    if !["LoadBalancer", "NodePort", "ClusterIP"].contains(&replication.service.type_.as_str()) {
+        problems.push(format!(
+            "site.replication.service.type is '{}': use LoadBalancer, NodePort or ClusterIP",
+            replication.service.type_
+        ));
+    }
+    for (i, cidr) in replication.allow_from.iter().enumerate() {
+        if !is_cidr(cidr) {
+            problems.push(format!(
+                "site.replication.allowFrom[{i}] '{cidr}' is not a CIDR: write e.g. 203.0.113.0/24"
+            ));
+        }
+    }
+    let promote = site.promote.as_ref().and_then(|p| {
+        if site.replica_of.is_none() {
+            problems.push(
+                "site.promote is for a replica site (one with site.replicaOf); this one is the \
+                 primary already: remove site.promote"
+                    .into(),
+            );
+        }
+        match (&p.token, p.failover) {
+            (Some(token), false) => match token.parse::<zbase_basestation::replication::Token>() {
+                Ok(t) => Some(Promote::Token {
+                    epoch: t.epoch,
+                    seq: t.seq,
+                }),
+                Err(e) => {
+                    problems.push(format!("site.promote.token: {e}"));
+                    None
+                }
+            },
+            (None, true) => Some(Promote::Failover),
+            _ => {
+                problems.push(
+                    "site.promote needs exactly one of token (a planned switchover: the demoted \
+                     primary's status.site.handoverToken) and failover: true"
+                        .into(),
+                );
+                None
+            }
+        }
+    });
+    if site.promote.is_some() && site.demote {
+        problems.push(
+            "site.promote and site.demote exclude each other: remove the one you did not mean"
+                .into(),
+        );
+    }
+    let (trust, trust_missing) = match &site.trust {
+        None => (
+            None,
+            Some(
+                "spec.site.trust is not set, so no other site is trusted: create a Secret \
+                 holding the other sites' CA certificates (their <name>-ca key bundle.crt) and \
+                 name it in spec.site.trust"
+                    .to_owned(),
+            ),
+        ),
+        Some(key) => match (&refs.site_trust, refs.secrets.get(&key.name)) {
+            (Some(pem), _) => match std::str::from_utf8(pem) {
+                Ok(text) if crate::pki::count_certificates(text) > 0 => {
+                    (Some(text.to_owned()), None)
+                }
+                _ => {
+                    problems.push(format!(
+                        "site.trust: Secret '{}' key '{}' holds no PEM certificate: put the \
+                         other sites' CA certificates there (each site's <name>-ca key \
+                         bundle.crt)",
+                        key.name, key.key
+                    ));
+                    (None, None)
+                }
+            },
+            (None, None) => (
+                None,
+                Some(format!(
+                    "site.trust names Secret '{}', which does not exist in namespace \
+                     '{namespace}': create it with key '{}' holding the other sites' CA \
+                     certificates (each site's <name>-ca key bundle.crt)",
+                    key.name, key.key
+                )),
+            ),
+            (None, Some(_)) => (
+                None,
+                Some(format!(
+                    "site.trust names Secret '{}', which has no key '{}': add the other sites' \
+                     CA certificates under that key",
+                    key.name, key.key
+                )),
+            ),
+        },
+    };
+    Site {
+        replica_of: site.replica_of.clone(),
+        sites: site.sites.clone(),
+        trust,
+        trust_missing,
+        replication: replication.clone(),
+        promote,
+        demote: site.demote,
+        max_lag: Duration::from_secs(u64::from(site.max_lag_seconds.unwrap_or(30))),
+    }
+}
+
+/// An IPv4 or IPv6 CIDR such as `203.0.113.0/24`.
+fn is_cidr(text: &str) -> bool {
+    let Some((ip, bits)) = text.split_once('/') else {
+        return false;
+    };
+    match (ip.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
+        (Ok(std::net::IpAddr::V4(_)), Ok(bits)) => bits <= 32,
+        (Ok(std::net::IpAddr::V6(_)), Ok(bits)) => bits <= 128,
+        _ => false,
+    }
 }
 
 /// Checks `spec.backup`, adding what is wrong to `problems`.
@@ -637,6 +861,12 @@ pub fn site_names(
     let mut names: Vec<String> = spec.tls.names.clone();
     names.extend(refs.service_addresses.iter().cloned());
     names.extend(spec.service.load_balancer_ip.iter().cloned());
+    // Other sites check the chain, not the name, but a client that does check may dial the
+    // replication Service's address.
+    if let Some(site) = &spec.site {
+        names.extend(refs.replication_addresses.iter().cloned());
+        names.extend(site.replication.service.load_balancer_ip.iter().cloned());
+    }
     let internal = super::build::internal_name(station);
     let pods = super::build::headless_name(station);
     names.extend([
@@ -649,6 +879,13 @@ pub fn site_names(
         format!("*.{pods}.{ns}.svc"),
         format!("*.{pods}.{ns}.svc.cluster.local"),
     ]);
+    if spec.site.is_some() {
+        let replication = super::build::replication_name(station);
+        names.extend([
+            format!("{replication}.{ns}.svc"),
+            format!("{replication}.{ns}.svc.cluster.local"),
+        ]);
+    }
     let mut seen = std::collections::BTreeSet::new();
     // A name the certificate cannot carry is reported by `validate` (from the spec) or
     // dropped (an address a load balancer reported).
@@ -673,6 +910,9 @@ pub fn referenced_secrets(bs: &BaseStation) -> Vec<String> {
             .as_ref()
             .map(|r| r.identity_secret.name.clone()),
     );
+    if let Some(trust) = bs.spec.site.as_ref().and_then(|s| s.trust.as_ref()) {
+        names.push(trust.name.clone());
+    }
     if let Some(s3) = bs.spec.backup.as_ref().and_then(|b| b.s3.as_ref()) {
         names.push(s3.credentials_secret.clone());
         names.extend(s3.ca.as_ref().map(|ca| ca.name.clone()));
@@ -724,6 +964,28 @@ fn is_quantity(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidrs() {
+        for good in [
+            "0.0.0.0/0",
+            "203.0.113.0/24",
+            "2001:db8::/32",
+            "10.1.2.3/32",
+        ] {
+            assert!(is_cidr(good), "{good}");
+        }
+        for bad in [
+            "",
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "x/8",
+            "2001:db8::/129",
+            "10.0.0.0/-1",
+        ] {
+            assert!(!is_cidr(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn quantities() {

@@ -15,6 +15,12 @@ use zbase_basestation::telemetry::LogFormat;
 pub const PUBLIC_PORT: i32 = 8080;
 /// The internal port inside the pod (pod to pod, replication, backups).
 pub const INTERNAL_PORT: i32 = 7201;
+/// The replication port inside the pod (other sites, and the operator's role calls).
+pub const REPLICATION_PORT: i32 = 7443;
+/// Where the merged replication trust bundle (this site's CA and the others') is mounted.
+pub const REPLICATION_TRUST_DIR: &str = "/etc/zbase/replication-trust";
+/// The key of the merged bundle in its Secret, and its file name in the mount.
+pub const REPLICATION_TRUST_KEY: &str = "ca.crt";
 /// The ConfigMap key holding the file.
 pub const CONFIG_KEY: &str = "station.yaml";
 /// Where the file is mounted in the pod.
@@ -50,6 +56,7 @@ pub fn station_config(station: &Station) -> Result<RawSettings, BuildError> {
         Tls::Acme(acme) => Some(acme),
         _ => None,
     };
+    let site = station.site.as_ref();
     let to_usize = |n: Option<u64>| -> Result<Option<usize>, BuildError> {
         n.map(|n| usize::try_from(n).map_err(|e| BuildError::Config(e.to_string())))
             .transpose()
@@ -80,6 +87,16 @@ pub fn station_config(station: &Station) -> Result<RawSettings, BuildError> {
         internal_tls_cert: file(SITE_TLS_DIR, pki::TLS_CERT),
         internal_tls_key: file(SITE_TLS_DIR, pki::TLS_KEY),
         internal_ca: file(SITE_TLS_DIR, pki::TLS_TRUST),
+        // Sites present the site certificate both as server and as client (it carries both
+        // usages) and trust the merged bundle of every site's CA.
+        replica_of: site.and_then(|s| s.replica_of.clone()),
+        sites: site
+            .filter(|s| !s.sites.is_empty())
+            .map(|s| s.sites.join(",")),
+        replication_listen: site.map(|_| ([0, 0, 0, 0], REPLICATION_PORT as u16).into()),
+        replication_tls_cert: site.and_then(|_| file(SITE_TLS_DIR, pki::TLS_CERT)),
+        replication_tls_key: site.and_then(|_| file(SITE_TLS_DIR, pki::TLS_KEY)),
+        replication_ca: site.and_then(|_| file(REPLICATION_TRUST_DIR, REPLICATION_TRUST_KEY)),
         acme_directory: acme.map(|a| a.directory.clone()),
         acme_domain: acme.map(|a| a.domain.clone()),
         acme_email: acme.and_then(|a| a.email.clone()),

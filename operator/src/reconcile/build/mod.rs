@@ -20,7 +20,10 @@ pub use secrets::SiteCredentials;
 mod services;
 mod statefulset;
 
-pub use config::{CONFIG_FILE, CONFIG_KEY, INTERNAL_PORT, PUBLIC_PORT, station_config};
+pub use config::{
+    CONFIG_FILE, CONFIG_KEY, INTERNAL_PORT, PUBLIC_PORT, REPLICATION_PORT, REPLICATION_TRUST_DIR,
+    REPLICATION_TRUST_KEY, station_config,
+};
 pub use merge::merge_pod_template;
 pub use services::public_port;
 
@@ -63,6 +66,11 @@ pub struct Desired {
     pub headless_service: Service,
     /// The internal (admin) Service: cluster-only, for replication and backups.
     pub internal_service: Service,
+    /// With spec.site: the replication Service the other sites dial.
+    pub replication_service: Option<Service>,
+    /// With spec.site: this site's CA bundle and the other sites' CAs, as the pods trust them
+    /// on the replication port.
+    pub replication_trust: Option<Secret>,
     /// The pods.
     pub stateful_set: StatefulSet,
     /// At most one pod down at a time through voluntary disruptions.
@@ -103,6 +111,8 @@ pub fn build(station: &Station, site: &SiteCredentials) -> Result<Desired, Build
         public_service: services::public(station),
         headless_service: services::headless(station),
         internal_service: services::internal(station),
+        replication_service: services::replication(station),
+        replication_trust: secrets::replication_trust(station, &site.ca),
         stateful_set: statefulset::stateful_set(station, &config_hash)?,
         pod_disruption_budget: policy::pod_disruption_budget(station),
         network_policy: station
@@ -173,6 +183,16 @@ pub fn headless_name(station: &str) -> String {
 /// The internal Service's name.
 pub fn internal_name(station: &str) -> String {
     format!("{station}-internal")
+}
+
+/// The replication Service's name.
+pub fn replication_name(station: &str) -> String {
+    format!("{station}-replication")
+}
+
+/// The merged replication trust Secret's name.
+pub fn replication_trust_name(station: &str) -> String {
+    format!("{station}-replication-trust")
 }
 
 /// The ConfigMap's name.

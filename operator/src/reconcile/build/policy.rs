@@ -1,9 +1,9 @@
 //! Disruption and network policy.
 
-use super::{INTERNAL_PORT, PUBLIC_PORT, metadata, selector_labels};
+use super::{INTERNAL_PORT, PUBLIC_PORT, REPLICATION_PORT, metadata, selector_labels};
 use crate::reconcile::validate::Station;
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
@@ -29,7 +29,9 @@ pub(super) fn pod_disruption_budget(station: &Station) -> PodDisruptionBudget {
 }
 
 /// The public port from anywhere; the internal port only from this station's own pods (the
-/// relay between pods). Replication and backup clients are added with their features.
+/// relay between pods); with spec.site, the replication port from `allowFrom` (anywhere by
+/// default: the other sites are outside the cluster) and from the operator, which asks each
+/// site for its status and changes its role there.
 pub(super) fn network_policy(station: &Station) -> NetworkPolicy {
     let pods = LabelSelector {
         match_labels: Some(selector_labels(station)),
@@ -40,24 +42,61 @@ pub(super) fn network_policy(station: &Station) -> NetworkPolicy {
         protocol: Some("TCP".into()),
         ..Default::default()
     };
+    let mut ingress = vec![
+        NetworkPolicyIngressRule {
+            from: None,
+            ports: Some(vec![port(PUBLIC_PORT)]),
+        },
+        NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                pod_selector: Some(pods.clone()),
+                ..Default::default()
+            }]),
+            ports: Some(vec![port(INTERNAL_PORT)]),
+        },
+    ];
+    if let Some(site) = &station.site {
+        let from = (!site.replication.allow_from.is_empty()).then(|| {
+            let mut peers: Vec<NetworkPolicyPeer> = site
+                .replication
+                .allow_from
+                .iter()
+                .map(|cidr| NetworkPolicyPeer {
+                    ip_block: Some(IPBlock {
+                        cidr: cidr.clone(),
+                        except: None,
+                    }),
+                    ..Default::default()
+                })
+                .collect();
+            // The operator, in whichever namespace it runs (its chart's name label).
+            peers.push(NetworkPolicyPeer {
+                namespace_selector: Some(LabelSelector::default()),
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(
+                        [(
+                            "app.kubernetes.io/name".to_owned(),
+                            "zbase-operator".to_owned(),
+                        )]
+                        .into(),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            peers
+        });
+        ingress.push(NetworkPolicyIngressRule {
+            from,
+            ports: Some(vec![port(REPLICATION_PORT)]),
+        });
+    }
     NetworkPolicy {
         metadata: metadata(station, &station.name),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(pods.clone()),
+            pod_selector: Some(pods),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![
-                NetworkPolicyIngressRule {
-                    from: None,
-                    ports: Some(vec![port(PUBLIC_PORT)]),
-                },
-                NetworkPolicyIngressRule {
-                    from: Some(vec![NetworkPolicyPeer {
-                        pod_selector: Some(pods),
-                        ..Default::default()
-                    }]),
-                    ports: Some(vec![port(INTERNAL_PORT)]),
-                },
-            ]),
+            ingress: Some(ingress),
             ..Default::default()
         }),
     }

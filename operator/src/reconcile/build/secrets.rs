@@ -53,6 +53,30 @@ pub(super) fn leaf_secret(station: &Station, data: &SecretData) -> Secret {
     }
 }
 
+/// The replication trust bundle: every CA of this site (the bundle its pods already trust,
+/// rotation included), then the other sites' CAs from spec.site.trust. Rebuilt at every
+/// reconcile, so a rotated site CA or a changed trust Secret reaches the pods' mount, which
+/// the station reloads without a restart.
+pub(super) fn replication_trust(station: &Station, ca: &SecretData) -> Option<Secret> {
+    let site = station.site.as_ref()?;
+    let mut bundle = ca.get(pki::CA_BUNDLE).cloned().unwrap_or_default();
+    if let Some(others) = &site.trust {
+        if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+            bundle.push(b'\n');
+        }
+        bundle.extend_from_slice(others.as_bytes());
+    }
+    Some(Secret {
+        metadata: metadata(station, &super::replication_trust_name(&station.name)),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            super::REPLICATION_TRUST_KEY.to_owned(),
+            ByteString(bundle),
+        )])),
+        ..Default::default()
+    })
+}
+
 fn bytes(data: &SecretData) -> BTreeMap<String, ByteString> {
     data.iter()
         .map(|(k, v)| (k.clone(), ByteString(v.clone())))

@@ -1,7 +1,10 @@
 //! The three Services: public (the virtual IP), headless (a DNS name per pod, for the
 //! internal port), internal (cluster-only admin port for replication and backups).
 
-use super::{INTERNAL_PORT, PUBLIC_PORT, headless_name, internal_name, metadata, selector_labels};
+use super::{
+    INTERNAL_PORT, PUBLIC_PORT, REPLICATION_PORT, headless_name, internal_name, metadata,
+    replication_name, selector_labels,
+};
 use crate::reconcile::validate::Station;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -76,6 +79,37 @@ pub(super) fn internal(station: &Station) -> Service {
         }),
         ..Default::default()
     }
+}
+
+/// The replication Service, with spec.site: its own address and port, so the other sites
+/// (in other clusters) reach it apart from the public port and it can be firewalled to them.
+pub(super) fn replication(station: &Station) -> Option<Service> {
+    let site = station.site.as_ref()?;
+    let spec = &site.replication.service;
+    let mut meta = metadata(station, &replication_name(&station.name));
+    if !spec.annotations.is_empty() {
+        meta.annotations = Some(spec.annotations.clone());
+    }
+    Some(Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            type_: Some(spec.type_.clone()),
+            selector: Some(selector_labels(station)),
+            ports: Some(vec![ServicePort {
+                name: Some("replication".into()),
+                port: site.replication.port,
+                target_port: Some(IntOrString::Int(REPLICATION_PORT)),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            load_balancer_ip: spec
+                .load_balancer_ip
+                .clone()
+                .filter(|_| spec.type_ == "LoadBalancer"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
 }
 
 fn port(name: &str, number: i32) -> ServicePort {

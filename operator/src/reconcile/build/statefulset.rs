@@ -1,6 +1,6 @@
 //! The StatefulSet: the pods, their container and volumes.
 
-use super::config::{DATA_DIR, SITE_TLS_DIR, TLS_DIR};
+use super::config::{DATA_DIR, REPLICATION_PORT, REPLICATION_TRUST_DIR, SITE_TLS_DIR, TLS_DIR};
 use super::{
     BuildError, CONFIG_FILE, CONFIG_HASH_ANNOTATION, CONFIG_KEY, INTERNAL_PORT, PUBLIC_PORT,
     config_name, headless_name, merge_pod_template, metadata, selector_labels,
@@ -173,6 +173,13 @@ fn pod_template(station: &Station, config_hash: &str) -> Result<PodTemplateSpec,
     if let Some(secret) = station.tls.secret_name() {
         mount_secret("tls", secret.to_owned(), TLS_DIR);
     }
+    if station.site.is_some() {
+        mount_secret(
+            "replication-trust",
+            super::replication_trust_name(&station.name),
+            REPLICATION_TRUST_DIR,
+        );
+    }
 
     let field = |path: &str| EnvVarSource {
         field_ref: Some(ObjectFieldSelector {
@@ -204,26 +211,26 @@ fn pod_template(station: &Station, config_hash: &str) -> Result<PodTemplateSpec,
     ];
     env.extend(store_env(station));
 
+    let container_port = |name: &str, number: i32| ContainerPort {
+        name: Some(name.into()),
+        container_port: number,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
+    let mut ports = vec![
+        container_port("public", PUBLIC_PORT),
+        container_port("internal", INTERNAL_PORT),
+    ];
+    if station.site.is_some() {
+        ports.push(container_port("replication", REPLICATION_PORT));
+    }
     let container = Container {
         name: CONTAINER.into(),
         image: Some(station.image.clone()),
         image_pull_policy: Some(station.image_pull_policy.clone()),
         args: Some(vec!["serve".into(), "--config".into(), CONFIG_FILE.into()]),
         env: Some(env),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("public".into()),
-                container_port: PUBLIC_PORT,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-            ContainerPort {
-                name: Some("internal".into()),
-                container_port: INTERNAL_PORT,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-        ]),
+        ports: Some(ports),
         readiness_probe: Some(probe("/readyz", 5, 2)),
         liveness_probe: Some(probe("/healthz", 10, 3)),
         resources: station.resources.clone(),
