@@ -1,6 +1,7 @@
 //! The CRDs the chart ships are the ones generated from the Rust types, and stay small.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use serde::Deserialize as _;
 use std::path::Path;
 use zbase_operator::crd::{CRDS, crd_yaml};
 
@@ -174,4 +175,97 @@ fn a_site_is_checked_by_the_api_server_where_it_can_be() {
             "status.site.{field}"
         );
     }
+}
+
+/// The paths in `value` that `schema` has no field for: what the API server would silently
+/// drop (prune) from an object, so a misspelt field in an example is never just ignored.
+fn unknown_fields(
+    value: &serde_json::Value,
+    schema: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    if schema["x-kubernetes-preserve-unknown-fields"] == true {
+        return;
+    }
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (key, inner) in fields {
+                let at = format!("{path}.{key}");
+                match (&schema["properties"][key], &schema["additionalProperties"]) {
+                    (serde_json::Value::Object(field), _) => {
+                        unknown_fields(inner, &serde_json::Value::Object(field.clone()), &at, out);
+                    }
+                    (_, serde_json::Value::Object(any)) => {
+                        unknown_fields(inner, &serde_json::Value::Object(any.clone()), &at, out);
+                    }
+                    (_, serde_json::Value::Bool(true)) => {}
+                    _ => out.push(at),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (n, item) in items.iter().enumerate() {
+                unknown_fields(item, &schema["items"], &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_example_and_fixture_uses_only_fields_the_crd_knows() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for dir in ["deploy", "operator/tests/fixtures"] {
+        let mut pending = vec![root.join(dir)];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else if path.extension().is_some_and(|e| e == "yaml") {
+                    files.push(path);
+                }
+            }
+        }
+    }
+    let schemas: std::collections::HashMap<String, serde_json::Value> = CRDS
+        .iter()
+        .map(|plural| {
+            let crd: serde_json::Value =
+                serde_yaml::from_str(&crd_yaml(plural).unwrap().unwrap()).unwrap();
+            let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_owned();
+            (
+                kind,
+                crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone(),
+            )
+        })
+        .collect();
+    let mut checked = 0;
+    let mut unknown = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let Ok(doc) = serde_json::Value::deserialize(doc) else {
+                continue;
+            };
+            let Some(schema) = doc["kind"].as_str().and_then(|kind| schemas.get(kind)) else {
+                continue;
+            };
+            checked += 1;
+            let at = format!("{}:", file.display());
+            unknown_fields(
+                &doc["spec"],
+                &schema["properties"]["spec"],
+                &format!("{at}spec"),
+                &mut unknown,
+            );
+        }
+    }
+    assert!(checked >= 5, "found only {checked} BaseStation documents");
+    assert!(
+        unknown.is_empty(),
+        "fields the API server would drop: {unknown:#?}"
+    );
 }

@@ -286,8 +286,12 @@ pub struct ReplicationServiceSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
     /// A fixed address, for load balancers that honour `spec.loadBalancerIP`; it is added to
-    /// the site certificate's names.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// the site certificate's names. Spelled `loadBalancerIP`, as in a Service.
+    #[serde(
+        default,
+        rename = "loadBalancerIP",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub load_balancer_ip: Option<String>,
 }
 
@@ -599,8 +603,13 @@ pub struct ServiceSpec {
     #[schemars(range(min = 1, max = 65535))]
     pub node_port: Option<i32>,
     /// A fixed virtual IP, for load balancers that honour `spec.loadBalancerIP` (MetalLB,
-    /// kube-vip); others take an annotation instead.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// kube-vip); others take an annotation instead. Spelled `loadBalancerIP`, as in a
+    /// Service.
+    #[serde(
+        default,
+        rename = "loadBalancerIP",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub load_balancer_ip: Option<String>,
     /// The load balancer implementation to use, where several are installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
