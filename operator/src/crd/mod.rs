@@ -86,7 +86,6 @@ pub const GROUP: &str = "zbase.dev";
 #[x_kube(validation = Rule::new("self.replicas <= 1 || has(self.store.postgres)").message("more than one replica needs a PostgreSQL store: set spec.store.postgres, or spec.replicas: 1"))]
 #[x_kube(validation = Rule::new("!has(self.restore) || has(self.backup)").message("spec.restore reads the backup from spec.backup's destination: set spec.backup"))]
 #[x_kube(validation = Rule::new("!has(self.tls.acme) || self.replicas <= 1").message("ACME issuance runs in the station and serves one pod only: set spec.replicas: 1, or use spec.tls.certManager"))]
-#[x_kube(validation = Rule::new("!has(self.site) || self.replicas <= 1").message("spec.site runs one pod: a primary of several pods refuses replicas' writes for resources homed on another pod, and a replica's cache is one SQLite file; set spec.replicas: 1"))]
 #[x_kube(validation = Rule::new("!has(self.site) || !has(self.site.replicaOf) || !has(self.store.postgres)").message("a replica site caches in SQLite: remove spec.store.postgres, or spec.site.replicaOf"))]
 #[serde(rename_all = "camelCase")]
 pub struct BaseStationSpec {

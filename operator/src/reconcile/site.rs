@@ -33,7 +33,8 @@ pub struct SiteObserved {
     pub found_done: bool,
 }
 
-/// The pod that holds the site's role: a site runs one pod.
+/// The pod the operator asks about the site's role: the first (the role is one for the
+/// whole site, kept in its store, so any pod answers for it).
 pub fn site_pod(station: &str) -> String {
     format!("{station}-0")
 }

@@ -587,14 +587,9 @@ fn validate_site(
     problems: &mut Vec<String>,
 ) -> Site {
     use zbase_basestation::config::SiteAddress;
-    if spec.replicas > 1 {
-        problems.push(format!(
-            "spec.site with spec.replicas {}: a site runs one pod (a primary of several pods \
-             refuses replicas' writes for resources homed on another pod, and a replica caches in \
-             one SQLite file); set spec.replicas: 1",
-            spec.replicas
-        ));
-    }
+    // A primary may run several pods on PostgreSQL (any pod serves the feed and passes a
+    // replica's writes on to the resource's home); a replica caches in one SQLite file, so it
+    // is one pod, which the SQLite rule already says.
     if site.replica_of.is_some() && *store != Store::Sqlite {
         problems.push(
             "spec.site.replicaOf with spec.store.postgres: a replica site caches in its own \
