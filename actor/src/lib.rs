@@ -9,13 +9,17 @@
 //! test vectors in `vectors/v1.json` are the contract between this crate and any other
 //! implementation.
 
+pub mod acl;
 pub mod envelope;
 pub mod identity;
+pub mod merge;
 pub mod operation;
 pub mod seal;
 
+pub use acl::{Acl, Role};
 pub use envelope::{ContentKey, EnvelopeError};
 pub use identity::{ActorId, Identity, PublicIdentity};
+pub use merge::{Change, Merged, Rejection, merge};
 pub use operation::{OpId, Operation, OperationError, SignedOperation};
 pub use seal::SealError;
 
