@@ -66,6 +66,7 @@ fmt:
 bench:
 	$(CARGO) build --release -p zbase-basestation
 	$(CARGO) bench -p zbase-tests --bench station
+	$(CARGO) bench -p zbase-actor --bench actor
 
 clean:
 	$(CARGO) clean

@@ -218,6 +218,8 @@ pub fn merge<'a>(
         });
     }
 
+    // Grants are few beside data: the checks walk them only.
+    let grants = Grants::of(&nodes);
     let mut accepted = vec![true; nodes.len()];
     let mut why: Vec<Option<Rejection>> = vec![None; nodes.len()];
     loop {
@@ -226,7 +228,7 @@ pub fn merge<'a>(
                 if !accepted[index] {
                     return why[index];
                 }
-                judge(&nodes, &accepted, index, owner)
+                judge(&nodes, &grants, &accepted, index, owner)
             })
             .collect();
         let mut changed = false;
@@ -308,9 +310,34 @@ fn grant(acl: &mut Acl, change: &Change) {
     }
 }
 
+/// Where the grants are among the nodes: all of them in order, and by the actor they name.
+struct Grants {
+    all: Vec<usize>,
+    to: HashMap<ActorId, Vec<usize>>,
+}
+
+impl Grants {
+    fn of(nodes: &[Node]) -> Grants {
+        let mut grants = Grants {
+            all: Vec::new(),
+            to: HashMap::new(),
+        };
+        for (index, node) in nodes.iter().enumerate() {
+            if let Change::Grant { actor, .. } = &node.change {
+                grants.all.push(index);
+                if let Some(actor) = ActorId::parse(actor) {
+                    grants.to.entry(actor).or_default().push(index);
+                }
+            }
+        }
+        grants
+    }
+}
+
 /// Whether node `index` counts, given which others count now.
 fn judge(
     nodes: &[Node],
+    grants: &Grants,
     accepted: &[bool],
     index: usize,
     owner: PublicIdentity,
@@ -319,9 +346,9 @@ fn judge(
     let signer = node.op.operation().actor;
     // The access list at its causal point: the accepted grants among its ancestors, in order.
     let mut acl = Acl::new(owner.id, owner.sealing);
-    for (other, ancestor) in nodes.iter().enumerate().take(index) {
+    for &other in grants.all.iter().take_while(|&&other| other < index) {
         if accepted[other] && node.descends_from(other) {
-            grant(&mut acl, &ancestor.change);
+            grant(&mut acl, &nodes[other].change);
         }
     }
     let Some(role) = acl.role(&signer) else {
@@ -332,7 +359,8 @@ fn judge(
     }
     // Every accepted grant to the signer that this operation did not see, and that did not
     // see it, must allow it too.
-    for (other, concurrent) in nodes.iter().enumerate() {
+    for &other in grants.to.get(&signer).map_or(&[][..], Vec::as_slice) {
+        let concurrent = &nodes[other];
         if other == index
             || !accepted[other]
             || node.descends_from(other)
@@ -340,8 +368,7 @@ fn judge(
         {
             continue;
         }
-        if let Change::Grant { actor, role, .. } = &concurrent.change
-            && ActorId::parse(actor) == Some(signer)
+        if let Change::Grant { role, .. } = &concurrent.change
             && !allowed(*role, &node.change, &acl)
         {
             return Some(Rejection::RevokedConcurrently);
