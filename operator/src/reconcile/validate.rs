@@ -535,7 +535,6 @@ pub fn validate(
     let site = spec.site.as_ref().map(|site| {
         validate_site(
             site,
-            spec,
             &store,
             &bs.namespace().unwrap_or_default(),
             refs,
@@ -580,7 +579,6 @@ pub fn validate(
 /// Checks `spec.site`, adding what is wrong to `problems`.
 fn validate_site(
     site: &crate::crd::SiteSpec,
-    spec: &BaseStationSpec,
     store: &Store,
     namespace: &str,
     refs: &References,
