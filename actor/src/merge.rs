@@ -1,20 +1,21 @@
 //! The deterministic merge: a set of signed operations in, the resource's state out (its
 //! access list and its values), the same for any order and any duplication of the same set.
 //!
-//! The rules, all functions of the set alone:
-//! - an operation whose dependencies are not all known waits (pending), and one whose clock is
-//!   not above every dependency's is malformed;
-//! - operations are applied in (clock, identifier) order, a linear extension of causality
-//!   because a clock is above its dependencies';
-//! - an operation counts only if its signer's role allowed it at its causal point: the access
-//!   list made of the grants among its ancestors (starting from the owner, the root of trust);
-//! - a revocation wins over what it did not see: an operation by an actor whose role a
-//!   concurrent grant lowered must be allowed under that role too. Without this, a revoked
-//!   actor could go on writing by never acknowledging its revocation. Two owners revoking each
-//!   other concurrently therefore cancel each other out;
-//! - rejecting an operation can take away what another relied on (a grant made by a revoked
-//!   manager), so the checks repeat until nothing more is rejected; only rejections happen, so
-//!   this ends, and the result depends on the set only.
+//! The rules, all functions of the set alone (docs/ACTOR-FORMATS.md, "Merge"):
+//! - an operation whose dependencies are not all known waits (pending); one whose clock is
+//!   not exactly one above its highest dependency's is malformed;
+//! - operations are applied in (clock, identifier) order, a linear extension of causality;
+//! - first, an operation counts if its signer's role allowed it at its causal point: the access
+//!   list made of the counted grants among its ancestors (starting from the owner, the root of
+//!   trust). Only grants that count this way may take anything away afterwards;
+//! - then a revocation wins over what it did not see: an operation stops counting if a counted
+//!   grant concurrent with it gives its signer (or, for a grant, its target) a role under which
+//!   it would not be allowed. Without this a revoked actor could go on writing by never
+//!   acknowledging its revocation, and a Manager could unmake an Owner by leaving its grant
+//!   out of its dependencies. Two owners revoking each other concurrently cancel out;
+//! - excluding an operation can take away what another relied on (a grant made by a revoked
+//!   manager), so that step repeats until nothing more is excluded; it only excludes, so it
+//!   ends, and the result depends on the set only.
 //!
 //! Values are a last-writer-wins map in (clock, identifier) order, the simplest CRDT that
 //! gives the CLI `put`/`get`/`delete`; any CRDT whose operations commute can sit in its place.
@@ -71,7 +72,10 @@ impl Change {
         match &change {
             Change::Grant { actor, sealing, .. } => {
                 ActorId::parse(actor)?;
-                crate::from_b64::<32>(sealing)?;
+                // A low-order key would make every box sealed to it readable by anyone.
+                if !crate::seal::usable_key(&crate::from_b64::<32>(sealing)?) {
+                    return None;
+                }
             }
             Change::Put { value, .. } => {
                 use base64::Engine as _;
@@ -122,7 +126,11 @@ pub struct Merged {
 /// An operation placed in the order, with its change and its ancestors.
 struct Node<'a> {
     op: &'a SignedOperation,
-    change: Change,
+    /// `None` for a change this version does not know: it never counts, but it stays in
+    /// the history so what follows it is not stranded.
+    change: Option<Change>,
+    /// For a grant: whom it names, the role, and the sealing key, parsed once.
+    grant: Option<(ActorId, Role, [u8; 32])>,
     deps: Vec<usize>,
     /// Every ancestor, as a bit set over positions in the order.
     ancestors: Vec<u64>,
@@ -132,7 +140,7 @@ impl Node<'_> {
     fn descends_from(&self, index: usize) -> bool {
         self.ancestors
             .get(index / 64)
-            .is_some_and(|word| word & (1 << (index % 64)) != 0)
+            .is_some_and(|word| word & (1u64 << (index % 64)) != 0)
     }
 }
 
@@ -147,38 +155,39 @@ pub fn merge<'a>(
         unique.entry(op.id()).or_insert(op);
     }
     let mut rejected = Vec::new();
-    let mut candidates: Vec<(OpId, &SignedOperation, Change)> = Vec::new();
+    let mut candidates: Vec<(OpId, &SignedOperation)> = Vec::new();
     for (id, op) in &unique {
         if op.operation().resource != *resource {
             rejected.push((*id, Rejection::OtherResource));
-        } else if let Some(change) = Change::decode(&op.operation().payload) {
-            candidates.push((*id, op, change));
         } else {
-            rejected.push((*id, Rejection::UnknownChange));
+            candidates.push((*id, op));
         }
     }
-    // Keep only operations whose whole ancestry is known and well-clocked; the rest wait or
-    // are malformed. Repeated, since leaving one out strands its descendants.
+    // Keep only operations whose whole ancestry is known and whose clock is exactly one above
+    // their highest dependency's (1 without any): a clock chosen freely would let an actor
+    // order itself last for good. Repeated, since leaving one out strands its descendants.
     let clock_of: HashMap<OpId, u64> = candidates
         .iter()
-        .map(|(id, op, _)| (*id, op.operation().clock))
+        .map(|(id, op)| (*id, op.operation().clock))
         .collect();
     let mut pending = Vec::new();
     loop {
-        let known: std::collections::HashSet<OpId> =
-            candidates.iter().map(|(id, _, _)| *id).collect();
+        let known: std::collections::HashSet<OpId> = candidates.iter().map(|(id, _)| *id).collect();
         let before = candidates.len();
-        candidates.retain(|(id, op, _)| {
+        candidates.retain(|(id, op)| {
             let operation = op.operation();
             if operation.deps.iter().any(|dep| !known.contains(dep)) {
                 pending.push(*id);
                 return false;
             }
-            if operation
+            let expected = operation
                 .deps
                 .iter()
-                .any(|dep| clock_of[dep] >= operation.clock)
-            {
+                .map(|dep| clock_of[dep])
+                .max()
+                .unwrap_or(0)
+                .checked_add(1);
+            if expected != Some(operation.clock) {
                 rejected.push((*id, Rejection::Clock));
                 return false;
             }
@@ -188,15 +197,15 @@ pub fn merge<'a>(
             break;
         }
     }
-    candidates.sort_by_key(|(id, op, _)| (op.operation().clock, *id));
+    candidates.sort_by_key(|(id, op)| (op.operation().clock, *id));
     let position: HashMap<OpId, usize> = candidates
         .iter()
         .enumerate()
-        .map(|(index, (id, _, _))| (*id, index))
+        .map(|(index, (id, _))| (*id, index))
         .collect();
     let words = candidates.len().div_ceil(64);
     let mut nodes: Vec<Node> = Vec::with_capacity(candidates.len());
-    for (_, op, change) in candidates {
+    for (_, op) in candidates {
         let deps: Vec<usize> = op
             .operation()
             .deps
@@ -205,14 +214,26 @@ pub fn merge<'a>(
             .collect();
         let mut ancestors = vec![0u64; words];
         for &dep in &deps {
-            ancestors[dep / 64] |= 1 << (dep % 64);
+            ancestors[dep / 64] |= 1u64 << (dep % 64);
             for (word, theirs) in ancestors.iter_mut().zip(&nodes[dep].ancestors) {
                 *word |= theirs;
             }
         }
+        let change = Change::decode(&op.operation().payload);
+        let grant = match &change {
+            Some(Change::Grant {
+                actor,
+                role,
+                sealing,
+            }) => ActorId::parse(actor)
+                .zip(crate::from_b64::<32>(sealing))
+                .map(|(actor, sealing)| (actor, *role, sealing)),
+            _ => None,
+        };
         nodes.push(Node {
             op,
             change,
+            grant,
             deps,
             ancestors,
         });
@@ -220,15 +241,24 @@ pub fn merge<'a>(
 
     // Grants are few beside data: the checks walk them only.
     let grants = Grants::of(&nodes);
-    let mut accepted = vec![true; nodes.len()];
+    // First what each operation's causal point allows, in order (an ancestor is judged
+    // before its descendants); only those grants may then act as concurrent revocations, so
+    // an unauthorised grant can never take anything away.
     let mut why: Vec<Option<Rejection>> = vec![None; nodes.len()];
+    let mut accepted = vec![false; nodes.len()];
+    for index in 0..nodes.len() {
+        why[index] = judge(&nodes, &grants, &accepted, index, owner, false);
+        accepted[index] = why[index].is_none();
+    }
+    // Then concurrent changes of roles, until nothing more is rejected. Only rejections
+    // happen, so this ends; each round judges against the previous round's verdicts.
     loop {
         let verdicts: Vec<Option<Rejection>> = (0..nodes.len())
             .map(|index| {
                 if !accepted[index] {
                     return why[index];
                 }
-                judge(&nodes, &grants, &accepted, index, owner)
+                judge(&nodes, &grants, &accepted, index, owner, true)
             })
             .collect();
         let mut changed = false;
@@ -263,18 +293,18 @@ pub fn merge<'a>(
         clock = clock.max(node.op.operation().clock);
         applied.push(id);
         match &node.change {
-            Change::Put { key, value } => {
+            Some(Change::Put { key, value }) => {
                 use base64::Engine as _;
                 let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
                     .decode(value)
                     .unwrap_or_default();
                 values.insert(key.clone(), bytes);
             }
-            Change::Delete { key } => {
+            Some(Change::Delete { key }) => {
                 values.remove(key);
             }
-            Change::Grant { .. } => grant(&mut acl, &node.change),
-            Change::Ack { .. } => {}
+            Some(Change::Grant { .. }) => apply_grant(&mut acl, node),
+            Some(Change::Ack { .. }) | None => {}
         }
     }
     let heads = nodes
@@ -297,16 +327,9 @@ pub fn merge<'a>(
 }
 
 /// Applies an accepted grant (its signer's authority was checked when it was judged).
-fn grant(acl: &mut Acl, change: &Change) {
-    if let Change::Grant {
-        actor,
-        role,
-        sealing,
-    } = change
-        && let (Some(actor), Some(sealing)) =
-            (ActorId::parse(actor), crate::from_b64::<32>(sealing))
-    {
-        acl.force(actor, *role, sealing);
+fn apply_grant(acl: &mut Acl, node: &Node) {
+    if let Some((actor, role, sealing)) = node.grant {
+        acl.force(actor, role, sealing);
     }
 }
 
@@ -323,67 +346,97 @@ impl Grants {
             to: HashMap::new(),
         };
         for (index, node) in nodes.iter().enumerate() {
-            if let Change::Grant { actor, .. } = &node.change {
+            if let Some((actor, _, _)) = node.grant {
                 grants.all.push(index);
-                if let Some(actor) = ActorId::parse(actor) {
-                    grants.to.entry(actor).or_default().push(index);
-                }
+                grants.to.entry(actor).or_default().push(index);
             }
         }
         grants
     }
+
+    /// The accepted grants to `actor` concurrent with node `index` (neither saw the other).
+    fn concurrent<'n>(
+        &'n self,
+        nodes: &'n [Node],
+        accepted: &'n [bool],
+        index: usize,
+        actor: &ActorId,
+    ) -> impl Iterator<Item = Role> + 'n {
+        let node = &nodes[index];
+        self.to
+            .get(actor)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .filter(move |&&other| {
+                other != index
+                    && accepted[other]
+                    && !node.descends_from(other)
+                    && !nodes[other].descends_from(index)
+            })
+            .filter_map(|&other| nodes[other].grant.map(|(_, role, _)| role))
+    }
 }
 
-/// Whether node `index` counts, given which others count now.
+/// Whether node `index` counts, given which others count now: by its causal point alone, or
+/// (`concurrent`) also under every concurrent change of its signer's role, and for a grant,
+/// of its target's.
 fn judge(
     nodes: &[Node],
     grants: &Grants,
     accepted: &[bool],
     index: usize,
     owner: PublicIdentity,
+    concurrent: bool,
 ) -> Option<Rejection> {
     let node = &nodes[index];
+    let Some(change) = &node.change else {
+        return Some(Rejection::UnknownChange);
+    };
     let signer = node.op.operation().actor;
     // The access list at its causal point: the accepted grants among its ancestors, in order.
     let mut acl = Acl::new(owner.id, owner.sealing);
     for &other in grants.all.iter().take_while(|&&other| other < index) {
         if accepted[other] && node.descends_from(other) {
-            grant(&mut acl, &nodes[other].change);
+            apply_grant(&mut acl, &nodes[other]);
         }
     }
     let Some(role) = acl.role(&signer) else {
         return Some(Rejection::NotAllowed);
     };
-    if !allowed(role, &node.change, &acl) {
+    let target = node.grant.map(|(actor, _, _)| actor);
+    let target_role = target.and_then(|actor| acl.role(&actor));
+    if !allowed(role, change, target_role) {
         return Some(Rejection::NotAllowed);
+    }
+    if !concurrent {
+        return None;
     }
     // Every accepted grant to the signer that this operation did not see, and that did not
     // see it, must allow it too.
-    for &other in grants.to.get(&signer).map_or(&[][..], Vec::as_slice) {
-        let concurrent = &nodes[other];
-        if other == index
-            || !accepted[other]
-            || node.descends_from(other)
-            || concurrent.descends_from(index)
-        {
-            continue;
-        }
-        if let Change::Grant { role, .. } = &concurrent.change
-            && !allowed(*role, &node.change, &acl)
-        {
-            return Some(Rejection::RevokedConcurrently);
-        }
+    if grants
+        .concurrent(nodes, accepted, index, &signer)
+        .any(|role| !allowed(role, change, target_role))
+    {
+        return Some(Rejection::RevokedConcurrently);
+    }
+    // A grant must be allowed whatever role a concurrent grant gave its target: otherwise a
+    // Manager could unmake an Owner by leaving the grant that made it out of its dependencies.
+    if let Some(target) = target
+        && grants
+            .concurrent(nodes, accepted, index, &target)
+            .any(|target_role| !allowed(role, change, Some(target_role)))
+    {
+        return Some(Rejection::RevokedConcurrently);
     }
     None
 }
 
-/// Whether a signer of `role` may make `change` given the access list `acl`.
-fn allowed(role: Role, change: &Change, acl: &Acl) -> bool {
+/// Whether a signer of `role` may make `change`, its target (for a grant) holding
+/// `target_role`.
+fn allowed(role: Role, change: &Change, target_role: Option<Role>) -> bool {
     match change {
         Change::Put { .. } | Change::Delete { .. } => role.writes(),
-        Change::Grant {
-            actor, role: to, ..
-        } => ActorId::parse(actor).is_some_and(|actor| role.may_set(acl.role(&actor), *to)),
+        Change::Grant { role: to, .. } => role.may_set(target_role, *to),
         Change::Ack { .. } => role.reads(),
     }
 }

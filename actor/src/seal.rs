@@ -33,8 +33,8 @@ pub enum SealError {
     /// Another format or version.
     #[error("not a version-1 sealed key (it does not start with \"zbs1\")")]
     UnknownVersion,
-    /// The ephemeral key is a low-order point: no secret is shared.
-    #[error("the sealed key's ephemeral public key is degenerate")]
+    /// A low-order X25519 key (the ephemeral one, or the recipient's): no secret is shared.
+    #[error("a degenerate X25519 public key: no secret can be shared with it")]
     Degenerate,
     /// Sealed to someone else, for another resource or epoch, or altered.
     #[error(
@@ -59,13 +59,21 @@ fn cipher(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32]) -> Aes2
     Aes256Gcm::new(key.as_ref().into())
 }
 
+/// Whether `public` is an X25519 key a secret can be shared with: not one of the low-order
+/// points, with which every shared secret is zero (anyone could open what is sealed to it).
+pub fn usable_key(public: &[u8; 32]) -> bool {
+    x25519_dalek::StaticSecret::from([0x42; 32])
+        .diffie_hellman(&x25519_dalek::PublicKey::from(*public))
+        .was_contributory()
+}
+
 /// Seals `key` of `resource` to the member whose X25519 public key is `recipient`.
 pub fn seal(
     key: &ContentKey,
     resource: &ResourceId,
     recipient: &[u8; 32],
     rng: &mut (impl RngCore + CryptoRng),
-) -> Vec<u8> {
+) -> Result<Vec<u8>, SealError> {
     let mut ephemeral = Zeroizing::new([0u8; 32]);
     let mut nonce = [0u8; 12];
     rng.fill_bytes(ephemeral.as_mut());
@@ -80,7 +88,10 @@ pub fn seal_with(
     recipient: &[u8; 32],
     ephemeral: &[u8; 32],
     nonce: [u8; 12],
-) -> Vec<u8> {
+) -> Result<Vec<u8>, SealError> {
+    if !usable_key(recipient) {
+        return Err(SealError::Degenerate);
+    }
     let secret = x25519_dalek::StaticSecret::from(*ephemeral);
     let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
     let shared = Zeroizing::new(
@@ -103,7 +114,7 @@ pub fn seal_with(
         )
         .unwrap_or_else(|_| unreachable!("AES-256-GCM encrypts 32 bytes"));
     sealed.extend_from_slice(&boxed);
-    sealed
+    Ok(sealed)
 }
 
 /// Opens a box sealed to `identity`: the content key of `resource` at `epoch`.
@@ -155,8 +166,9 @@ mod tests {
         let stranger = Identity::generate(rng);
         let id = ResourceId::from_bytes([1; 32]);
         let key = ContentKey::generate(2, rng);
-        let sealed = seal(&key, &id, &member.public().sealing, rng);
+        let sealed = seal(&key, &id, &member.public().sealing, rng).unwrap();
         assert_eq!(sealed.len(), SEALED_LEN);
+        assert_eq!(seal(&key, &id, &[0; 32], rng), Err(SealError::Degenerate));
         assert_eq!(open(&member, &id, 2, &sealed).unwrap().bytes(), key.bytes());
         assert_eq!(
             open(&stranger, &id, 2, &sealed).unwrap_err(),
@@ -183,7 +195,8 @@ mod tests {
             &id,
             &member.public().sealing,
             rng,
-        );
+        )
+        .unwrap();
         assert_eq!(
             open(&member, &id, 1, &sealed[1..]).unwrap_err(),
             SealError::Length(SEALED_LEN - 1)

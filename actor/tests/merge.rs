@@ -238,6 +238,72 @@ fn missing_dependencies_wait_and_bad_clocks_or_payloads_are_refused() {
     );
 }
 
+#[test]
+fn an_unauthorised_revocation_takes_nothing_away() {
+    let mut sim = Sim::new(4);
+    let v = sim.op(OWNER, &[], sim.grant(VIEWER, Role::Viewer));
+    // A viewer (or anyone) "revokes" the owner, seeing nothing: concurrent with all of it.
+    let forged = sim.op(VIEWER, &[], sim.grant(OWNER, Role::Revoked));
+    let written = sim.op(OWNER, &[&v], put("a", "still mine"));
+    let later = sim.op(OWNER, &[&written], put("b", "and this"));
+    let merged = sim.merge(&[v, forged.clone(), written, later]);
+    assert_eq!(rejected(&merged, &forged), Some(Rejection::NotAllowed));
+    assert_eq!(merged.values.len(), 2, "{:?}", merged.rejected);
+    assert_eq!(merged.acl.role(&sim.actors[OWNER].id()), Some(Role::Owner));
+}
+
+#[test]
+fn a_manager_cannot_unmake_an_owner_by_leaving_its_grant_out() {
+    let mut sim = Sim::new(4);
+    let m = sim.op(OWNER, &[], sim.grant(MANAGER, Role::Manager));
+    let second_owner = sim.op(OWNER, &[&m], sim.grant(EDITOR, Role::Owner));
+    // The manager depends on its own grant only, as if the second owner did not exist yet,
+    // and makes a long chain so its revocation sorts last.
+    let mut chain = sim.op(MANAGER, &[&m], put("x", "1"));
+    let mut ops = vec![m, second_owner.clone()];
+    for n in 0..5 {
+        ops.push(chain.clone());
+        chain = sim.op(MANAGER, &[&chain], put("x", &n.to_string()));
+    }
+    ops.push(chain.clone());
+    let demote = sim.op(MANAGER, &[&chain], sim.grant(EDITOR, Role::Revoked));
+    ops.push(demote.clone());
+    let merged = sim.merge(&ops);
+    assert_eq!(
+        rejected(&merged, &demote),
+        Some(Rejection::RevokedConcurrently)
+    );
+    assert_eq!(merged.acl.role(&sim.actors[EDITOR].id()), Some(Role::Owner));
+}
+
+#[test]
+fn a_clock_must_be_one_above_the_dependencies() {
+    let sim = Sim::new(2);
+    let owner = &sim.actors[OWNER];
+    let pinned = Operation {
+        resource: ResourceId::from_bytes(RESOURCE),
+        actor: owner.id(),
+        clock: u64::MAX,
+        deps: vec![],
+        payload: put("k", "forever").encode(),
+    }
+    .sign(owner)
+    .unwrap();
+    let merged = sim.merge(std::slice::from_ref(&pinned));
+    assert_eq!(rejected(&merged, &pinned), Some(Rejection::Clock));
+}
+
+#[test]
+fn a_grant_to_a_degenerate_sealing_key_is_not_a_change() {
+    let sim = Sim::new(2);
+    let change = Change::Grant {
+        actor: sim.actors[1].id().to_string(),
+        role: Role::Viewer,
+        sealing: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]),
+    };
+    assert_eq!(Change::decode(&change.encode()), None);
+}
+
 /// A random history: each step, a random actor makes a random change on top of a random
 /// subset of what exists (so there is plenty of concurrency), grants and revocations included.
 fn history(steps: &[(usize, u8, Vec<usize>)]) -> (Sim, Vec<SignedOperation>) {

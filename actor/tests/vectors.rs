@@ -38,7 +38,8 @@ fn vectors() -> serde_json::Value {
         &member.public().sealing,
         &ephemeral,
         seal_nonce,
-    );
+    )
+    .unwrap();
     assert_eq!(
         seal::open(&member, &resource, 1, &sealed_key)
             .unwrap()
