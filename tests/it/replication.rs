@@ -504,6 +504,9 @@ async fn after_a_failover_the_old_primary_is_fenced_and_the_other_replica_follow
         refused_write(&a, &id, &identity).await,
         CloseKind::Overloaded
     );
+    // Fenced by a later epoch, it hands out no token: its history is no prefix to promote.
+    let (ok, _, err) = admin("demote", a_port, &[]).await;
+    assert!(!ok && err.contains("later epoch"), "{err}");
     assert_eq!(
         offered(&a, Transport::Ws, &id, &identity).await.as_deref(),
         Some(&b"on the old primary"[..]),
@@ -581,6 +584,11 @@ async fn a_former_primary_rejoining_as_a_replica_keeps_its_diverged_writes_acros
                 .as_deref(),
             Some(&b"only on the old primary"[..]),
             "start {start}: the write nobody else has is still there"
+        );
+        let (ok, _, err) = admin("promote", a_port, &[]).await;
+        assert!(
+            !ok && err.contains("former primary"),
+            "start {start}: {err}"
         );
         rejoined.kill().await;
     }

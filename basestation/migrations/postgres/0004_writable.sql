@@ -3,3 +3,5 @@
 -- update waits for every numbering in flight, and every numbering after it sees the flag and
 -- writes nothing, on every pod at once (docs/REPLICATION.md).
 ALTER TABLE zbase_sequence ADD COLUMN writable BOOLEAN NOT NULL DEFAULT TRUE;
+-- A store already fenced before this migration stays fenced.
+UPDATE zbase_sequence SET writable = NOT EXISTS (SELECT 1 FROM zbase_site WHERE role <> 'primary');

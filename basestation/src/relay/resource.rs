@@ -561,7 +561,21 @@ impl Resource {
         let timer = StoreTimer::start(&self.relay.metrics().store_write_seconds);
         // Two snapshots in flight must not commit in the other order, or the older one would
         // win; a store that cannot promise the order gets them one after the other.
-        let (finished, after) = if store.keeps_write_order() {
+        // Once a write went out one at a time, the next waits for it too even if the store
+        // keeps order by now (a promotion between the two), until it is over: it may still be
+        // in flight to the old primary.
+        let ordered = store.keeps_write_order();
+        if ordered
+            && self.last_write.as_mut().is_some_and(|previous| {
+                !matches!(
+                    previous.try_recv(),
+                    Err(oneshot::error::TryRecvError::Empty)
+                )
+            })
+        {
+            self.last_write = None;
+        }
+        let (finished, after) = if ordered && self.last_write.is_none() {
             (None, None)
         } else {
             let (finished, next) = oneshot::channel();

@@ -121,6 +121,10 @@ async fn session(
             // A lost feed alone keeps the bridge: deltas may still pass while the feed
             // reconnects. Another primary followed is a new home for it.
             Ok(()) = following.changed() => {
+                if !upstream.replica() {
+                    // Promoted: the other sites' bridges come to this one now.
+                    return Break::Closed;
+                }
                 if following
                     .borrow_and_update()
                     .as_ref()

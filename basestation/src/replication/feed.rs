@@ -116,6 +116,7 @@ impl Replication for Feed {
             } else {
                 0.0
             },
+            handed_over: site.role == crate::store::Role::Fenced && self.site.handed_over(),
         }))
     }
 

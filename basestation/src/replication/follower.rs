@@ -255,8 +255,9 @@ fn latest(epochs: &[pb::Epoch]) -> u64 {
 }
 
 /// Which of `sites` to follow, for a cache at `position` in epoch `own`: the primary of the
-/// latest epoch, not older than this site's; while there is none, a fenced site of this very
-/// epoch that holds changes the cache lacks. That is a demoted primary: following it is how
+/// latest epoch, not older than this site's; while there is none, a site of this very epoch
+/// that handed over and holds changes the cache lacks. That is a demoted primary: following
+/// it is how
 /// a promotion with its token catches up even if the feed from it had dropped, and what it
 /// sends is its own committed history, which the next primary continues.
 pub(crate) fn choose<'a>(
@@ -276,7 +277,7 @@ pub(crate) fn choose<'a>(
         sites
             .iter()
             .enumerate()
-            .filter(|(_, status)| status.role == Role::Fenced.name())
+            .filter(|(_, status)| status.role == Role::Fenced.name() && status.handed_over)
             .filter(|(_, status)| own > 0 && latest(&status.epochs) == own)
             .filter(|(_, status)| status.last_seq > position)
             .max_by_key(|(_, status)| status.last_seq)
@@ -340,8 +341,10 @@ async fn follow_once(
             };
         }
         tracing::warn!(from, primary = %peer.url, "this cache holds changes the primary does not have (a failover happened after them); wiping it to sync again from the start");
-        if let Err(error) = cache.wipe().await {
-            return Ended::Cache(error);
+        match site.wipe(cache).await {
+            Ok(true) => {}
+            Ok(false) => return Ended::Promoted,
+            Err(error) => return Ended::Cache(error),
         }
         upstream.wiped();
         // Resource tasks hold keys and snapshots of the history just dropped (some of those
@@ -603,10 +606,18 @@ mod tests {
 
     #[test]
     fn without_a_primary_a_demoted_one_of_the_same_epoch_is_followed_while_it_has_more() {
-        let demoted = [
+        let mut handed_over = status(Role::Fenced, &[(1, 1)], 90);
+        handed_over.handed_over = true;
+        let demoted = [status(Role::Replica, &[(1, 1)], 40), handed_over];
+        let fenced_by_a_later_epoch = [
             status(Role::Replica, &[(1, 1)], 40),
             status(Role::Fenced, &[(1, 1)], 90),
         ];
+        assert_eq!(
+            choose(1, 50, fenced_by_a_later_epoch.iter()),
+            None,
+            "a site fenced by a later epoch may hold writes the next primary never had"
+        );
         assert_eq!(choose(1, 50, demoted.iter()), Some(1), "it holds 51..=90");
         assert_eq!(choose(1, 90, demoted.iter()), None, "nothing more to take");
         assert_eq!(

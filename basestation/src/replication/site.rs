@@ -348,6 +348,10 @@ pub struct SiteStore {
     /// that diverged from the primary's is kept, not wiped, and the role stays recorded as
     /// fenced until the cache is found to fit the primary's history.
     former_primary: AtomicBool,
+    /// Demoted with a token in this process's life (not fenced by a later epoch): its history
+    /// is the one the next primary continues, so replicas may catch up from it and a repeated
+    /// demotion hands the same token out. Not kept across a restart, which is the cautious side.
+    handed_over: AtomicBool,
 }
 
 impl SiteStore {
@@ -372,7 +376,13 @@ impl SiteStore {
             role: tokio::sync::RwLock::new(site.role),
             current: watch::Sender::new(site),
             former_primary: AtomicBool::new(former_primary),
+            handed_over: AtomicBool::new(false),
         }
+    }
+
+    /// Whether this site handed over with a token in this process's life.
+    pub(super) fn handed_over(&self) -> bool {
+        self.handed_over.load(Ordering::Relaxed)
     }
 
     /// Whether the store holds a former primary's writes that no check has cleared yet: a
@@ -447,6 +457,18 @@ impl SiteStore {
         cache.mirror(changes).await.map(Some)
     }
 
+    /// Empties the cache to sync again from the start, unless this station stopped being a
+    /// plain replica meanwhile (`false`): under the role lock, so a promotion cannot happen
+    /// between the history check and the wipe and lose what the new primary accepted.
+    pub(super) async fn wipe(&self, cache: &SqliteStore) -> Result<bool, StoreError> {
+        let role = self.role.write().await;
+        if *role != Role::Replica || self.former_primary() {
+            return Ok(false);
+        }
+        cache.wipe().await?;
+        Ok(true)
+    }
+
     /// Promotes this replica to primary in the next epoch. With `token`, first waits until the
     /// cache holds the demoted primary's last sequence.
     pub async fn promote(&self, token: Option<Token>) -> Result<Promotion, RoleError> {
@@ -472,6 +494,12 @@ impl SiteStore {
         }
         let mut role = self.role.write().await;
         match *role {
+            Role::Replica if self.former_primary() => {
+                return Err(RoleError::WrongRole(
+                    "a former primary not yet found to fit the current primary's history",
+                    "it may hold writes no other site has; let it follow the current primary first, or rebuild it as a replica",
+                ));
+            }
             Role::Replica => {}
             Role::Primary => {
                 return Err(RoleError::WrongRole("already the primary", "nothing to do"));
@@ -513,8 +541,15 @@ impl SiteStore {
                 site.role = Role::Fenced;
                 self.record(site).await?;
                 *role = Role::Fenced;
+                self.handed_over.store(true, Ordering::Relaxed);
             }
-            Role::Fenced => {}
+            Role::Fenced if self.handed_over() => {}
+            Role::Fenced => {
+                return Err(RoleError::WrongRole(
+                    "fenced because another site is primary in a later epoch (or restarted since it handed over)",
+                    "its history is no prefix for a promotion: promote without a token (a failover), or use the token it printed when it was demoted",
+                ));
+            }
             Role::Replica => {
                 return Err(RoleError::WrongRole(
                     "a replica",

@@ -60,16 +60,10 @@ pub async fn round(
 
     if site.demote && old.and_then(|s| s.handover_token.as_ref()).is_none() {
         match station_client.demote().await {
+            // A station that handed over answers a repeated demotion with the same token, so
+            // a round whose status was lost simply asks again. One fenced because another site
+            // is primary in a later epoch refuses: its history is no prefix to promote from.
             Ok((epoch, seq)) => observed.demoted = Some(format!("{epoch}:{seq}")),
-            // Demoted by an earlier round whose status was lost: its token is its epoch and
-            // last sequence, which no longer move.
-            Err(SiteError::Refused(why)) => match station_client.status().await {
-                Ok(now) if now.role != "primary" && now.role != "replica" => {
-                    observed.demoted = Some(format!("{}:{}", now.epoch, now.last_seq));
-                    observed.found_done = true;
-                }
-                _ => observed.refused = Some(format!("demote: {why}")),
-            },
             Err(e) => observed.refused = Some(format!("demote: {e}")),
         }
     }
