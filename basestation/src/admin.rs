@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use std::path::PathBuf;
 use zbase_basestation::config::{self, SiteAddress};
-use zbase_basestation::replication::{self, EPOCH_METADATA, Token};
+use zbase_basestation::replication::{self, Token, with_epoch};
 use zbase_basestation::telemetry::Metrics;
 use zbase_basestation::tls::Watched;
 use zbase_proto::pb;
@@ -73,14 +73,6 @@ impl SiteArgs {
 }
 
 /// `message` as a request from an operator (epoch 0: it never fences anyone).
-fn request<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert(EPOCH_METADATA, tonic::metadata::MetadataValue::from(0u64));
-    request
-}
-
 fn failed(site: &str, status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{site}: {}", status.message())
 }
@@ -89,7 +81,7 @@ fn failed(site: &str, status: tonic::Status) -> anyhow::Error {
 pub async fn status(args: SiteArgs) -> anyhow::Result<()> {
     let mut client = args.client()?;
     let status = client
-        .status(request(pb::StatusRequest {}))
+        .status(with_epoch(pb::StatusRequest {}, 0))
         .await
         .map_err(|status| failed(&args.site, status))?
         .into_inner();
@@ -135,7 +127,7 @@ pub async fn status(args: SiteArgs) -> anyhow::Result<()> {
 pub async fn demote(args: SiteArgs) -> anyhow::Result<()> {
     let mut client = args.client()?;
     let token = client
-        .demote(request(pb::DemoteRequest {}))
+        .demote(with_epoch(pb::DemoteRequest {}, 0))
         .await
         .map_err(|status| failed(&args.site, status))?
         .into_inner();
@@ -163,7 +155,7 @@ pub async fn promote(args: PromoteArgs) -> anyhow::Result<()> {
         seq: token.seq,
     });
     let promoted = client
-        .promote(request(pb::PromoteRequest { token }))
+        .promote(with_epoch(pb::PromoteRequest { token }, 0))
         .await
         .map_err(|status| failed(&args.site.site, status))?
         .into_inner();

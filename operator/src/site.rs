@@ -14,11 +14,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
+use zbase_basestation::replication::with_epoch;
 use zbase_proto::pb;
 use zbase_proto::pb::replication_client::ReplicationClient;
 
 /// The metadata key carrying the caller's epoch, as the station reads it.
-const EPOCH_METADATA: &str = "zbase-epoch";
 /// How long a call may take: a promotion with a token waits up to 30 s for the cache to catch
 /// up, so a little more than that.
 const CALL_TIMEOUT: Duration = Duration::from_secs(40);
@@ -141,7 +141,7 @@ impl Site {
     pub async fn status(&mut self) -> Result<Reported, SiteError> {
         let status = self
             .client
-            .status(request(pb::StatusRequest {}))
+            .status(with_epoch(pb::StatusRequest {}, 0))
             .await
             .map_err(SiteError::from)?
             .into_inner();
@@ -161,7 +161,7 @@ impl Site {
         let token = token.map(|(epoch, seq)| pb::HandoverToken { epoch, seq });
         let reply = self
             .client
-            .promote(request(pb::PromoteRequest { token }))
+            .promote(with_epoch(pb::PromoteRequest { token }, 0))
             .await
             .map_err(SiteError::from)?
             .into_inner();
@@ -175,7 +175,7 @@ impl Site {
     pub async fn demote(&mut self) -> Result<(u64, u64), SiteError> {
         let token = self
             .client
-            .demote(request(pb::DemoteRequest {}))
+            .demote(with_epoch(pb::DemoteRequest {}, 0))
             .await
             .map_err(SiteError::from)?
             .into_inner();
@@ -184,14 +184,6 @@ impl Site {
 }
 
 /// `message` as the operator's request: epoch 0, which never fences anyone.
-fn request<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert(EPOCH_METADATA, tonic::metadata::MetadataValue::from(0u64));
-    request
-}
-
 fn client_config(credentials: &Credentials) -> Result<rustls::ClientConfig, SiteError> {
     let bad =
         |what: &str, e: &dyn std::fmt::Display| SiteError::Credentials(format!("{what}: {e}"));

@@ -29,29 +29,6 @@ const ALGORITHMS = {
   Ed25519: { generate: { name: 'Ed25519' }, sign: { name: 'Ed25519' } },
 };
 
-function b64uEncode(bytes) {
-  let binary = '';
-  for (const byte of bytes) binary += String.fromCharCode(byte);
-  return btoa(binary).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
-}
-
-function b64uDecode(text) {
-  const padded = text.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (text.length % 4)) % 4);
-  return Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
-}
-
-const ascii = (text) => new TextEncoder().encode(text);
-
-function concat(...parts) {
-  const out = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
 // One WebSocket to one identifier. `events` is the full record: frames as
 // {kind:'frame', version, code, payload (base64url)}, then at most one
 // {kind:'close', code, reason, wasClean}; anything unexpected is recorded too.

@@ -14,7 +14,9 @@ mod site;
 
 pub use feed::{Feed, MESSAGE_MAX, service};
 pub use follower::{check_at_start, run};
-pub use site::{EPOCH_METADATA, Peer, Promotion, RoleError, SiteStore, Token, Upstream};
+pub use site::{
+    EPOCH_METADATA, Peer, Promotion, RoleError, SiteStore, Token, Upstream, with_epoch,
+};
 
 /// The router of the replication port.
 pub fn router(relay: crate::relay::Relay, site: std::sync::Arc<SiteStore>) -> axum::Router {

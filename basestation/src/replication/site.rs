@@ -33,7 +33,7 @@ const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const EPOCH_METADATA: &str = "zbase-epoch";
 
 /// `message` as a request that tells the other site this site's `epoch`.
-pub(super) fn with_epoch<T>(message: T, epoch: u64) -> tonic::Request<T> {
+pub fn with_epoch<T>(message: T, epoch: u64) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
         .metadata_mut()
