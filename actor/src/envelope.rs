@@ -25,6 +25,7 @@ pub const TAG_LEN: usize = 16;
 const INFO: &[u8] = b"zbase/v1/envelope";
 
 /// A resource's content key of one epoch (a revocation starts the next epoch with a new key).
+#[derive(Clone)]
 pub struct ContentKey {
     epoch: u32,
     key: Zeroizing<[u8; 32]>,

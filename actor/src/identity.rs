@@ -60,6 +60,24 @@ pub struct PublicIdentity {
     pub sealing: [u8; 32],
 }
 
+impl PublicIdentity {
+    /// Text to hand to whoever shares with this actor: `<actor id>.<X25519 key>`, both
+    /// base64url.
+    pub fn to_text(&self) -> String {
+        format!("{}.{}", self.id, crate::b64(&self.sealing))
+    }
+
+    /// Reads [`PublicIdentity::to_text`]; a degenerate (low-order) X25519 key is refused.
+    pub fn parse(text: &str) -> Option<PublicIdentity> {
+        let (id, sealing) = text.trim().split_once('.')?;
+        let sealing = crate::from_b64::<32>(sealing)?;
+        crate::seal::usable_key(&sealing).then_some(PublicIdentity {
+            id: ActorId::parse(id)?,
+            sealing,
+        })
+    }
+}
+
 /// An actor's secret keys.
 pub struct Identity {
     signing: SigningKey,

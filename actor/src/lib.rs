@@ -9,19 +9,27 @@
 //! test vectors in `vectors/v1.json` are the contract between this crate and any other
 //! implementation.
 
+pub mod access;
 pub mod acl;
+pub mod bundle;
 pub mod envelope;
 pub mod identity;
+pub mod local;
+pub mod mailbox;
 pub mod merge;
 pub mod operation;
 pub mod seal;
+pub mod station;
+pub mod sync;
 
+pub use access::AccessKey;
 pub use acl::{Acl, Role};
 pub use envelope::{ContentKey, EnvelopeError};
 pub use identity::{ActorId, Identity, PublicIdentity};
 pub use merge::{Change, Merged, Rejection, merge};
 pub use operation::{OpId, Operation, OperationError, SignedOperation};
 pub use seal::SealError;
+pub use sync::{Device, SyncError, SyncReport, ValueChange};
 
 /// Base64url without padding, the text form of every key, identifier and signature here.
 pub(crate) fn b64(bytes: &[u8]) -> String {

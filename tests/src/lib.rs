@@ -15,4 +15,5 @@ pub mod postgres;
 pub mod restored;
 pub mod sites;
 pub mod station;
+pub mod tap;
 pub mod tls;

@@ -1,0 +1,646 @@
+//! A connection to a base station, on WebSocket or gRPC, in plain text or TLS: the frames of
+//! the wire contract (WIRE.md) and the two handshakes, and nothing about what the payloads
+//! mean. [`crate::sync`] builds on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{self, Message, protocol::frame::coding::CloseCode};
+use tonic::transport::Endpoint;
+use zbase_proto::pb::{self, RESOURCE_ID_METADATA, station_client::StationClient};
+use zbase_proto::wire::{CHALLENGE_LEN, Challenge, ResourceId};
+
+use crate::access::AccessKey;
+
+/// The contract's frame version.
+const VERSION: u8 = 1;
+/// The largest frame this client takes from a station (the station's default limit is 8 MiB).
+const MAX_MESSAGE: usize = 16 << 20;
+/// How long the station has to answer a step of the handshake.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long to wait for `offer-snapshot` after verifying. A station sends it at once when it
+/// has one, and sends nothing when it has none, so silence this long means "none".
+const OFFER_WAIT: Duration = Duration::from_secs(2);
+
+/// Frame codes this client sends or reads (WIRE.md section 2, docs/KEY-ROTATION.md).
+pub mod code {
+    /// require-verification
+    pub const REQUIRE_VERIFICATION: u8 = 0x00;
+    /// require-config
+    pub const REQUIRE_CONFIG: u8 = 0x01;
+    /// offer-config
+    pub const OFFER_CONFIG: u8 = 0x02;
+    /// offer-snapshot
+    pub const OFFER_SNAPSHOT: u8 = 0x04;
+    /// forward-delta
+    pub const FORWARD_DELTA: u8 = 0x05;
+    /// forward-request
+    pub const FORWARD_REQUEST: u8 = 0x06;
+    /// forward-response
+    pub const FORWARD_RESPONSE: u8 = 0x07;
+    /// key-rotated
+    pub const KEY_ROTATED: u8 = 0x08;
+    /// submit-verification
+    pub const SUBMIT_VERIFICATION: u8 = 0x50;
+    /// submit-config
+    pub const SUBMIT_CONFIG: u8 = 0x51;
+    /// submit-snapshot
+    pub const SUBMIT_SNAPSHOT: u8 = 0x52;
+    /// submit-delta
+    pub const SUBMIT_DELTA: u8 = 0x53;
+    /// submit-request
+    pub const SUBMIT_REQUEST: u8 = 0x54;
+    /// rotate-key
+    pub const ROTATE_KEY: u8 = 0x55;
+}
+
+/// How a station ended a connection (WIRE.md section 8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Close {
+    /// 1000 / OK, or the stream simply ended.
+    Normal,
+    /// 1001: the station is shutting down.
+    GoingAway,
+    /// 1002 / INVALID_ARGUMENT: the station found a protocol violation.
+    Violation,
+    /// 1008 / UNAUTHENTICATED: the key was refused (or replaced by a rotation).
+    Refused,
+    /// 1009 / OUT_OF_RANGE: a frame was too large.
+    TooLarge,
+    /// 1013 / UNAVAILABLE / RESOURCE_EXHAUSTED: try again later.
+    Busy,
+    /// Anything else, as the transport said it.
+    Other(String),
+}
+
+impl std::fmt::Display for Close {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Close::Normal => write!(f, "closed normally"),
+            Close::GoingAway => write!(f, "station shutting down"),
+            Close::Violation => write!(f, "protocol violation"),
+            Close::Refused => write!(f, "key refused"),
+            Close::TooLarge => write!(f, "frame too large"),
+            Close::Busy => write!(f, "station busy or unavailable, try again later"),
+            Close::Other(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+/// Why talking to a station failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StationError {
+    /// The station URL is not one this client speaks.
+    #[error(
+        "station {0:?} is not a station URL: use ws://, wss://, grpc:// or grpcs:// with host:port"
+    )]
+    BadUrl(String),
+    /// TLS could not be set up (a bad CA file, no trusted roots).
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// No connection could be made.
+    #[error("station {url} unreachable: {detail}")]
+    Unreachable {
+        /// The station.
+        url: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The station ended the connection.
+    #[error("the station closed the connection: {0}")]
+    Closed(Close),
+    /// The station sent something the contract does not allow at this point.
+    #[error("unexpected answer from the station: {0}")]
+    Unexpected(String),
+    /// The station did not answer in time.
+    #[error("the station did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A station's address and how to reach it.
+#[derive(Clone)]
+pub struct Station {
+    url: String,
+    grpc: bool,
+    host: String,
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Station {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Station {
+    /// The station at `url` (`ws://`, `wss://`, `grpc://` or `grpcs://` then `host:port`);
+    /// for TLS, `ca_pem` is the only CA trusted, else the system's roots.
+    pub fn parse(url: &str, ca_pem: Option<&str>) -> Result<Station, StationError> {
+        let bad = || StationError::BadUrl(url.to_owned());
+        let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+        let (grpc, tls) = match scheme {
+            "ws" => (false, false),
+            "wss" => (false, true),
+            "grpc" => (true, false),
+            "grpcs" => (true, true),
+            _ => return Err(bad()),
+        };
+        let authority = rest.trim_end_matches('/');
+        let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if host.is_empty() || authority.contains('/') {
+            return Err(bad());
+        }
+        let tls = tls
+            .then(|| client_config(ca_pem, if grpc { b"h2" } else { b"http/1.1" }))
+            .transpose()?;
+        Ok(Station {
+            url: url.trim_end_matches('/').to_owned(),
+            grpc,
+            host,
+            port,
+            tls,
+        })
+    }
+
+    /// The URL it was parsed from.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn unreachable(&self, detail: impl std::fmt::Display) -> StationError {
+        StationError::Unreachable {
+            url: self.url.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    async fn dial(&self) -> Result<Box<dyn Io>, StationError> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(config) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|e| StationError::Tls(format!("{}: {e}", self.host)))?;
+        let stream = tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| self.unreachable(format!("TLS handshake: {e}")))?;
+        Ok(Box::new(stream))
+    }
+
+    /// Opens a connection for `id`: the station's first frame is not read yet.
+    pub async fn connect(&self, id: &ResourceId) -> Result<Connection, StationError> {
+        if self.grpc {
+            self.connect_grpc(id).await
+        } else {
+            self.connect_ws(id).await
+        }
+    }
+
+    async fn connect_ws(&self, id: &ResourceId) -> Result<Connection, StationError> {
+        let io = self.dial().await?;
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        let url = format!(
+            "{scheme}://{}/v1/resources/{}",
+            self.authority(),
+            id.as_str()
+        );
+        let config = tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE))
+            .max_frame_size(Some(MAX_MESSAGE));
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, io, Some(config))
+            .await
+            .map_err(|e| self.unreachable(format!("WebSocket upgrade: {e}")))?;
+        Ok(Connection(Inner::Ws(Box::new(ws))))
+    }
+
+    async fn connect_grpc(&self, id: &ResourceId) -> Result<Connection, StationError> {
+        // Scheme `http` on purpose: the connector does TLS itself.
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.authority()))
+            .map_err(|e| self.unreachable(e))?
+            .connect_timeout(ANSWER_TIMEOUT);
+        let station = self.clone();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let station = station.clone();
+            async move { station.dial().await.map(hyper_util::rt::TokioIo::new) }
+        });
+        let channel = endpoint
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| self.unreachable(chain(&e)))?;
+        let mut client = StationClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+        let (tx, rx) = mpsc::channel(16);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        let value = id
+            .as_str()
+            .parse()
+            .map_err(|_| StationError::Unexpected("identifier is not ASCII".into()))?;
+        request.metadata_mut().insert(RESOURCE_ID_METADATA, value);
+        match client.connect(request).await {
+            Ok(response) => Ok(Connection(Inner::Grpc {
+                tx: Some(tx),
+                rx: Box::new(response.into_inner()),
+            })),
+            Err(status) => Err(StationError::Closed(close_of_status(&status))),
+        }
+    }
+
+    /// Connects and answers `require-verification` with `access`; on success, returns the
+    /// verified session and the snapshot the station offered, if it has one.
+    pub async fn open(
+        &self,
+        id: &ResourceId,
+        access: &AccessKey,
+    ) -> Result<(Session, Option<Bytes>), StationError> {
+        let mut conn = self.connect(id).await?;
+        let (code, payload) = conn.recv_within(ANSWER_TIMEOUT).await?;
+        if code == code::REQUIRE_CONFIG {
+            conn.close().await;
+            return Err(StationError::Unexpected(
+                "the station does not know this resource".into(),
+            ));
+        }
+        let challenge = challenge(code, code::REQUIRE_VERIFICATION, &payload)?;
+        conn.send(
+            code::SUBMIT_VERIFICATION,
+            &access.verification(&challenge, id),
+        )
+        .await?;
+        let mut session = Session {
+            conn,
+            id: *id,
+            challenge,
+            early: Vec::new(),
+        };
+        match session.conn.recv_within(OFFER_WAIT).await {
+            Ok((code::OFFER_SNAPSHOT, snapshot)) => Ok((session, Some(snapshot))),
+            Ok(other) => {
+                session.early.push(other);
+                Ok((session, None))
+            }
+            Err(StationError::Timeout(_)) => Ok((session, None)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the station knows `id` (connects, reads the first frame, hangs up).
+    pub async fn exists(&self, id: &ResourceId) -> Result<bool, StationError> {
+        let mut conn = self.connect(id).await?;
+        let (code, _) = conn.recv_within(ANSWER_TIMEOUT).await?;
+        conn.close().await;
+        Ok(code == code::REQUIRE_VERIFICATION)
+    }
+
+    /// Configures a new resource under `proposed` with `access`; returns the identifier the
+    /// station assigned (another one when `proposed` was taken).
+    pub async fn create(
+        &self,
+        proposed: &ResourceId,
+        access: &AccessKey,
+    ) -> Result<ResourceId, StationError> {
+        let mut conn = self.connect(proposed).await?;
+        let (code, payload) = conn.recv_within(ANSWER_TIMEOUT).await?;
+        let challenge = challenge(code, code::REQUIRE_CONFIG, &payload)?;
+        conn.send(
+            code::SUBMIT_CONFIG,
+            &access.config_payload(&challenge, proposed),
+        )
+        .await?;
+        let (code, payload) = conn.recv_within(ANSWER_TIMEOUT).await?;
+        if code != code::OFFER_CONFIG {
+            return Err(StationError::Unexpected(format!(
+                "frame 0x{code:02x} instead of offer-config"
+            )));
+        }
+        let assigned = std::str::from_utf8(&payload)
+            .ok()
+            .and_then(|text| ResourceId::parse(text).ok())
+            .ok_or_else(|| StationError::Unexpected("offer-config without an identifier".into()))?;
+        conn.close().await;
+        Ok(assigned)
+    }
+}
+
+fn challenge(code: u8, expected: u8, payload: &[u8]) -> Result<Challenge, StationError> {
+    if code != expected {
+        return Err(StationError::Unexpected(format!(
+            "frame 0x{code:02x} instead of 0x{expected:02x}"
+        )));
+    }
+    <Challenge>::try_from(payload).map_err(|_| {
+        StationError::Unexpected(format!(
+            "a challenge of {} bytes, not {CHALLENGE_LEN}",
+            payload.len()
+        ))
+    })
+}
+
+fn client_config(
+    ca_pem: Option<&str>,
+    alpn: &[u8],
+) -> Result<Arc<rustls::ClientConfig>, StationError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.map_err(|e| StationError::Tls(format!("CA file: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| StationError::Tls(format!("CA file: {e}")))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(StationError::Tls(
+            "no trusted CA: give the station's CA with --ca FILE".into(),
+        ));
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StationError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+fn close_of_status(status: &tonic::Status) -> Close {
+    match status.code() {
+        tonic::Code::Ok => Close::Normal,
+        tonic::Code::InvalidArgument => Close::Violation,
+        tonic::Code::Unauthenticated => Close::Refused,
+        tonic::Code::OutOfRange => Close::TooLarge,
+        tonic::Code::Unavailable | tonic::Code::ResourceExhausted => Close::Busy,
+        _ => Close::Other(status.to_string()),
+    }
+}
+
+fn close_of_ws(code: CloseCode) -> Close {
+    match u16::from(code) {
+        1000 => Close::Normal,
+        1001 => Close::GoingAway,
+        1002 => Close::Violation,
+        1008 => Close::Refused,
+        1009 => Close::TooLarge,
+        1013 => Close::Busy,
+        other => Close::Other(format!("close code {other}")),
+    }
+}
+
+/// A byte stream a connection runs over: plain TCP or TLS.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// One connection to a station for one identifier.
+pub struct Connection(Inner);
+
+enum Inner {
+    Ws(Box<WebSocketStream<Box<dyn Io>>>),
+    Grpc {
+        /// Frames to the station (`None` once half-closed).
+        tx: Option<mpsc::Sender<pb::Frame>>,
+        rx: Box<tonic::Streaming<pb::Frame>>,
+    },
+}
+
+impl Connection {
+    /// Sends one frame.
+    pub async fn send(&mut self, code: u8, payload: &[u8]) -> Result<(), StationError> {
+        let gone = || StationError::Closed(Close::Other("connection lost while sending".into()));
+        match &mut self.0 {
+            Inner::Ws(ws) => {
+                let mut bytes = Vec::with_capacity(2 + payload.len());
+                bytes.extend_from_slice(&[VERSION, code]);
+                bytes.extend_from_slice(payload);
+                ws.send(Message::Binary(bytes.into()))
+                    .await
+                    .map_err(|_| gone())
+            }
+            Inner::Grpc { tx, .. } => {
+                let tx = tx.as_ref().ok_or_else(gone)?;
+                tx.send(pb::Frame {
+                    version: VERSION.into(),
+                    code: code.into(),
+                    payload: Bytes::copy_from_slice(payload),
+                })
+                .await
+                .map_err(|_| gone())
+            }
+        }
+    }
+
+    /// The next frame, as code and payload; the end of the connection is an error.
+    pub async fn recv(&mut self) -> Result<(u8, Bytes), StationError> {
+        match &mut self.0 {
+            Inner::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(bytes))) => return split(bytes),
+                    Some(Ok(Message::Close(frame))) => {
+                        return Err(StationError::Closed(
+                            frame.map_or(Close::Normal, |f| close_of_ws(f.code)),
+                        ));
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        return Err(StationError::Unexpected("a text message".into()));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        return Err(StationError::Closed(Close::Other(e.to_string())));
+                    }
+                    None => return Err(StationError::Closed(Close::Normal)),
+                }
+            },
+            Inner::Grpc { rx, .. } => match rx.message().await {
+                Ok(Some(frame)) => {
+                    let code = u8::try_from(frame.code).map_err(|_| {
+                        StationError::Unexpected(format!("frame code {}", frame.code))
+                    })?;
+                    if frame.version != u32::from(VERSION) {
+                        return Err(StationError::Unexpected(format!(
+                            "version {}",
+                            frame.version
+                        )));
+                    }
+                    Ok((code, frame.payload))
+                }
+                Ok(None) => Err(StationError::Closed(Close::Normal)),
+                Err(status) => Err(StationError::Closed(close_of_status(&status))),
+            },
+        }
+    }
+
+    /// [`Connection::recv`] within `wait`.
+    pub async fn recv_within(&mut self, wait: Duration) -> Result<(u8, Bytes), StationError> {
+        tokio::time::timeout(wait, self.recv())
+            .await
+            .map_err(|_| StationError::Timeout(wait))?
+    }
+
+    /// Ends the connection from this side.
+    pub async fn close(&mut self) {
+        match &mut self.0 {
+            Inner::Ws(ws) => {
+                let _ = (**ws).close(None).await;
+            }
+            Inner::Grpc { tx, .. } => *tx = None,
+        }
+    }
+}
+
+fn split(bytes: Bytes) -> Result<(u8, Bytes), StationError> {
+    if bytes.len() < 3 || bytes[0] != VERSION {
+        return Err(StationError::Unexpected("a malformed frame".into()));
+    }
+    Ok((bytes[1], bytes.slice(2..)))
+}
+
+/// A verified session: frames of one resource, both ways.
+pub struct Session {
+    conn: Connection,
+    id: ResourceId,
+    challenge: Challenge,
+    /// A frame read while waiting for `offer-snapshot`, handed out first.
+    early: Vec<(u8, Bytes)>,
+}
+
+impl Session {
+    /// The resource.
+    pub fn id(&self) -> &ResourceId {
+        &self.id
+    }
+
+    /// Sends one frame.
+    pub async fn send(&mut self, code: u8, payload: &[u8]) -> Result<(), StationError> {
+        self.conn.send(code, payload).await
+    }
+
+    /// The next frame.
+    pub async fn recv(&mut self) -> Result<(u8, Bytes), StationError> {
+        if let Some(frame) = self.early.pop() {
+            return Ok(frame);
+        }
+        self.conn.recv().await
+    }
+
+    /// [`Session::recv`] within `wait`.
+    pub async fn recv_within(&mut self, wait: Duration) -> Result<(u8, Bytes), StationError> {
+        tokio::time::timeout(wait, self.recv())
+            .await
+            .map_err(|_| StationError::Timeout(wait))?
+    }
+
+    /// Replaces the resource's access key `current` (the one this session proved) by `next`
+    /// (docs/KEY-ROTATION.md); returns once the station says the new key is durable. Frames
+    /// that arrive meanwhile are dropped: the caller resynchronises after a rotation.
+    pub async fn rotate(
+        &mut self,
+        current: &AccessKey,
+        next: &AccessKey,
+    ) -> Result<(), StationError> {
+        let payload = current.rotation_payload(next, &self.challenge, &self.id);
+        self.conn.send(code::ROTATE_KEY, &payload).await?;
+        loop {
+            let (code, payload) = match self.conn.recv_within(ANSWER_TIMEOUT).await {
+                // A station without extension R1 treats rotate-key as an unassigned code.
+                Err(StationError::Closed(Close::Violation)) => {
+                    return Err(StationError::Unexpected(
+                        "the station cannot rotate keys (no extension R1, docs/KEY-ROTATION.md): upgrade it".into(),
+                    ));
+                }
+                other => other?,
+            };
+            if code == code::KEY_ROTATED {
+                self.challenge = challenge(code, code::KEY_ROTATED, &payload)?;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Ends the session.
+    pub async fn close(mut self) {
+        self.conn.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn station_urls_name_a_transport_and_a_port() {
+        for (url, grpc, host, port) in [
+            ("ws://127.0.0.1:8080", false, "127.0.0.1", 8080),
+            ("grpc://station.example:443/", true, "station.example", 443),
+            ("ws://[::1]:9", false, "::1", 9),
+        ] {
+            let station = Station::parse(url, None).expect(url);
+            assert_eq!(
+                (station.grpc, station.host.as_str(), station.port),
+                (grpc, host, port)
+            );
+        }
+        for bad in [
+            "127.0.0.1:8080",
+            "http://h:1",
+            "ws://h",
+            "ws://h:x",
+            "ws://:1",
+            "ws://h:1/v1/resources",
+            "",
+        ] {
+            assert!(
+                matches!(Station::parse(bad, None), Err(StationError::BadUrl(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            Station::parse("wss://h:1", Some("not a certificate")),
+            Err(StationError::Tls(_))
+        ));
+    }
+}
