@@ -252,7 +252,7 @@ fn s2_malformed_frames_map_to_their_close_reasons() {
     let cases = [
         (FrameError::Short { len: 2 }, "protocol_violation"),
         (FrameError::Version { found: 2 }, "protocol_violation"),
-        (FrameError::Unassigned { found: 0x55 }, "protocol_violation"),
+        (FrameError::Unassigned { found: 0x56 }, "protocol_violation"),
         (FrameError::Oversize { len: 9, max: 8 }, "frame_too_large"),
     ];
     let (sk, key) = signer();
