@@ -5,7 +5,7 @@
 //! and so every behaviour of WIRE.md sections 3 to 9, is the same on each transport.
 
 use super::registry::Relay;
-use super::resource::{Command, PeerLink};
+use super::resource::{Command, PeerLink, Refused};
 use crate::cluster::Route;
 use crate::session::{Action, CloseReason, Session};
 use crate::telemetry::{ReasonLabel, TransportLabel};
@@ -14,7 +14,8 @@ use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use rand::RngCore;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use zbase_proto::wire::{Challenge, Code, Frame, FrameError};
 
 /// How long a closed connection keeps reading before its socket is dropped, so the client's
@@ -160,6 +161,7 @@ where
         relay,
         session: &mut session,
         joined: None,
+        revoked: CancellationToken::new(),
         outbound,
     };
     let reason = driver.run(inbound).await;
@@ -176,6 +178,9 @@ struct Driver<'a, O> {
     relay: &'a Relay,
     session: &'a mut Session,
     joined: Option<Joined>,
+    /// Cancelled when the key this session was challenged with is replaced (a rotation):
+    /// ends the handshake, which can no longer succeed.
+    revoked: CancellationToken,
     outbound: &'a mut O,
 }
 
@@ -192,7 +197,10 @@ impl<O: Sink<Outgoing> + Unpin + Send> Driver<'_, O> {
         let id = *self.session.id();
         // The rare, one-off awaits are boxed so the future every idle connection keeps stays small.
         let key = match Box::pin(self.relay.open(id)).await {
-            Ok(key) => key,
+            Ok(opened) => {
+                self.revoked = opened.revoked;
+                opened.key
+            }
             Err(reason) => return self.finish(reason).await,
         };
         // A frame that arrived while the key was loading came before `require-*`: early.
@@ -211,6 +219,7 @@ impl<O: Sink<Outgoing> + Unpin + Send> Driver<'_, O> {
         let shutdown = self.relay.shutdown().clone();
         loop {
             let deadline = self.session.deadline();
+            let joined = self.joined.is_some();
             // Every arm that ends the connection has already sent its termination.
             let flow = tokio::select! {
                 biased;
@@ -219,6 +228,9 @@ impl<O: Sink<Outgoing> + Unpin + Send> Driver<'_, O> {
                     LinkEvent::Frame(frame) => self.send(frame).await,
                     LinkEvent::Kicked(reason) => self.end(reason).await,
                 },
+                _ = key_replaced(&self.revoked, joined) => {
+                    self.end(CloseReason::VerificationFailed).await
+                }
                 _ = sleep_until(deadline) => match self.session.tick(Instant::now()) {
                     Some(action) => self.act(action).await,
                     None => Flow::Continue,
@@ -262,7 +274,8 @@ impl<O: Sink<Outgoing> + Unpin + Send> Driver<'_, O> {
             Action::Close(reason) => Flow::End(self.finish(reason).await),
             Action::Join(key) => {
                 let peer = self.relay.next_peer_id();
-                match Box::pin(self.relay.join(*self.session.id(), peer, key)).await {
+                let revoked = self.revoked.clone();
+                match Box::pin(self.relay.join(*self.session.id(), peer, key, revoked)).await {
                     Ok((link, resource)) => {
                         self.joined = Some(Joined {
                             peer,
@@ -295,6 +308,43 @@ impl<O: Sink<Outgoing> + Unpin + Send> Driver<'_, O> {
                 self.command(|peer| Command::Request { peer, payload })
                     .await
             }
+            Action::Rotate { current, new } => Box::pin(self.rotate(current, new)).await,
+        }
+    }
+
+    /// Has the resource replace the key and close every other session, then confirms with
+    /// the next rotation challenge. Nothing else from this client is read meanwhile, so its
+    /// frames sent after `rotate-key` are handled after the rotation.
+    async fn rotate(
+        &mut self,
+        current: std::sync::Arc<zbase_proto::wire::VerificationKey>,
+        new: std::sync::Arc<zbase_proto::wire::VerificationKey>,
+    ) -> Flow {
+        let Some(joined) = &self.joined else {
+            return self
+                .end(CloseReason::Internal("rotation before join"))
+                .await;
+        };
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Rotate {
+            peer: Some(joined.peer),
+            current,
+            new,
+            reply,
+        };
+        if joined.resource.send(command).await.is_err() {
+            return self.end(CloseReason::ShuttingDown).await;
+        }
+        match answer.await {
+            Ok(Ok(_)) => {
+                let mut challenge: Challenge = [0; 32];
+                rand::rngs::OsRng.fill_bytes(&mut challenge);
+                let action = self.session.rotated(challenge);
+                Box::pin(self.act(action)).await
+            }
+            Ok(Err(Refused::Close(reason))) => self.end(reason).await,
+            // The task ended (shutdown) before it answered.
+            Ok(Err(Refused::Retired)) | Err(_) => self.end(CloseReason::ShuttingDown).await,
         }
     }
 
@@ -349,6 +399,15 @@ async fn link_event(joined: &mut Option<Joined>) -> LinkEvent {
             None => LinkEvent::Kicked(CloseReason::ShuttingDown),
         },
     }
+}
+
+/// Resolves when the key a handshake was given is replaced; never once joined, since a
+/// verified peer is closed by its resource instead.
+async fn key_replaced(token: &CancellationToken, joined: bool) {
+    if joined {
+        return std::future::pending().await;
+    }
+    token.cancelled().await;
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

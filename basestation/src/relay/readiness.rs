@@ -92,6 +92,14 @@ mod tests {
         async fn put_snapshot(&self, _: &ResourceId, _: Bytes) -> Result<Seq, StoreError> {
             unreachable!()
         }
+        async fn replace_key(
+            &self,
+            _: &ResourceId,
+            _: &str,
+            _: &str,
+        ) -> Result<crate::store::KeyReplacement, StoreError> {
+            unreachable!()
+        }
         async fn changes_since(&self, _: Seq, _: usize) -> Result<Vec<Change>, StoreError> {
             unreachable!()
         }

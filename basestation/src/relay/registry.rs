@@ -1,7 +1,7 @@
 //! From identifier to resource task: find it, wake it, or start it.
 
 use super::readiness::Readiness;
-use super::resource::{self, Command, PeerLink, Refused, Reply};
+use super::resource::{self, Command, Opened, PeerLink, Refused, Reply};
 use crate::cluster::{Directory, Homes, Route};
 use crate::limits::{Admission, Limits};
 use crate::session::CloseReason;
@@ -294,14 +294,12 @@ impl Relay {
         Err(CloseReason::Internal("resource kept hibernating"))
     }
 
-    /// The resource's current verification key, or `None` if it is not configured.
-    pub(super) async fn open(
-        &self,
-        id: ResourceId,
-    ) -> Result<Option<Arc<VerificationKey>>, CloseReason> {
+    /// The resource's current verification key (`None` if it is not configured), and the
+    /// signal that it was replaced.
+    pub(super) async fn open(&self, id: ResourceId) -> Result<Opened, CloseReason> {
         self.call(id, |reply| Command::Open { reply })
             .await
-            .map(|(key, _)| key)
+            .map(|(opened, _)| opened)
     }
 
     /// Claims `id` (or a fresh identifier if it is taken) for `key`; returns the one claimed.
@@ -318,19 +316,42 @@ impl Relay {
         .map(|(id, _)| id)
     }
 
-    /// Joins the verified peer set of `id` with the key the peer proved.
+    /// Joins the verified peer set of `id` with the key the peer proved, unless `revoked`
+    /// says that key was replaced since the peer was given it.
     pub(super) async fn join(
         &self,
         id: ResourceId,
         peer: u64,
         key: Arc<VerificationKey>,
+        revoked: CancellationToken,
     ) -> Result<(PeerLink, mpsc::Sender<Command>), CloseReason> {
         self.call(id, |reply| Command::Join {
             peer,
             key: key.clone(),
+            revoked: revoked.clone(),
             reply,
         })
         .await
+    }
+
+    /// Replaces `id`'s key `current` by `new` through its task, which closes every session
+    /// that proved `current`; for a replica site's session rotating through this primary.
+    /// `VerificationFailed` when the key is not `current` (or there is no resource).
+    pub(crate) async fn rotate(
+        &self,
+        id: ResourceId,
+        current: VerificationKey,
+        new: VerificationKey,
+    ) -> Result<Seq, CloseReason> {
+        let (current, new) = (Arc::new(current), Arc::new(new));
+        self.call(id, |reply| Command::Rotate {
+            peer: None,
+            current: Arc::clone(&current),
+            new: Arc::clone(&new),
+            reply,
+        })
+        .await
+        .map(|(seq, _)| seq)
     }
 
     /// Claims exactly `id` for `key` through its task, which learns the key at once; for a

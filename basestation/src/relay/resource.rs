@@ -7,17 +7,18 @@
 
 use super::registry::Relay;
 use crate::session::CloseReason;
-use crate::store::{Claim, Seq, StoreError};
+use crate::store::{Claim, KeyReplacement, Seq, StoreError};
 use crate::telemetry::StoreTimer;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use rand::RngCore;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use zbase_proto::wire::{Code, Frame, ResourceId, VerificationKey};
 
 /// Attempts at drawing a free identifier when the proposed one is taken. 32 random bytes
@@ -43,11 +44,18 @@ pub(crate) struct PeerLink {
     pub(crate) kicked: oneshot::Receiver<CloseReason>,
 }
 
+/// What a new connection must prove: the resource's key (`None`: it is not configured), and
+/// the signal that this key was replaced, which ends a handshake still under way with it.
+pub(crate) struct Opened {
+    pub(crate) key: Option<Arc<VerificationKey>>,
+    pub(crate) revoked: CancellationToken,
+}
+
 /// What connections ask of a resource task.
 pub(super) enum Command {
     /// Which key must a new connection prove?
     Open {
-        reply: oneshot::Sender<Reply<Option<Arc<VerificationKey>>>>,
+        reply: oneshot::Sender<Reply<Opened>>,
     },
     /// Claim the identifier (or a fresh one) for this key.
     Configure {
@@ -72,11 +80,21 @@ pub(super) enum Command {
         peer: u64,
         reply: oneshot::Sender<Reply<PeerLink>>,
     },
-    /// Add a peer that proved `key`.
+    /// Add a peer that proved `key`, unless `revoked` says that key was replaced since.
     Join {
         peer: u64,
         key: Arc<VerificationKey>,
+        revoked: CancellationToken,
         reply: oneshot::Sender<Reply<PeerLink>>,
+    },
+    /// Replace the key `current` by `new` (extension R1), then close every other session that
+    /// proved `current`: for a verified `peer` of this task, or with `None` for a replica
+    /// site's session rotating through this primary. Answers with the change's sequence.
+    Rotate {
+        peer: Option<u64>,
+        current: Arc<VerificationKey>,
+        new: Arc<VerificationKey>,
+        reply: oneshot::Sender<Reply<Seq>>,
     },
     /// The peer's connection ended.
     Leave { peer: u64 },
@@ -97,8 +115,15 @@ pub(super) enum Command {
 struct Peer {
     frames: mpsc::Sender<Bytes>,
     kick: Option<oneshot::Sender<CloseReason>>,
+    /// The key the client proved (or rotated to); `None` for another site's bridge.
+    key: Option<Arc<VerificationKey>>,
+}
+
+impl Peer {
     /// Another site's bridge rather than a client.
-    site: bool,
+    fn site(&self) -> bool {
+        self.key.is_none()
+    }
 }
 
 /// Frames from other sites buffered for a resource before they are dropped (deltas may be
@@ -121,6 +146,11 @@ struct Resource {
     /// `None` until loaded or when loading failed.
     loaded: bool,
     key: Option<Arc<VerificationKey>>,
+    /// Cancelled when `key` is replaced, so handshakes that were given it end at once.
+    revoked: CancellationToken,
+    /// Peers closed because their key was replaced, until their connection leaves: what they
+    /// still had queued to this task must not be taken.
+    revoked_peers: HashSet<u64>,
     snapshot: Option<Bytes>,
     /// The sequence of the change the cached key and snapshot come from.
     seq: Seq,
@@ -147,6 +177,8 @@ pub(super) fn spawn(relay: Relay, id: ResourceId, generation: u64, rx: mpsc::Rec
         generation,
         loaded: false,
         key: None,
+        revoked: CancellationToken::new(),
+        revoked_peers: HashSet::new(),
         snapshot: None,
         seq: 0,
         peers: HashMap::new(),
@@ -228,9 +260,14 @@ impl Resource {
                 Command::Claim { reply, .. } => drop(reply.send(Err(Refused::Retired))),
                 Command::Join { reply, .. } => drop(reply.send(Err(Refused::Retired))),
                 Command::JoinSite { reply, .. } => drop(reply.send(Err(Refused::Retired))),
+                Command::Rotate { reply, .. } => drop(reply.send(Err(Refused::Retired))),
                 // A snapshot that reached the task before shutdown is still written: the
-                // peer may have seen its socket accept it.
-                Command::Snapshot { peer, payload } => self.persist(peer, payload, None),
+                // peer may have seen its socket accept it. Not one whose key was replaced.
+                Command::Snapshot { peer, payload } => {
+                    if !self.revoked_peers.contains(&peer) {
+                        self.persist(peer, payload, None);
+                    }
+                }
                 Command::Write { payload, reply } => self.persist(0, payload, Some(reply)),
                 Command::Evict { done } => evicted.push(done),
                 Command::Leave { .. }
@@ -261,7 +298,13 @@ impl Resource {
         match self.relay.inner.store.load(&self.id).await {
             Ok(Some(stored)) => match VerificationKey::from_jwk_json(&stored.jwk) {
                 Ok(key) => {
-                    self.key = Some(Arc::new(key));
+                    match &self.key {
+                        // Rotated behind this task's back (by another site, or through it while
+                        // this task was busy): whoever proved the old key is out.
+                        Some(current) if **current != key => self.key_replaced(Arc::new(key), None),
+                        Some(_) => {}
+                        None => self.key = Some(Arc::new(key)),
+                    }
                     if stored.seq > self.seq
                         && let Some(snapshot) = &stored.snapshot
                         && self.loaded
@@ -315,6 +358,10 @@ impl Resource {
                     let _ = reply.send(Err(Refused::Close(CloseReason::Moved)));
                     return;
                 }
+                Command::Rotate { reply, .. } => {
+                    let _ = reply.send(Err(Refused::Close(CloseReason::Moved)));
+                    return;
+                }
                 _ => {}
             }
         }
@@ -326,7 +373,10 @@ impl Resource {
                     self.load().await;
                 }
                 let answer = if self.loaded {
-                    Ok(self.key.clone())
+                    Ok(Opened {
+                        key: self.key.clone(),
+                        revoked: self.revoked.clone(),
+                    })
                 } else {
                     Err(Refused::Close(CloseReason::StoreUnavailable))
                 };
@@ -340,9 +390,38 @@ impl Resource {
                 let answer = self.claim(key).await;
                 let _ = reply.send(answer);
             }
-            Command::Join { peer, key, reply } => self.join(peer, Some(key), reply),
+            Command::Join {
+                peer,
+                key,
+                revoked,
+                reply,
+            } => {
+                if revoked.is_cancelled() {
+                    let _ = reply.send(Err(Refused::Close(CloseReason::VerificationFailed)));
+                } else {
+                    self.join(peer, Some(key), reply);
+                }
+            }
             Command::JoinSite { peer, reply } => self.join(peer, None, reply),
-            Command::Leave { peer } => self.remove(peer),
+            Command::Rotate {
+                peer,
+                current,
+                new,
+                reply,
+            } => {
+                let answer = self.rotate(peer, &current, new).await;
+                let _ = reply.send(answer);
+            }
+            Command::Leave { peer } => {
+                self.revoked_peers.remove(&peer);
+                self.remove(peer);
+            }
+            // A peer closed by a rotation may have had frames queued behind the rotation;
+            // none of them is taken (docs/KEY-ROTATION.md, step 3).
+            Command::Snapshot { peer, .. }
+            | Command::Delta { peer, .. }
+            | Command::Request { peer, .. }
+                if self.revoked_peers.contains(&peer) => {}
             Command::Snapshot { peer, payload } => self.persist(peer, payload, None),
             Command::Write { payload, reply } => {
                 if self.key.is_some() {
@@ -394,6 +473,87 @@ impl Resource {
                 Err(Refused::Close(CloseReason::StoreUnavailable))
             }
         }
+    }
+
+    /// Replaces `current` by `new` in the store, if `current` is still the key, after every
+    /// write queued before; then closes every other session that proved `current`. `peer` is
+    /// the rotating session when it is one of this task's peers.
+    async fn rotate(
+        &mut self,
+        peer: Option<u64>,
+        current: &VerificationKey,
+        new: Arc<VerificationKey>,
+    ) -> Reply<Seq> {
+        let stale = Err(Refused::Close(CloseReason::VerificationFailed));
+        // Replaced while this request was on its way: the session's key is stale.
+        if !self.loaded || self.key.as_deref() != Some(current) {
+            return stale;
+        }
+        if peer.is_some_and(|peer| !self.peers.contains_key(&peer)) {
+            return stale;
+        }
+        // Snapshots queued before the rotation commit before it, so none from an old-key
+        // session can commit after the new key is durable.
+        while let Some(written) = self.writes.next().await {
+            self.written(written);
+        }
+        if peer.is_some_and(|peer| !self.peers.contains_key(&peer)) {
+            // Its own earlier write failed, and that closed it.
+            return Err(Refused::Close(CloseReason::StoreUnavailable));
+        }
+        let timer = StoreTimer::start(&self.relay.metrics().store_write_seconds);
+        let result = self
+            .relay
+            .inner
+            .store
+            .replace_key(&self.id, &current.to_jwk_json(), &new.to_jwk_json())
+            .await;
+        drop(timer);
+        match result {
+            Ok(KeyReplacement::Replaced { seq }) => {
+                self.seq = self.seq.max(seq);
+                self.key_replaced(new, peer);
+                tracing::info!(resource = %self.tag, "verification key rotated");
+                Ok(seq)
+            }
+            Ok(KeyReplacement::Stale) => {
+                // Rotated elsewhere (another pod or site): learn the key, which closes
+                // whoever proved the old one, this session included.
+                self.load().await;
+                stale
+            }
+            Err(error) => {
+                tracing::error!(resource = %self.tag, %error, "could not rotate the key");
+                // A failure may hide a commit (a replica's write whose change did not come
+                // back in time): the stored key decides who stays.
+                self.load().await;
+                Err(Refused::Close(CloseReason::StoreUnavailable))
+            }
+        }
+    }
+
+    /// Makes `new` the key, closes every client that proved another (all but `keep`, which
+    /// rotated to `new`), and ends every handshake that was given the old key.
+    fn key_replaced(&mut self, new: Arc<VerificationKey>, keep: Option<u64>) {
+        self.revoked.cancel();
+        self.revoked = CancellationToken::new();
+        let out: Vec<u64> = self
+            .peers
+            .iter_mut()
+            .filter_map(|(id, peer)| match &peer.key {
+                Some(_) if Some(*id) == keep => {
+                    peer.key = Some(Arc::clone(&new));
+                    None
+                }
+                Some(key) if *key != new => Some(*id),
+                _ => None,
+            })
+            .collect();
+        for peer in out {
+            self.revoked_peers.insert(peer);
+            self.kick(peer, CloseReason::VerificationFailed);
+        }
+        self.key = Some(new);
     }
 
     async fn configure(&mut self, key: VerificationKey) -> Reply<ResourceId> {
@@ -464,7 +624,7 @@ impl Resource {
                 Peer {
                     frames: frames_tx,
                     kick: Some(kick),
-                    site,
+                    key,
                 },
             );
             self.relay.metrics().verified_peers.inc();
@@ -485,7 +645,7 @@ impl Resource {
     /// Closes the bridge to the primary once no client of this site is left.
     fn forget_peer(&mut self) {
         self.relay.metrics().verified_peers.dec();
-        if self.uplink.is_some() && !self.peers.values().any(|peer| !peer.site) {
+        if self.uplink.is_some() && !self.peers.values().any(|peer| !peer.site()) {
             self.uplink = None;
         }
     }
@@ -536,7 +696,7 @@ impl Resource {
 
     fn request(&mut self, peer: u64, payload: Bytes) {
         // Another site's requester is answered there, from its cache and its feed.
-        let client = self.peers.get(&peer).is_some_and(|link| !link.site);
+        let client = self.peers.get(&peer).is_some_and(|link| !link.site());
         if let Some(offer) = self
             .snapshot
             .as_ref()

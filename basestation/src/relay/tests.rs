@@ -205,6 +205,14 @@ impl Store for GatedStore {
     async fn claim(&self, id: &ResourceId, jwk: &str) -> Result<Claim, StoreError> {
         self.inner.claim(id, jwk).await
     }
+    async fn replace_key(
+        &self,
+        id: &ResourceId,
+        expected: &str,
+        jwk: &str,
+    ) -> Result<crate::store::KeyReplacement, StoreError> {
+        self.inner.replace_key(id, expected, jwk).await
+    }
     async fn put_snapshot(&self, id: &ResourceId, snapshot: Bytes) -> Result<Seq, StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
         let now = self.in_flight.fetch_add(1, SeqCst) + 1;
@@ -428,4 +436,171 @@ async fn s5_two_creators_racing_for_one_identifier_get_two_that_each_verify() {
     // A newcomer to the proposal is now asked to verify, not to configure.
     let mut newcomer = Client::connect(&relay, proposed);
     newcomer.frame(Code::RequireVerification).await;
+}
+
+/// Verifies a new connection and returns it with its verification challenge, which is its
+/// first rotation challenge (extension R1).
+async fn verified_keeping_challenge(
+    relay: &Relay,
+    id: ResourceId,
+    key: &SigningKey,
+) -> (Client, [u8; 32]) {
+    let mut client = Client::connect(relay, id);
+    let c = challenge(&client.frame(Code::RequireVerification).await);
+    client
+        .send(
+            Code::SubmitVerification,
+            key.sign(&verify_message(&c, &id)).to_bytes().to_vec(),
+        )
+        .await;
+    (client, c)
+}
+
+/// A valid `rotate-key` payload from `old` to `new` over `c`.
+fn rotate_payload(old: &SigningKey, new: &SigningKey, c: &[u8; 32], id: &ResourceId) -> Vec<u8> {
+    use zbase_proto::wire::{VerificationKey, encode_b64url, rotate_message, rotate_proof_message};
+    let new_key = VerificationKey::Ed25519(new.verifying_key());
+    let proof = new.sign(&rotate_proof_message(c, id)).to_bytes();
+    let auth = old
+        .sign(&rotate_message(c, id, &new_key.thumbprint()))
+        .to_bytes();
+    serde_json::json!({
+        "jwk": {"kty": "OKP", "crv": "Ed25519", "x": encode_b64url(new.verifying_key().as_bytes())},
+        "proof": encode_b64url(&proof),
+        "authorization": encode_b64url(&auth),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn jwk_of(key: &SigningKey) -> String {
+    zbase_proto::wire::VerificationKey::Ed25519(key.verifying_key()).to_jwk_json()
+}
+
+#[tokio::test]
+async fn r1_rotation_closes_every_other_session_and_keeps_the_rotating_one() {
+    let store = Arc::new(MemoryStore::default());
+    let relay = relay_with(store.clone(), Limits::default());
+    let old = SigningKey::generate(&mut rand::rngs::OsRng);
+    let new = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = create(&relay, &old).await;
+    let (mut a, c) = verified_keeping_challenge(&relay, id, &old).await;
+    let mut b = verified(&relay, id, &old).await;
+    b.send(Code::SubmitDelta, &b"joined"[..]).await;
+    assert_eq!(a.frame(Code::ForwardDelta).await, &b"joined"[..]);
+    // A handshake under way with the old key.
+    let mut h = Client::connect(&relay, id);
+    h.frame(Code::RequireVerification).await;
+
+    a.send(Code::RotateKey, rotate_payload(&old, &new, &c, &id))
+        .await;
+    let next = a.frame(Code::KeyRotated).await;
+    assert_eq!(next.len(), 32);
+    assert_ne!(&next[..], &c[..]);
+    assert_eq!(b.closed().await, CloseReason::VerificationFailed);
+    assert_eq!(h.closed().await, CloseReason::VerificationFailed);
+    assert_eq!(store.load(&id).await.unwrap().unwrap().jwk, jwk_of(&new));
+
+    // The rotating session goes on under the new key; the old key opens nothing.
+    a.send(Code::SubmitSnapshot, &b"after"[..]).await;
+    let mut late = verified(&relay, id, &new).await;
+    assert_eq!(late.frame(Code::OfferSnapshot).await, &b"after"[..]);
+    late.send(Code::SubmitDelta, &b"hi"[..]).await;
+    assert_eq!(a.frame(Code::ForwardDelta).await, &b"hi"[..]);
+    let mut stale = verified(&relay, id, &old).await;
+    assert_eq!(stale.closed().await, CloseReason::VerificationFailed);
+
+    // The next rotation signs the key-rotated challenge with the new key.
+    let third = SigningKey::generate(&mut rand::rngs::OsRng);
+    let next: [u8; 32] = next[..].try_into().unwrap();
+    a.send(Code::RotateKey, rotate_payload(&new, &third, &next, &id))
+        .await;
+    a.frame(Code::KeyRotated).await;
+    assert_eq!(late.closed().await, CloseReason::VerificationFailed);
+    assert_eq!(store.load(&id).await.unwrap().unwrap().jwk, jwk_of(&third));
+}
+
+#[tokio::test]
+async fn r1_writes_queued_before_a_rotation_commit_first_and_a_closed_peers_later_ones_never() {
+    let store = Arc::new(GatedStore::new(true));
+    let relay = relay_with(store.clone(), Limits::default());
+    let old = SigningKey::generate(&mut rand::rngs::OsRng);
+    let new = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = create(&relay, &old).await;
+    let (mut a, c) = verified_keeping_challenge(&relay, id, &old).await;
+    let mut b = verified(&relay, id, &old).await;
+    b.send(Code::SubmitDelta, &b"joined"[..]).await;
+    assert_eq!(a.frame(Code::ForwardDelta).await, &b"joined"[..]);
+
+    // b's write waits at the store; the rotation waits for it.
+    b.send(Code::SubmitSnapshot, &b"before"[..]).await;
+    a.send(Code::RotateKey, rotate_payload(&old, &new, &c, &id))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.silent().await;
+    assert_eq!(
+        store.inner.load(&id).await.unwrap().unwrap().jwk,
+        jwk_of(&old)
+    );
+    // Queued behind the rotation: never taken.
+    b.send(Code::SubmitSnapshot, &b"too late"[..]).await;
+    b.send(Code::SubmitDelta, &b"too late"[..]).await;
+    store.gate.add_permits(8);
+    a.frame(Code::KeyRotated).await;
+    assert_eq!(b.closed().await, CloseReason::VerificationFailed);
+    a.silent().await;
+    let stored = store.inner.load(&id).await.unwrap().unwrap();
+    assert_eq!(stored.jwk, jwk_of(&new));
+    assert_eq!(stored.snapshot, Some(Bytes::from_static(b"before")));
+}
+
+#[tokio::test]
+async fn r1_a_rotation_from_a_key_no_longer_current_fails_and_changes_nothing() {
+    let store = Arc::new(MemoryStore::default());
+    let relay = relay_with(store.clone(), Limits::default());
+    let old = SigningKey::generate(&mut rand::rngs::OsRng);
+    let new = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = create(&relay, &old).await;
+    let as_key =
+        |key: &SigningKey| zbase_proto::wire::VerificationKey::Ed25519(key.verifying_key());
+    relay.rotate(id, as_key(&old), as_key(&new)).await.unwrap();
+    // A second rotation from the old key (a replica's session that lost the race).
+    let other = SigningKey::generate(&mut rand::rngs::OsRng);
+    assert_eq!(
+        relay.rotate(id, as_key(&old), as_key(&other)).await,
+        Err(CloseReason::VerificationFailed)
+    );
+    assert_eq!(store.load(&id).await.unwrap().unwrap().jwk, jwk_of(&new));
+    // Of an unknown resource.
+    let unknown = ResourceId::from_bytes([3; 32]);
+    assert_eq!(
+        relay.rotate(unknown, as_key(&old), as_key(&new)).await,
+        Err(CloseReason::VerificationFailed)
+    );
+}
+
+#[tokio::test]
+async fn r1_a_key_replaced_under_the_task_closes_the_sessions_of_the_old_key() {
+    // What a replica sees when the rotation reaches it through its feed.
+    let store = Arc::new(MemoryStore::default());
+    let relay = relay_with(store.clone(), Limits::default());
+    let old = SigningKey::generate(&mut rand::rngs::OsRng);
+    let new = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = create(&relay, &old).await;
+    let mut a = verified(&relay, id, &old).await;
+    let mut b = verified(&relay, id, &old).await;
+    b.send(Code::SubmitDelta, &b"joined"[..]).await;
+    assert_eq!(a.frame(Code::ForwardDelta).await, &b"joined"[..]);
+    let mut h = Client::connect(&relay, id);
+    h.frame(Code::RequireVerification).await;
+    store
+        .replace_key(&id, &jwk_of(&old), &jwk_of(&new))
+        .await
+        .unwrap();
+    relay.reload(&id);
+    assert_eq!(a.closed().await, CloseReason::VerificationFailed);
+    assert_eq!(b.closed().await, CloseReason::VerificationFailed);
+    assert_eq!(h.closed().await, CloseReason::VerificationFailed);
+    let mut fresh = verified(&relay, id, &new).await;
+    fresh.silent().await;
 }

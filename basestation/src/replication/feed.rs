@@ -238,6 +238,32 @@ impl Replication for Feed {
         Ok(Response::new(pb::PutSnapshotReply { seq }))
     }
 
+    async fn replace_key(
+        &self,
+        request: Request<pb::ReplaceKeyRequest>,
+    ) -> Result<Response<pb::ReplaceKeyReply>, Status> {
+        let epoch = self.caller(&request).await;
+        let passed = passed_on(&request);
+        let request = request.into_inner();
+        let id = parse_id(&request.id)?;
+        if let Some(mut home) = self.home(&id, passed).await? {
+            return home.replace_key(pass_on(request, epoch)).await;
+        }
+        let key = |jwk: &str, member: &str| {
+            VerificationKey::from_jwk_json(jwk)
+                .map_err(|error| Status::invalid_argument(format!("{member}: {error}")))
+        };
+        let current = key(&request.expected_jwk, "expected_jwk")?;
+        let new = key(&request.jwk, "jwk")?;
+        match self.relay.rotate(id, current, new).await {
+            Ok(seq) => Ok(Response::new(pb::ReplaceKeyReply { seq })),
+            Err(CloseReason::VerificationFailed) => Err(Status::failed_precondition(
+                "the resource's key is not the expected one",
+            )),
+            Err(reason) => Err(refused(reason)),
+        }
+    }
+
     async fn bridge(
         &self,
         request: Request<tonic::Streaming<pb::Frame>>,

@@ -11,7 +11,8 @@
 //! the true last sequence, and no write is accepted after it.
 
 use crate::store::{
-    Change, Claim, Epoch, Role, Seq, Site, SqliteStore, Store, StoreError, StoredResource,
+    Change, Claim, Epoch, KeyReplacement, Role, Seq, Site, SqliteStore, Store, StoreError,
+    StoredResource,
 };
 use crate::telemetry::{Metrics, ResultLabel};
 use bytes::Bytes;
@@ -229,6 +230,29 @@ impl Upstream {
         match self.write(call, |reply| reply.seq).await? {
             Ok(seq) => Ok(Claim::Claimed { seq }),
             Err(status) if status.code() == tonic::Code::AlreadyExists => Ok(Claim::Taken),
+            Err(status) => Err(unavailable(&status)),
+        }
+    }
+
+    /// Replaces `id`'s key on the primary if it is still `expected`.
+    async fn replace_key(
+        &self,
+        id: &ResourceId,
+        expected: &str,
+        jwk: &str,
+    ) -> Result<KeyReplacement, StoreError> {
+        let mut client = self.primary()?.client;
+        let request = pb::ReplaceKeyRequest {
+            id: id.as_str().to_owned(),
+            expected_jwk: expected.to_owned(),
+            jwk: jwk.to_owned(),
+        };
+        let call = client.replace_key(with_epoch(request, self.epoch()));
+        match self.write(call, |reply| reply.seq).await? {
+            Ok(seq) => Ok(KeyReplacement::Replaced { seq }),
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                Ok(KeyReplacement::Stale)
+            }
             Err(status) => Err(unavailable(&status)),
         }
     }
@@ -643,6 +667,20 @@ impl Store for SiteStore {
         match (*role, &self.upstream) {
             (Role::Primary, _) => self.local.put_snapshot(id, snapshot).await,
             (Role::Replica, Some(upstream)) => upstream.put_snapshot(id, snapshot).await,
+            (role, _) => Err(self.refused(role)),
+        }
+    }
+
+    async fn replace_key(
+        &self,
+        id: &ResourceId,
+        expected: &str,
+        jwk: &str,
+    ) -> Result<KeyReplacement, StoreError> {
+        let role = self.role.read().await;
+        match (*role, &self.upstream) {
+            (Role::Primary, _) => self.local.replace_key(id, expected, jwk).await,
+            (Role::Replica, Some(upstream)) => upstream.replace_key(id, expected, jwk).await,
             (role, _) => Err(self.refused(role)),
         }
     }

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zbase_proto::wire::{
-    Challenge, Code, ConfigPayload, Frame, FrameError, ResourceId, VerificationKey, config_message,
-    verify_message,
+    Challenge, Code, ConfigPayload, Frame, FrameError, ResourceId, RotatePayload, VerificationKey,
+    config_message, rotate_message, rotate_proof_message, verify_message,
 };
 
 /// What the driver must do next.
@@ -32,6 +32,15 @@ pub enum Action {
     Delta(Bytes),
     /// Answer this request and relay it to the other peers.
     Request(Bytes),
+    /// The client proved it holds `current` and `new` and asked to replace the one with the
+    /// other (extension R1): replace the stored key if it is still `current`, close every
+    /// other session of the resource, then call [`Session::rotated`] with a fresh challenge.
+    Rotate {
+        /// The key this session verified with (or last rotated to).
+        current: Arc<VerificationKey>,
+        /// The key that replaces it.
+        new: Arc<VerificationKey>,
+    },
     /// End the connection for this reason.
     Close(CloseReason),
 }
@@ -54,9 +63,21 @@ enum State {
     /// A configuration proof was accepted; the identifier is being claimed.
     Configuring,
     /// A member of the verified peer set.
-    Verified,
+    Verified(Verified),
     /// Terminated; nothing more is accepted.
     Closed,
+}
+
+/// What a verified session knows for rotating its resource's key (extension R1).
+#[derive(Debug)]
+struct Verified {
+    /// The key the session proved: at verification, then each key it rotated to.
+    key: Arc<VerificationKey>,
+    /// The challenge the next `rotate-key` must sign; `None` once used and until the driver
+    /// hands in the next one, so a replayed or overlapping rotation fails.
+    rotation: Option<Challenge>,
+    /// The key a rotation under way will make current once the driver confirms it.
+    rotating: Option<Arc<VerificationKey>>,
 }
 
 /// One connection's protocol state for one resource.
@@ -82,7 +103,7 @@ impl Session {
 
     /// True once the connection joined the verified peer set.
     pub fn is_verified(&self) -> bool {
-        matches!(self.state, State::Verified)
+        matches!(self.state, State::Verified(_))
     }
 
     /// True while the connection is in the handshake (counted against failed handshakes).
@@ -168,7 +189,13 @@ impl Session {
                 let message = verify_message(&challenge, &self.id);
                 match key.verify(&message, frame.payload()) {
                     Ok(()) => {
-                        self.state = State::Verified;
+                        // The challenge the client has just answered becomes its first
+                        // rotation challenge: a second signature over it, in another context.
+                        self.state = State::Verified(Verified {
+                            key: Arc::clone(&key),
+                            rotation: Some(challenge),
+                            rotating: None,
+                        });
                         Action::Join(key)
                     }
                     Err(_) => self.close(CloseReason::VerificationFailed),
@@ -194,8 +221,9 @@ impl Session {
             (State::Configuring, _) => {
                 self.close(CloseReason::Protocol("frame after configuration"))
             }
-            (State::Verified, code) => {
-                self.state = State::Verified;
+            (State::Verified(verified), Code::RotateKey) => self.rotate(verified, frame.payload()),
+            (State::Verified(verified), code) => {
+                self.state = State::Verified(verified);
                 let payload = frame.into_payload();
                 match code {
                     Code::SubmitSnapshot => Action::Snapshot(payload),
@@ -205,6 +233,55 @@ impl Session {
                 }
             }
             (State::Closed, _) => Action::Close(CloseReason::Protocol("frame after close")),
+        }
+    }
+
+    /// Checks a `rotate-key` payload against this session's rotation challenge and key
+    /// (docs/KEY-ROTATION.md, "What the station does", step 1).
+    fn rotate(&mut self, mut verified: Verified, payload: &[u8]) -> Action {
+        // The challenge is spent whatever the outcome: a failure closes the session anyway,
+        // and a success gets a fresh one only from the driver.
+        let (Some(challenge), None) = (verified.rotation.take(), &verified.rotating) else {
+            return self.close(CloseReason::VerificationFailed);
+        };
+        let Ok(request) = RotatePayload::parse(payload) else {
+            return self.close(CloseReason::VerificationFailed);
+        };
+        if request.key == *verified.key {
+            return self.close(CloseReason::VerificationFailed);
+        }
+        let proof = rotate_proof_message(&challenge, &self.id);
+        let authorization = rotate_message(&challenge, &self.id, &request.key.thumbprint());
+        if request.key.verify(&proof, &request.proof).is_err()
+            || verified
+                .key
+                .verify(&authorization, &request.authorization)
+                .is_err()
+        {
+            return self.close(CloseReason::VerificationFailed);
+        }
+        let new = Arc::new(request.key);
+        let current = Arc::clone(&verified.key);
+        verified.rotating = Some(Arc::clone(&new));
+        self.state = State::Verified(verified);
+        Action::Rotate { current, new }
+    }
+
+    /// The rotation asked by [`Action::Rotate`] is durable and every other session closed:
+    /// the session goes on under the new key, and `challenge` (fresh random bytes) is the one
+    /// its next rotation must sign, sent in `key-rotated`.
+    pub fn rotated(&mut self, challenge: Challenge) -> Action {
+        let State::Verified(verified) = &mut self.state else {
+            return self.close(CloseReason::Internal("rotated without a session"));
+        };
+        let Some(new) = verified.rotating.take() else {
+            return self.close(CloseReason::Internal("rotated without a rotation"));
+        };
+        verified.key = new;
+        verified.rotation = Some(challenge);
+        match Frame::new(Code::KeyRotated, challenge.to_vec()) {
+            Ok(frame) => Action::Send(frame),
+            Err(_) => self.close(CloseReason::Internal("key-rotated frame")),
         }
     }
 

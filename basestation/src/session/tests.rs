@@ -252,7 +252,7 @@ fn s2_malformed_frames_map_to_their_close_reasons() {
     let cases = [
         (FrameError::Short { len: 2 }, "protocol_violation"),
         (FrameError::Version { found: 2 }, "protocol_violation"),
-        (FrameError::Unassigned { found: 0x55 }, "protocol_violation"),
+        (FrameError::Unassigned { found: 0x56 }, "protocol_violation"),
         (FrameError::Oversize { len: 9, max: 8 }, "frame_too_large"),
     ];
     let (sk, key) = signer();
@@ -282,5 +282,293 @@ fn closed_session_accepts_nothing() {
     assert!(matches!(
         session.frame(frame(Code::SubmitDelta, b"d")),
         Action::Close(_)
+    ));
+}
+
+/// A `rotate-key` payload rotating from `old` to `new` over `challenge`, with each signature
+/// made by whoever the caller names.
+fn rotate_payload(
+    proof_by: &ed25519_dalek::SigningKey,
+    auth_by: &ed25519_dalek::SigningKey,
+    new: &ed25519_dalek::SigningKey,
+    challenge: &Challenge,
+) -> Vec<u8> {
+    let new_key = VerificationKey::Ed25519(new.verifying_key());
+    let proof = proof_by
+        .sign(&rotate_proof_message(challenge, &id()))
+        .to_bytes();
+    let auth = auth_by
+        .sign(&rotate_message(challenge, &id(), &new_key.thumbprint()))
+        .to_bytes();
+    serde_json::json!({
+        "jwk": {"kty": "OKP", "crv": "Ed25519", "x": encode_b64url(new.verifying_key().as_bytes())},
+        "proof": encode_b64url(&proof),
+        "authorization": encode_b64url(&auth),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The verification challenge of [`verified`], which is the first rotation challenge.
+const FIRST: Challenge = [7; 32];
+
+#[test]
+fn r1_rotation_signed_by_both_keys_over_the_verification_challenge_is_asked_of_the_driver() {
+    let (old, old_key) = signer();
+    let (new, new_key) = signer();
+    let mut session = verified(&old, &old_key);
+    let action = session.frame(frame(
+        Code::RotateKey,
+        &rotate_payload(&new, &old, &new, &FIRST),
+    ));
+    assert_eq!(
+        action,
+        Action::Rotate {
+            current: old_key,
+            new: new_key
+        }
+    );
+    assert!(session.is_verified());
+    // Frames sent after rotate-key are still served (the driver orders them after it).
+    assert_eq!(
+        session.frame(frame(Code::SubmitSnapshot, b"s")),
+        Action::Snapshot(Bytes::from_static(b"s"))
+    );
+    assert_eq!(
+        session.rotated([11; 32]),
+        Action::Send(Frame::new(Code::KeyRotated, vec![11; 32]).unwrap())
+    );
+    assert!(session.is_verified());
+}
+
+#[test]
+fn r1_next_rotation_signs_the_key_rotated_challenge_with_the_new_key() {
+    let (old, old_key) = signer();
+    let (new, new_key) = signer();
+    let (third, third_key) = signer();
+    let mut session = verified(&old, &old_key);
+    session.frame(frame(
+        Code::RotateKey,
+        &rotate_payload(&new, &old, &new, &FIRST),
+    ));
+    session.rotated([11; 32]);
+    // The old key no longer authorises anything on this session.
+    let mut stale = verified(&old, &old_key);
+    stale.frame(frame(
+        Code::RotateKey,
+        &rotate_payload(&new, &old, &new, &FIRST),
+    ));
+    stale.rotated([11; 32]);
+    assert_eq!(
+        stale.frame(frame(
+            Code::RotateKey,
+            &rotate_payload(&third, &old, &third, &[11; 32]),
+        )),
+        Action::Close(CloseReason::VerificationFailed)
+    );
+    // The first challenge is spent.
+    let mut spent = verified(&old, &old_key);
+    spent.frame(frame(
+        Code::RotateKey,
+        &rotate_payload(&new, &old, &new, &FIRST),
+    ));
+    spent.rotated([11; 32]);
+    assert_eq!(
+        spent.frame(frame(
+            Code::RotateKey,
+            &rotate_payload(&third, &new, &third, &FIRST),
+        )),
+        Action::Close(CloseReason::VerificationFailed)
+    );
+    // The new key over the new challenge works.
+    assert_eq!(
+        session.frame(frame(
+            Code::RotateKey,
+            &rotate_payload(&third, &new, &third, &[11; 32]),
+        )),
+        Action::Rotate {
+            current: new_key,
+            new: third_key
+        }
+    );
+}
+
+#[test]
+fn r1_replayed_rotate_frame_fails_verification() {
+    let (old, old_key) = signer();
+    let (new, _) = signer();
+    let mut session = verified(&old, &old_key);
+    let payload = rotate_payload(&new, &old, &new, &FIRST);
+    assert!(matches!(
+        session.frame(frame(Code::RotateKey, &payload)),
+        Action::Rotate { .. }
+    ));
+    session.rotated([11; 32]);
+    assert_eq!(
+        session.frame(frame(Code::RotateKey, &payload)),
+        Action::Close(CloseReason::VerificationFailed)
+    );
+}
+
+#[test]
+fn r1_second_rotation_before_the_first_is_confirmed_fails() {
+    let (old, old_key) = signer();
+    let (new, _) = signer();
+    let mut session = verified(&old, &old_key);
+    let payload = rotate_payload(&new, &old, &new, &FIRST);
+    session.frame(frame(Code::RotateKey, &payload));
+    assert_eq!(
+        session.frame(frame(Code::RotateKey, &payload)),
+        Action::Close(CloseReason::VerificationFailed)
+    );
+}
+
+#[test]
+fn r1_bad_signatures_fail_verification() {
+    let (old, old_key) = signer();
+    let (new, _) = signer();
+    let (stranger, _) = signer();
+    let cases = [
+        // Authorization by a key other than the current one.
+        rotate_payload(&new, &stranger, &new, &FIRST),
+        // Authorization by the new key itself.
+        rotate_payload(&new, &new, &new, &FIRST),
+        // Proof by a key other than the new one.
+        rotate_payload(&stranger, &old, &new, &FIRST),
+        // Proof by the current key.
+        rotate_payload(&old, &old, &new, &FIRST),
+        // Both over another challenge.
+        rotate_payload(&new, &old, &new, &[8; 32]),
+    ];
+    for payload in cases {
+        let mut session = verified(&old, &old_key);
+        assert_eq!(
+            session.frame(frame(Code::RotateKey, &payload)),
+            Action::Close(CloseReason::VerificationFailed)
+        );
+    }
+    // The authorization binds the new key's thumbprint: swapping in another key fails even
+    // when its own proof is good.
+    let mut session = verified(&old, &old_key);
+    let genuine: serde_json::Value =
+        serde_json::from_slice(&rotate_payload(&new, &old, &new, &FIRST)).unwrap();
+    let swapped: serde_json::Value =
+        serde_json::from_slice(&rotate_payload(&stranger, &old, &stranger, &[0; 32])).unwrap();
+    let mut forged = swapped.clone();
+    forged["authorization"] = genuine["authorization"].clone();
+    let proof = stranger
+        .sign(&rotate_proof_message(&FIRST, &id()))
+        .to_bytes();
+    forged["proof"] = encode_b64url(&proof).into();
+    assert_eq!(
+        session.frame(frame(Code::RotateKey, forged.to_string().as_bytes())),
+        Action::Close(CloseReason::VerificationFailed)
+    );
+    // Bound to the identifier.
+    let mut session = verified(&old, &old_key);
+    let elsewhere = ResourceId::from_bytes([2; 32]);
+    let proof = new
+        .sign(&rotate_proof_message(&FIRST, &elsewhere))
+        .to_bytes();
+    let mut moved = genuine;
+    moved["proof"] = encode_b64url(&proof).into();
+    assert_eq!(
+        session.frame(frame(Code::RotateKey, moved.to_string().as_bytes())),
+        Action::Close(CloseReason::VerificationFailed)
+    );
+}
+
+#[test]
+fn r1_new_key_equal_to_current_fails_verification() {
+    let (old, old_key) = signer();
+    let mut session = verified(&old, &old_key);
+    assert_eq!(
+        session.frame(frame(
+            Code::RotateKey,
+            &rotate_payload(&old, &old, &old, &FIRST),
+        )),
+        Action::Close(CloseReason::VerificationFailed)
+    );
+}
+
+#[test]
+fn r1_malformed_payloads_fail_verification() {
+    let (old, old_key) = signer();
+    let (new, _) = signer();
+    let good: serde_json::Value =
+        serde_json::from_slice(&rotate_payload(&new, &old, &new, &FIRST)).unwrap();
+    let mut unknown = good.clone();
+    unknown["extra"] = 1.into();
+    let mut private = good.clone();
+    private["jwk"]["d"] = "AAAA".into();
+    let mut short = good.clone();
+    short["proof"] = encode_b64url(&[0; 63]).into();
+    let mut padded = good;
+    padded["authorization"] = format!("{}==", padded["authorization"].as_str().unwrap()).into();
+    let cases = [
+        b"{".to_vec(),
+        b"null".to_vec(),
+        vec![b' '; 8 * 1024 + 1],
+        unknown.to_string().into_bytes(),
+        private.to_string().into_bytes(),
+        short.to_string().into_bytes(),
+        padded.to_string().into_bytes(),
+    ];
+    for payload in cases {
+        let mut session = verified(&old, &old_key);
+        assert_eq!(
+            session.frame(frame(Code::RotateKey, &payload)),
+            Action::Close(CloseReason::VerificationFailed)
+        );
+    }
+}
+
+#[test]
+fn r1_rotate_key_outside_a_verified_session_is_a_protocol_violation() {
+    let (old, old_key) = signer();
+    let (new, _) = signer();
+    let payload = rotate_payload(&new, &old, &new, &FIRST);
+    // In place of submit-verification.
+    let mut session = Session::new(id());
+    session.start(Some(old_key), FIRST, Instant::now(), TIMEOUT);
+    assert!(matches!(
+        session.frame(frame(Code::RotateKey, &payload)),
+        Action::Close(CloseReason::Protocol(_))
+    ));
+    // In place of submit-config, and before any challenge.
+    let mut session = Session::new(id());
+    session.start(None, FIRST, Instant::now(), TIMEOUT);
+    assert!(matches!(
+        session.frame(frame(Code::RotateKey, &payload)),
+        Action::Close(CloseReason::Protocol(_))
+    ));
+    let mut session = Session::new(id());
+    assert!(matches!(
+        session.frame(frame(Code::RotateKey, &payload)),
+        Action::Close(CloseReason::Protocol(_))
+    ));
+    // A station code is never accepted from a client.
+    let mut session = verified(
+        &old,
+        &Arc::new(VerificationKey::Ed25519(old.verifying_key())),
+    );
+    assert!(matches!(
+        session.frame(frame(Code::KeyRotated, &[1; 32])),
+        Action::Close(CloseReason::Protocol(_))
+    ));
+}
+
+#[test]
+fn r1_rotated_without_a_rotation_is_an_internal_error() {
+    let (old, old_key) = signer();
+    let mut session = verified(&old, &old_key);
+    assert!(matches!(
+        session.rotated([1; 32]),
+        Action::Close(CloseReason::Internal(_))
+    ));
+    let mut session = Session::new(id());
+    assert!(matches!(
+        session.rotated([1; 32]),
+        Action::Close(CloseReason::Internal(_))
     ));
 }

@@ -10,7 +10,7 @@
 //! How changes are numbered, and what a backend does to recover after a failure, is the
 //! backend's business.
 
-use super::{Change, Claim, Seq, Site, StoreError};
+use super::{Change, Claim, KeyReplacement, Seq, Site, StoreError};
 use bytes::Bytes;
 use std::fmt;
 use std::future::Future;
@@ -36,6 +36,12 @@ pub(super) enum Op {
     Claim { id: ResourceId, jwk: String },
     /// Replace an existing resource's snapshot.
     Put { id: ResourceId, snapshot: Bytes },
+    /// Replace a resource's key if it is `expected` now (a key rotation).
+    Rotate {
+        id: ResourceId,
+        expected: String,
+        jwk: String,
+    },
     /// Take these changes as they are, sequence numbers included (a replica's cache following
     /// its primary; SQLite only). Each resource is written unless it already holds a later
     /// change, so applying a page twice changes nothing.
@@ -51,7 +57,7 @@ impl Op {
     /// The one resource this request writes; `None` for a page of mirrored changes.
     pub(super) fn id(&self) -> Option<&ResourceId> {
         match self {
-            Op::Claim { id, .. } | Op::Put { id, .. } => Some(id),
+            Op::Claim { id, .. } | Op::Put { id, .. } | Op::Rotate { id, .. } => Some(id),
             Op::Mirror { .. } | Op::Site { .. } | Op::Wipe => None,
         }
     }
@@ -70,6 +76,7 @@ impl Write {
         match &self.op {
             Op::Claim { jwk, .. } => jwk.len(),
             Op::Put { snapshot, .. } => snapshot.len(),
+            Op::Rotate { expected, jwk, .. } => expected.len() + jwk.len(),
             Op::Mirror { changes } => changes.iter().map(Change::weight).sum(),
             Op::Site { .. } | Op::Wipe => 0,
         }
@@ -199,6 +206,24 @@ impl WriteQueue {
     ) -> Result<Seq, StoreError> {
         let op = Op::Put { id: *id, snapshot };
         self.write(op).await?.ok_or(StoreError::NotFound)
+    }
+
+    /// Replaces `id`'s key with `jwk` if it is `expected`, once committed.
+    pub(super) async fn replace_key(
+        &self,
+        id: &ResourceId,
+        expected: &str,
+        jwk: &str,
+    ) -> Result<KeyReplacement, StoreError> {
+        let op = Op::Rotate {
+            id: *id,
+            expected: expected.to_owned(),
+            jwk: jwk.to_owned(),
+        };
+        Ok(match self.write(op).await? {
+            Some(seq) => KeyReplacement::Replaced { seq },
+            None => KeyReplacement::Stale,
+        })
     }
 
     /// Writes `changes` with their own sequence numbers in one transaction, once committed;

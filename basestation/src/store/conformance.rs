@@ -10,7 +10,7 @@
 //! Nothing here measures time: every assertion is about what the store answers.
 #![allow(clippy::unwrap_used)]
 
-use super::{Change, Claim, RestoreItem, Seq, Store, StoreError};
+use super::{Change, Claim, KeyReplacement, RestoreItem, Seq, Store, StoreError};
 use bytes::Bytes;
 use std::any::Any;
 use std::collections::HashMap;
@@ -55,6 +55,9 @@ macro_rules! conformance_tests {
             calls_after_close_are_refused,
             export_sends_every_resource_once_in_order_at_last_seq,
             export_sees_one_point_while_writes_go_on,
+            replace_key_from_the_expected_key_is_a_change_that_keeps_the_snapshot,
+            replace_key_from_another_key_or_of_an_unknown_id_changes_nothing,
+            concurrent_replacements_of_one_key_have_exactly_one_winner,
         );
     };
     (@each $fresh:path; $($check:ident),+ $(,)?) => {
@@ -103,6 +106,97 @@ fn noise(len: usize, seed: u64) -> Bytes {
         })
         .collect::<Vec<u8>>()
         .into()
+}
+
+/// Rule: replacing the key it holds is one change: the new key at a new sequence, listed in
+/// the change feed (so replicas and backups carry it), the snapshot untouched.
+pub(crate) async fn replace_key_from_the_expected_key_is_a_change_that_keeps_the_snapshot(
+    store: Arc<dyn Store>,
+) {
+    claimed(&*store, 1).await;
+    claimed(&*store, 2).await;
+    let before = store
+        .put_snapshot(&id(1), Bytes::from_static(b"kept"))
+        .await
+        .unwrap();
+    let replaced = store.replace_key(&id(1), &jwk(1), &jwk(101)).await.unwrap();
+    let KeyReplacement::Replaced { seq } = replaced else {
+        panic!("the expected key was not replaced: {replaced:?}");
+    };
+    assert!(seq > before);
+    assert_eq!(store.last_seq().await.unwrap(), seq);
+    let stored = store.load(&id(1)).await.unwrap().unwrap();
+    assert_eq!(stored.jwk, jwk(101));
+    assert_eq!(stored.snapshot, Some(Bytes::from_static(b"kept")));
+    assert_eq!(stored.seq, seq);
+    assert_eq!(
+        store.changes_since(before, 100).await.unwrap(),
+        vec![Change {
+            seq,
+            id: id(1),
+            jwk: jwk(101),
+            snapshot: Some(Bytes::from_static(b"kept")),
+        }]
+    );
+    // The other resource is untouched, and the new key can be replaced in turn.
+    assert_eq!(store.load(&id(2)).await.unwrap().unwrap().jwk, jwk(2));
+    let again = store
+        .replace_key(&id(1), &jwk(101), &jwk(102))
+        .await
+        .unwrap();
+    assert!(matches!(again, KeyReplacement::Replaced { seq: next } if next > seq));
+    let (_, exported) = exported(&*store).await;
+    let one = exported.iter().find(|change| change.id == id(1)).unwrap();
+    assert_eq!(one.jwk, jwk(102));
+}
+
+/// Rule: replacing a key the resource no longer holds (or of no resource) writes nothing and
+/// takes no sequence.
+pub(crate) async fn replace_key_from_another_key_or_of_an_unknown_id_changes_nothing(
+    store: Arc<dyn Store>,
+) {
+    let before = claimed(&*store, 1).await;
+    assert_eq!(
+        store.replace_key(&id(1), &jwk(9), &jwk(101)).await.unwrap(),
+        KeyReplacement::Stale
+    );
+    assert_eq!(
+        store.replace_key(&id(2), &jwk(2), &jwk(102)).await.unwrap(),
+        KeyReplacement::Stale
+    );
+    assert_eq!(store.load(&id(1)).await.unwrap().unwrap().jwk, jwk(1));
+    assert_eq!(store.load(&id(2)).await.unwrap(), None);
+    assert_eq!(store.last_seq().await.unwrap(), before);
+    assert!(store.changes_since(before, 100).await.unwrap().is_empty());
+}
+
+/// Rule: racing replacements of one key are compare-and-set: exactly one wins, and the
+/// stored key is the winner's.
+pub(crate) async fn concurrent_replacements_of_one_key_have_exactly_one_winner(
+    store: Arc<dyn Store>,
+) {
+    claimed(&*store, 1).await;
+    let racers: Vec<_> = (0..8u32)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let outcome = store.replace_key(&id(1), &jwk(1), &jwk(200 + n)).await;
+                (n, outcome.unwrap())
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for racer in racers {
+        let (n, outcome) = racer.await.unwrap();
+        if let KeyReplacement::Replaced { .. } = outcome {
+            winners.push(n);
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    assert_eq!(
+        store.load(&id(1)).await.unwrap().unwrap().jwk,
+        jwk(200 + winners[0])
+    );
 }
 
 /// Rule: a resource that was never claimed does not exist.

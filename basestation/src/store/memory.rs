@@ -1,7 +1,7 @@
 //! An in-memory [`Store`] for relay tests that need no disk. It keeps the trait's ordering
 //! promises (one lock, sequence in commit order) but not durability, so it is test-only.
 
-use super::{Change, Claim, Seq, Site, Store, StoreError, StoredResource};
+use super::{Change, Claim, KeyReplacement, Seq, Site, Store, StoreError, StoredResource};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -92,6 +92,26 @@ impl Store for MemoryStore {
             resource.seq = next;
             state.seq = next;
             Ok(next)
+        })
+    }
+
+    async fn replace_key(
+        &self,
+        id: &ResourceId,
+        expected: &str,
+        jwk: &str,
+    ) -> Result<KeyReplacement, StoreError> {
+        self.with(|state| {
+            let next = state.seq + 1;
+            match state.resources.get_mut(id) {
+                Some(resource) if resource.jwk == expected => {
+                    resource.jwk = jwk.to_owned();
+                    resource.seq = next;
+                    state.seq = next;
+                    Ok(KeyReplacement::Replaced { seq: next })
+                }
+                _ => Ok(KeyReplacement::Stale),
+            }
         })
     }
 

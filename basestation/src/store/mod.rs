@@ -52,6 +52,19 @@ pub enum Claim {
     Taken,
 }
 
+/// The outcome of replacing a resource's key if it is still the expected one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyReplacement {
+    /// The key was the expected one and is now the new one.
+    Replaced {
+        /// The change sequence of the replacement.
+        seq: Seq,
+    },
+    /// The resource's key is not the expected one (another rotation came first), or there is
+    /// no such resource; nothing was written.
+    Stale,
+}
+
 /// One committed change, as replication and backups read it: the resource's state at `seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -198,6 +211,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates the resource with `jwk` if `id` is free, as one atomic step; durable on return.
     async fn claim(&self, id: &ResourceId, jwk: &str) -> Result<Claim, StoreError>;
+
+    /// Replaces the resource's key with `jwk` if it is exactly `expected` now, as one atomic
+    /// step that is a change like any other (replicated, exported); durable on return. The
+    /// snapshot is untouched. Keys are compared as stored text, which is canonical JWK JSON.
+    async fn replace_key(
+        &self,
+        id: &ResourceId,
+        expected: &str,
+        jwk: &str,
+    ) -> Result<KeyReplacement, StoreError>;
 
     /// Replaces the resource's snapshot byte for byte; durable on return.
     async fn put_snapshot(&self, id: &ResourceId, snapshot: Bytes) -> Result<Seq, StoreError>;

@@ -35,7 +35,9 @@
 
 use super::batch::{Backend, Failure, MAX_BATCH_WRITES, Op, Write, WriteQueue};
 use super::rows::{self, ChangeRow, ResourceRow, read_error, seq_from_sql};
-use super::{Change, Claim, RestoreItem, Role, Seq, Site, Store, StoreError, StoredResource};
+use super::{
+    Change, Claim, KeyReplacement, RestoreItem, Role, Seq, Site, Store, StoreError, StoredResource,
+};
 use bytes::Bytes;
 use futures::TryStreamExt as _;
 use sqlx::migrate::Migrator;
@@ -61,6 +63,12 @@ const CLAIM: &str = "INSERT INTO resources (id, jwk, snapshot, seq) \
 
 /// Replaces a resource's snapshot; its number is set by [`NUMBER`]. Zero rows means unknown.
 const PUT: &str = "UPDATE resources SET snapshot = $1 WHERE id = $2";
+
+/// Replaces a resource's key if it is still the expected one; its number is set by [`NUMBER`].
+/// Zero rows means another key (or no resource). Under READ COMMITTED an UPDATE waiting on a
+/// row another pod locked re-checks its condition on the committed row, so two pods rotating
+/// one key cannot both succeed.
+const ROTATE: &str = "UPDATE resources SET jwk = $1 WHERE id = $2 AND jwk = $3";
 
 /// The last statement of every transaction that changed something: takes `$1` numbers from the
 /// counter (locking its row until commit) and gives each written resource its final number,
@@ -317,6 +325,15 @@ impl Store for PostgresStore {
         self.writes.claim(id, jwk).await
     }
 
+    async fn replace_key(
+        &self,
+        id: &ResourceId,
+        expected: &str,
+        jwk: &str,
+    ) -> Result<KeyReplacement, StoreError> {
+        self.writes.replace_key(id, expected, jwk).await
+    }
+
     async fn put_snapshot(&self, id: &ResourceId, snapshot: Bytes) -> Result<Seq, StoreError> {
         self.writes.put_snapshot(id, snapshot).await
     }
@@ -480,6 +497,10 @@ impl Backend for Writer {
                 Op::Put { id, snapshot } => {
                     let put = sqlx::query(PUT).bind(&snapshot[..]).bind(id.as_str());
                     put.execute(&mut *tx).await
+                }
+                Op::Rotate { id, expected, jwk } => {
+                    let rotate = sqlx::query(ROTATE).bind(jwk.as_str()).bind(id.as_str());
+                    rotate.bind(expected.as_str()).execute(&mut *tx).await
                 }
                 // `PostgresStore` has no way to ask for these: a replica's cache is SQLite.
                 Op::Mirror { .. } | Op::Wipe => {

@@ -11,7 +11,9 @@
 
 use super::batch::{Backend, Failure, Op, Write, WriteQueue};
 use super::rows::{self, ChangeRow, ResourceRow, read_error, seq_from_sql};
-use super::{Change, Claim, RestoreItem, Seq, Site, Store, StoreError, StoredResource};
+use super::{
+    Change, Claim, KeyReplacement, RestoreItem, Seq, Site, Store, StoreError, StoredResource,
+};
 use bytes::Bytes;
 use futures::TryStreamExt as _;
 use sqlx::migrate::Migrator;
@@ -55,6 +57,10 @@ const CLAIM: &str = "INSERT INTO resources (id, jwk, snapshot, seq) VALUES (?1, 
 
 /// Replaces a resource's snapshot and moves it to the new sequence; zero rows means unknown.
 const PUT: &str = "UPDATE resources SET snapshot = ?1, seq = ?2 WHERE id = ?3";
+
+/// Replaces a resource's key if it is still the expected one; zero rows means another key
+/// (or no resource). The snapshot stays.
+const ROTATE: &str = "UPDATE resources SET jwk = ?1, seq = ?2 WHERE id = ?3 AND jwk = ?4";
 
 /// The writer's page cache, in KiB when negative (SQLite's convention): 32 MiB.
 const WRITER_CACHE: &str = "-32768";
@@ -256,6 +262,15 @@ impl Store for SqliteStore {
         self.writes.put_snapshot(id, snapshot).await
     }
 
+    async fn replace_key(
+        &self,
+        id: &ResourceId,
+        expected: &str,
+        jwk: &str,
+    ) -> Result<KeyReplacement, StoreError> {
+        self.writes.replace_key(id, expected, jwk).await
+    }
+
     async fn changes_since(&self, after: Seq, limit: usize) -> Result<Vec<Change>, StoreError> {
         let (after, limit) = rows::change_bounds(after, limit);
         let found: Vec<ChangeRow> = sqlx::query_as(
@@ -384,6 +399,11 @@ impl Backend for Writer {
                 Op::Put { id, snapshot } => {
                     let put = sqlx::query(PUT).bind(&snapshot[..]).bind(seq);
                     put.bind(id.as_str()).execute(&mut self.conn).await
+                }
+                Op::Rotate { id, expected, jwk } => {
+                    let rotate = sqlx::query(ROTATE).bind(jwk.as_str()).bind(seq);
+                    let rotate = rotate.bind(id.as_str()).bind(expected.as_str());
+                    rotate.execute(&mut self.conn).await
                 }
                 Op::Mirror { .. } | Op::Site { .. } | Op::Wipe => continue,
             };
@@ -883,6 +903,30 @@ mod tests {
         let store = SqliteStore::open(&path).await.unwrap();
         let loaded = store.load(&id(1)).await.unwrap().unwrap();
         assert_eq!(loaded.snapshot, Some(Bytes::from_static(b"acknowledged")));
+        assert_eq!((loaded.seq, store.last_seq().await.unwrap()), (seq, seq));
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_replaced_key_survives_a_drop_without_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.claim(&id(1), &jwk(1)).await.unwrap();
+        store
+            .put_snapshot(&id(1), Bytes::from_static(b"kept"))
+            .await
+            .unwrap();
+        let replaced = store.replace_key(&id(1), &jwk(1), &jwk(7)).await.unwrap();
+        let KeyReplacement::Replaced { seq } = replaced else {
+            panic!("not replaced: {replaced:?}");
+        };
+        drop(store);
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let loaded = store.load(&id(1)).await.unwrap().unwrap();
+        assert_eq!(loaded.jwk, jwk(7));
+        assert_eq!(loaded.snapshot, Some(Bytes::from_static(b"kept")));
         assert_eq!((loaded.seq, store.last_seq().await.unwrap()), (seq, seq));
         store.close().await;
     }

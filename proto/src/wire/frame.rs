@@ -28,6 +28,9 @@ pub enum Code {
     ForwardRequest = 0x06,
     /// Station sends a pending requester the snapshot persisted after its request.
     ForwardResponse = 0x07,
+    /// Station confirms a key rotation with the session's next rotation challenge
+    /// (extension R1, docs/KEY-ROTATION.md).
+    KeyRotated = 0x08,
     /// Client answers `require-verification` with a signature.
     SubmitVerification = 0x50,
     /// Client answers `require-config` with a JWK and a proof.
@@ -38,6 +41,8 @@ pub enum Code {
     SubmitDelta = 0x53,
     /// Client asks the other peers (and the station) for state.
     SubmitRequest = 0x54,
+    /// Client replaces the resource's key with a new one (extension R1).
+    RotateKey = 0x55,
 }
 
 impl Code {
@@ -51,11 +56,13 @@ impl Code {
             0x05 => Code::ForwardDelta,
             0x06 => Code::ForwardRequest,
             0x07 => Code::ForwardResponse,
+            0x08 => Code::KeyRotated,
             0x50 => Code::SubmitVerification,
             0x51 => Code::SubmitConfig,
             0x52 => Code::SubmitSnapshot,
             0x53 => Code::SubmitDelta,
             0x54 => Code::SubmitRequest,
+            0x55 => Code::RotateKey,
             _ => return None,
         })
     }
@@ -80,16 +87,18 @@ impl Code {
             Code::ForwardDelta => "forward-delta",
             Code::ForwardRequest => "forward-request",
             Code::ForwardResponse => "forward-response",
+            Code::KeyRotated => "key-rotated",
             Code::SubmitVerification => "submit-verification",
             Code::SubmitConfig => "submit-config",
             Code::SubmitSnapshot => "submit-snapshot",
             Code::SubmitDelta => "submit-delta",
             Code::SubmitRequest => "submit-request",
+            Code::RotateKey => "rotate-key",
         }
     }
 
     /// Every assigned code, in byte order.
-    pub const ALL: [Code; 12] = [
+    pub const ALL: [Code; 14] = [
         Code::RequireVerification,
         Code::RequireConfig,
         Code::OfferConfig,
@@ -97,11 +106,13 @@ impl Code {
         Code::ForwardDelta,
         Code::ForwardRequest,
         Code::ForwardResponse,
+        Code::KeyRotated,
         Code::SubmitVerification,
         Code::SubmitConfig,
         Code::SubmitSnapshot,
         Code::SubmitDelta,
         Code::SubmitRequest,
+        Code::RotateKey,
     ];
 }
 
@@ -268,7 +279,7 @@ mod tests {
                 assert_eq!(code.byte(), byte);
             }
         }
-        assert_eq!(Code::ALL.iter().filter(|c| c.is_client()).count(), 5);
+        assert_eq!(Code::ALL.iter().filter(|c| c.is_client()).count(), 6);
     }
 
     #[test]
@@ -295,7 +306,7 @@ mod tests {
 
     #[test]
     fn section2_unassigned_codes_are_rejected() {
-        for code in [0x03u8, 0x08, 0x4f, 0x55, 0xff] {
+        for code in [0x03u8, 0x09, 0x4f, 0x56, 0xff] {
             let bytes = Bytes::from(vec![VERSION, code, 1]);
             assert_eq!(
                 Frame::decode(bytes, MAX),

@@ -14,6 +14,11 @@ use std::fmt;
 pub const SIGNATURE_LEN: usize = 64;
 const CONFIG_CONTEXT: &[u8] = b"zbase/v1/config";
 const VERIFY_CONTEXT: &[u8] = b"zbase/v1/verify";
+const ROTATE_CONTEXT: &[u8] = b"zbase/v1/rotate";
+const ROTATE_PROOF_CONTEXT: &[u8] = b"zbase/v1/rotate-proof";
+
+/// Length of an RFC 7638 SHA-256 JWK thumbprint.
+pub const THUMBPRINT_LEN: usize = 32;
 
 /// Why a JWK or a signature is refused. Messages name the member at fault, never key bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -213,6 +218,27 @@ impl VerificationKey {
         serde_json::to_string(&canonical).unwrap_or_default()
     }
 
+    /// The RFC 7638 SHA-256 thumbprint: the hash of the required members in lexicographic
+    /// order, without whitespace (`crv`, `kty`, `x`, and `y` for P-256).
+    pub fn thumbprint(&self) -> [u8; THUMBPRINT_LEN] {
+        use sha2::Digest as _;
+        // Every value is a fixed name or base64url, so no JSON escaping can arise and the
+        // text can be written directly in the order RFC 7638 requires.
+        let text = match self {
+            VerificationKey::Ed25519(key) => format!(
+                r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+                encode_b64url(key.as_bytes())
+            ),
+            VerificationKey::P256(key) => {
+                let point = key.to_encoded_point(false);
+                let x = point.x().map(|x| encode_b64url(x)).unwrap_or_default();
+                let y = point.y().map(|y| encode_b64url(y)).unwrap_or_default();
+                format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#)
+            }
+        };
+        sha2::Sha256::digest(text.as_bytes()).into()
+    }
+
     /// Checks `signature` over `message`. P-256 signatures are `r || s` and high-S is accepted.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), KeyError> {
         if signature.len() != SIGNATURE_LEN {
@@ -264,6 +290,28 @@ pub fn config_message(challenge: &Challenge, proposed: &ResourceId) -> Vec<u8> {
 /// `"zbase/v1/verify" || challenge || identifier`: what a verification proof signs.
 pub fn verify_message(challenge: &Challenge, id: &ResourceId) -> Vec<u8> {
     signed_message(VERIFY_CONTEXT, challenge, id)
+}
+
+/// `"zbase/v1/rotate-proof" || challenge || identifier`: what the new key signs to prove it
+/// is held (extension R1).
+pub fn rotate_proof_message(challenge: &Challenge, id: &ResourceId) -> Vec<u8> {
+    signed_message(ROTATE_PROOF_CONTEXT, challenge, id)
+}
+
+/// `"zbase/v1/rotate" || challenge || identifier || thumbprint(new key)`: what the current key
+/// signs to authorise its replacement by exactly that new key (extension R1).
+pub fn rotate_message(
+    challenge: &Challenge,
+    id: &ResourceId,
+    thumbprint: &[u8; THUMBPRINT_LEN],
+) -> Vec<u8> {
+    [
+        ROTATE_CONTEXT,
+        &challenge[..],
+        id.as_bytes(),
+        &thumbprint[..],
+    ]
+    .concat()
 }
 
 #[cfg(test)]
@@ -406,6 +454,75 @@ mod tests {
         let ek = ed25519_dalek::SigningKey::generate(&mut OsRng);
         let key = VerificationKey::from_jwk_json(&ed_jwk(&ek)).unwrap();
         assert_eq!(key.to_jwk_json(), ed_jwk(&ek));
+    }
+
+    #[test]
+    fn thumbprint_of_rfc8037_a3_ed25519_key() {
+        let jwk =
+            r#"{"crv":"Ed25519","kty":"OKP","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+        let key = VerificationKey::from_jwk_json(jwk).unwrap();
+        assert_eq!(
+            encode_b64url(&key.thumbprint()),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+        // Optional members, and their order on the wire, do not change it.
+        let decorated = r#"{"x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"k","kty":"OKP","alg":"EdDSA","crv":"Ed25519","ext":true}"#;
+        let same = VerificationKey::from_jwk_json(decorated).unwrap();
+        assert_eq!(same.thumbprint(), key.thumbprint());
+    }
+
+    #[test]
+    fn thumbprint_of_p256_hashes_crv_kty_x_y_in_order() {
+        use sha2::Digest as _;
+        let sk = p256::ecdsa::SigningKey::random(&mut OsRng);
+        let key = VerificationKey::from_jwk_json(&p256_jwk(&sk)).unwrap();
+        let point = sk.verifying_key().to_encoded_point(false);
+        let expected = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            encode_b64url(point.x().unwrap()),
+            encode_b64url(point.y().unwrap())
+        );
+        let digest: [u8; 32] = sha2::Sha256::digest(expected.as_bytes()).into();
+        assert_eq!(key.thumbprint(), digest);
+        let other = p256::ecdsa::SigningKey::random(&mut OsRng);
+        let other = VerificationKey::from_jwk_json(&p256_jwk(&other)).unwrap();
+        assert_ne!(other.thumbprint(), key.thumbprint());
+    }
+
+    #[test]
+    fn rotate_messages_are_bound_to_their_context_and_inputs() {
+        let challenge = [6u8; 32];
+        let proof = rotate_proof_message(&challenge, &id());
+        assert_eq!(
+            proof,
+            [
+                b"zbase/v1/rotate-proof".as_slice(),
+                &challenge,
+                id().as_bytes()
+            ]
+            .concat()
+        );
+        let thumb = [8u8; 32];
+        let auth = rotate_message(&challenge, &id(), &thumb);
+        assert_eq!(
+            auth,
+            [
+                b"zbase/v1/rotate".as_slice(),
+                &challenge,
+                id().as_bytes(),
+                &thumb
+            ]
+            .concat()
+        );
+        // No message of one kind is a message of another.
+        for other in [
+            verify_message(&challenge, &id()),
+            config_message(&challenge, &id()),
+        ] {
+            assert_ne!(other, proof);
+            assert_ne!(other, auth);
+        }
+        assert_ne!(auth, rotate_message(&challenge, &id(), &[9; 32]));
     }
 
     mod properties {

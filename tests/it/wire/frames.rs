@@ -202,7 +202,7 @@ async fn s2_short_frame_terminates(t: Transport) {
 
 async fn s2_unassigned_code_terminates(t: Transport) {
     let station = Station::start().await;
-    let mut cases: Vec<(u32, u32, Vec<u8>)> = [0x03, 0x08, 0x4f, 0x55, 0x56, 0x80, 0xff]
+    let mut cases: Vec<(u32, u32, Vec<u8>)> = [0x03, 0x09, 0x4f, 0x56, 0x57, 0x80, 0xff]
         .into_iter()
         .map(|code| (1, code, vec![1]))
         .collect();
@@ -216,7 +216,7 @@ async fn s2_unassigned_code_terminates(t: Transport) {
 
 async fn s2_station_code_from_client_terminates(t: Transport) {
     let station = Station::start().await;
-    let cases: Vec<(u32, u32, Vec<u8>)> = [0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x07]
+    let cases: Vec<(u32, u32, Vec<u8>)> = [0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x07, 0x08]
         .into_iter()
         .map(|code| (1, code, vec![7; 32]))
         .collect();
