@@ -27,6 +27,9 @@ use crate::station::{Close, Session, Station, StationError, code};
 
 /// How long the station has to confirm a snapshot written (its `forward-response`).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+/// How many times (2 s apart) a watching device cut off by a rotation looks for new keys
+/// before concluding it was revoked.
+const KEY_WAIT_TRIES: u32 = 15;
 /// How many read-merge-write rounds one sync tries before leaving the rest to the next one.
 const ROUNDS: usize = 4;
 
@@ -593,13 +596,21 @@ impl Device {
         mut seen: impl FnMut(ValueChange),
     ) -> Result<(), SyncError> {
         let mut values = self.state(id).await?.values;
+        let mut waited_for_keys = 0;
         loop {
             match self.sync(id).await {
-                Ok(_) => {}
+                Ok(_) => waited_for_keys = 0,
                 Err(SyncError::Station(
                     StationError::Unreachable { .. } | StationError::Closed(_),
                 )) => {
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                // Cut off by a rotation: the rotating member sends the new keys only after
+                // the rotation and a snapshot, so they may not be in a mailbox yet.
+                Err(SyncError::AccessLost(_)) if waited_for_keys < KEY_WAIT_TRIES => {
+                    waited_for_keys += 1;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -611,8 +622,11 @@ impl Device {
                 Err(SyncError::Station(_)) => continue,
                 Err(e) => return Err(e),
             };
+            // Changes may have landed between the sync and this session: they are in the
+            // snapshot offered now, and no delta will bring them again.
             if let Some(bytes) = offered {
                 self.take_in(&held, &bytes).await?;
+                values = self.report_changes(id, values, &mut seen).await?;
             }
             loop {
                 match session.recv().await {

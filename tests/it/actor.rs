@@ -55,7 +55,7 @@ impl Device {
             .expect("the zbase binary runs")
     }
 
-    /// Runs `args`, which must succeed; returns the last JSON line printed.
+    /// Runs `args`, which must succeed; returns the JSON it printed (the last line of several).
     async fn ok(&self, args: &[&str]) -> Value {
         let out = self.run(args).await;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -64,8 +64,9 @@ impl Device {
             "zbase {args:?} failed: {}\n{stdout}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let last = stdout.lines().last().unwrap_or("null");
-        serde_json::from_str(last)
+        // One pretty document (export), or one document per line: the last one counts.
+        serde_json::from_str(&stdout)
+            .or_else(|_| serde_json::from_str(stdout.lines().last().unwrap_or("null")))
             .unwrap_or_else(|e| panic!("zbase {args:?} printed {stdout:?}: {e}"))
     }
 
@@ -173,7 +174,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 async fn scenario(scheme: &str) {
     let station = Station::builder()
-        .env("RUST_LOG", "debug")
+        .env("ZBASE_LOG", "debug")
         // Looking for mailboxes that do not exist yet hangs up before answering the
         // challenge, which the station counts as a failed handshake.
         .failed_handshakes_per_minute(10_000)
