@@ -14,6 +14,7 @@ use zbase_actor::local::Local;
 use zbase_proto::wire::ResourceId;
 use zbase_tests::station::{Station, workspace_bin};
 use zbase_tests::tap::Tap;
+use zbase_tests::tls::{TestCa, write_pair};
 
 /// How long `watch` has to show a change made on another device.
 const LIVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -22,16 +23,27 @@ const LIVE_TIMEOUT: Duration = Duration::from_secs(30);
 struct Device {
     home: tempfile::TempDir,
     station: String,
+    /// The CA file to trust (`ZBASE_CA`), for a TLS station.
+    ca: Option<std::path::PathBuf>,
 }
 
 impl Device {
     async fn new(station: &str) -> Device {
-        let device = Device {
-            home: tempfile::tempdir().expect("a home directory"),
-            station: station.to_owned(),
-        };
+        Device::with_ca(station, None).await
+    }
+
+    async fn with_ca(station: &str, ca: Option<&Path>) -> Device {
+        let device = Device::uninitialised(station, ca);
         device.ok(&["init"]).await;
         device
+    }
+
+    fn uninitialised(station: &str, ca: Option<&Path>) -> Device {
+        Device {
+            home: tempfile::tempdir().expect("a home directory"),
+            station: station.to_owned(),
+            ca: ca.map(Path::to_path_buf),
+        }
     }
 
     fn command(&self, args: &[&str]) -> tokio::process::Command {
@@ -44,7 +56,11 @@ impl Device {
             .args(args)
             .env("ZBASE_STATION", &self.station)
             .env_remove("ZBASE_HOME")
+            .env_remove("ZBASE_CA")
             .kill_on_drop(true);
+        if let Some(ca) = &self.ca {
+            command.env("ZBASE_CA", ca);
+        }
         command
     }
 
@@ -408,4 +424,115 @@ async fn devices_share_sync_and_revoke_through_a_station_over_websocket() {
 #[tokio::test]
 async fn devices_share_sync_and_revoke_through_a_station_over_grpc() {
     scenario("grpc").await;
+}
+
+#[tokio::test]
+async fn over_tls_offline_changes_wait_for_the_station_and_errors_say_what_to_do() {
+    let ca = TestCa::new("station CA");
+    let secret = tempfile::tempdir().expect("a directory for the certificate");
+    let (cert, key) = write_pair(secret.path(), &ca.server_leaf(1));
+    let ca_file = secret.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write the CA file");
+    let mut station = Station::builder()
+        .flag("tls-cert", cert.display())
+        .flag("tls-key", key.display())
+        .start()
+        .await;
+    // Devices keep one address across the station's restart (which picks a new port).
+    let tap = Tap::start(station.addr()).await;
+    let port = tap.addr().port();
+    let wss = format!("wss://localhost:{port}");
+    let grpcs = format!("grpcs://localhost:{port}");
+
+    // One device on WebSocket over TLS, the other on gRPC over TLS, both trusting the CA.
+    let laptop = Device::with_ca(&wss, Some(&ca_file)).await;
+    let phone = Device::with_ca(&grpcs, Some(&ca_file)).await;
+    let r = laptop.ok(&["create"]).await["resource"]
+        .as_str()
+        .expect("a resource")
+        .to_owned();
+    let r = r.as_str();
+    laptop
+        .ok(&["share", r, &phone.identity().await, "viewer"])
+        .await;
+    phone
+        .ok(&["join", r, "--from", &laptop.identity().await])
+        .await;
+    assert_eq!(
+        phone.ok(&["members", r]).await.as_array().map(Vec::len),
+        Some(2)
+    );
+
+    // Without the CA, the certificate is not trusted, and the error says how to fix it.
+    let untrusting = Device::with_ca(&wss, None).await;
+    let error = untrusting.fails(&["create"]).await;
+    assert!(
+        error.contains("unreachable") || error.contains("--ca"),
+        "{error}"
+    );
+
+    // The station goes away: a change is kept on the device and sent when it is back.
+    station.kill().await;
+    let put = laptop
+        .ok(&["put", r, "note", "written while the station was down"])
+        .await;
+    assert_eq!(put["synced"], false, "{put}");
+    assert!(
+        put["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unreachable"),
+        "{put}"
+    );
+    let error = phone.fails(&["sync", r]).await;
+    assert!(error.contains("unreachable"), "{error}");
+    station.restart().await;
+    tap.retarget(station.addr());
+    let synced = laptop.ok(&["sync", r]).await;
+    assert_eq!(synced["sync"]["sent"], 1, "{synced}");
+    phone.ok(&["sync", r]).await;
+    assert_eq!(
+        phone.values(r).await.get("note").map(String::as_str),
+        Some("written while the station was down")
+    );
+
+    // A viewer may read but not write.
+    let error = phone.fails(&["put", r, "note", "mine"]).await;
+    assert!(
+        error.contains("viewer") && error.contains("does not allow"),
+        "{error}"
+    );
+
+    // Clear errors for the usual mistakes.
+    let error = Device::uninitialised(&wss, Some(&ca_file))
+        .fails(&["whoami"])
+        .await;
+    assert!(error.contains("zbase init"), "{error}");
+    let error = laptop
+        .fails(&["get", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"])
+        .await;
+    assert!(error.contains("not on this device"), "{error}");
+    let error = laptop.fails(&["get", "not-an-id"]).await;
+    assert!(error.contains("not a resource identifier"), "{error}");
+    let error = laptop.fails(&["share", r, "someone", "editor"]).await;
+    assert!(error.contains("zbase whoami"), "{error}");
+    let error = laptop
+        .fails(&["share", r, &phone.identity().await, "admin"])
+        .await;
+    assert!(error.contains("not a role"), "{error}");
+    let stranger = Device::with_ca(&wss, Some(&ca_file)).await;
+    let error = stranger
+        .fails(&["join", r, "--from", &laptop.identity().await])
+        .await;
+    assert!(error.contains("nothing shared"), "{error}");
+    let closed = Device::new("ws://127.0.0.1:9").await;
+    let error = closed.fails(&["create"]).await;
+    assert!(error.contains("unreachable"), "{error}");
+    let error = closed
+        .fails(&["create", "--station", "http://127.0.0.1:9"])
+        .await;
+    assert!(
+        error.contains("ws://, wss://, grpc:// or grpcs://"),
+        "{error}"
+    );
 }

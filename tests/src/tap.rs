@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// The relay; it stops when dropped.
 pub struct Tap {
     addr: SocketAddr,
+    station: Arc<Mutex<SocketAddr>>,
     to_station: Arc<Mutex<Vec<u8>>>,
     from_station: Arc<Mutex<Vec<u8>>>,
     task: tokio::task::JoinHandle<()>,
@@ -31,10 +32,12 @@ impl Tap {
         let addr = listener.local_addr().expect("the tap's address");
         let to_station = Arc::new(Mutex::new(Vec::new()));
         let from_station = Arc::new(Mutex::new(Vec::new()));
-        let (up, down) = (to_station.clone(), from_station.clone());
+        let station = Arc::new(Mutex::new(station));
+        let (up, down, target) = (to_station.clone(), from_station.clone(), station.clone());
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let (up, down) = (up.clone(), down.clone());
+                let station = *target.lock().expect("tap target lock");
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(station).await else {
                         return;
@@ -50,6 +53,7 @@ impl Tap {
         });
         Tap {
             addr,
+            station,
             to_station,
             from_station,
             task,
@@ -59,6 +63,11 @@ impl Tap {
     /// Where clients connect instead of the station.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Relays new connections to `station` from now on (a station restarted on another port).
+    pub fn retarget(&self, station: SocketAddr) {
+        *self.station.lock().expect("tap target lock") = station;
     }
 
     /// Every byte clients sent the station so far.

@@ -12,6 +12,9 @@ use zbase_proto::wire::ResourceId;
 
 /// The zbase actor: end-to-end encrypted resources synced through a base station that can
 /// read none of them.
+///
+/// Identifiers are base64url and may start with '-': every argument that takes one accepts
+/// that.
 #[derive(Parser)]
 #[command(name = "zbase", version, about)]
 struct Cli {
@@ -45,10 +48,13 @@ enum Command {
     /// Sets a key to a value.
     Put {
         /// The resource.
+        #[arg(allow_hyphen_values = true)]
         resource: String,
         /// The key.
+        #[arg(allow_hyphen_values = true)]
         key: String,
         /// The value (UTF-8 text).
+        #[arg(allow_hyphen_values = true)]
         value: String,
         /// Record it locally only; the next sync sends it.
         #[arg(long)]
@@ -57,15 +63,19 @@ enum Command {
     /// Prints one value, or every value.
     Get {
         /// The resource.
+        #[arg(allow_hyphen_values = true)]
         resource: String,
         /// The key (all keys if absent).
+        #[arg(allow_hyphen_values = true)]
         key: Option<String>,
     },
     /// Removes a key.
     Delete {
         /// The resource.
+        #[arg(allow_hyphen_values = true)]
         resource: String,
         /// The key.
+        #[arg(allow_hyphen_values = true)]
         key: String,
         /// Record it locally only; the next sync sends it.
         #[arg(long)]
@@ -74,8 +84,10 @@ enum Command {
     /// Gives a member a role (owner, manager, editor, viewer) and sends them the keys.
     Share {
         /// The resource.
+        #[arg(allow_hyphen_values = true)]
         resource: String,
         /// The member's public identity (`zbase whoami` on their device).
+        #[arg(allow_hyphen_values = true)]
         member: String,
         /// The role.
         role: String,
@@ -86,8 +98,10 @@ enum Command {
     /// Takes a member's role away and rotates the keys so they read nothing newer.
     Revoke {
         /// The resource.
+        #[arg(allow_hyphen_values = true)]
         resource: String,
         /// The member's actor id (or public identity).
+        #[arg(allow_hyphen_values = true)]
         member: String,
         /// Record it locally only; the next sync rotates the keys.
         #[arg(long)]
@@ -96,14 +110,16 @@ enum Command {
     /// Lists the members and their roles.
     Members {
         /// The resource.
+        #[arg(allow_hyphen_values = true)]
         resource: String,
     },
     /// Takes up a resource shared with this device.
     Join {
         /// The resource.
+        #[arg(allow_hyphen_values = true)]
         resource: String,
         /// Who shared it: their public identity.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         from: String,
         /// The station it lives on.
         #[arg(long, env = "ZBASE_STATION")]
@@ -112,16 +128,19 @@ enum Command {
     /// Syncs one resource, or all.
     Sync {
         /// The resource (all if absent).
+        #[arg(allow_hyphen_values = true)]
         resource: Option<String>,
     },
     /// Prints changes as they happen, until interrupted.
     Watch {
         /// The resource.
+        #[arg(allow_hyphen_values = true)]
         resource: String,
     },
     /// Prints everything this device holds of a resource: values, members, operations.
     Export {
         /// The resource.
+        #[arg(allow_hyphen_values = true)]
         resource: String,
     },
 }
