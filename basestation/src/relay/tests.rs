@@ -604,3 +604,42 @@ async fn r1_a_key_replaced_under_the_task_closes_the_sessions_of_the_old_key() {
     let mut fresh = verified(&relay, id, &new).await;
     fresh.silent().await;
 }
+
+#[tokio::test]
+async fn r1_a_write_through_this_primary_by_a_session_of_a_replaced_key_is_refused() {
+    // A replica's session that proved the old key writes before the rotation reached its site.
+    let store = Arc::new(MemoryStore::default());
+    let relay = relay_with(store.clone(), Limits::default());
+    let old = SigningKey::generate(&mut rand::rngs::OsRng);
+    let new = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = create(&relay, &old).await;
+    let written = relay
+        .write(id, Bytes::from_static(b"one"), Some(jwk_of(&old)))
+        .await
+        .unwrap();
+    assert!(written.is_some());
+    let as_key =
+        |key: &SigningKey| zbase_proto::wire::VerificationKey::Ed25519(key.verifying_key());
+    relay.rotate(id, as_key(&old), as_key(&new)).await.unwrap();
+    assert_eq!(
+        relay
+            .write(id, Bytes::from_static(b"two"), Some(jwk_of(&old)))
+            .await,
+        Ok(None)
+    );
+    assert_eq!(
+        store.load(&id).await.unwrap().unwrap().snapshot,
+        Some(Bytes::from_static(b"one"))
+    );
+    let written = relay
+        .write(id, Bytes::from_static(b"three"), Some(jwk_of(&new)))
+        .await
+        .unwrap();
+    assert!(written.is_some());
+    // A replica of an older version sends no key: written as before.
+    let written = relay
+        .write(id, Bytes::from_static(b"four"), None)
+        .await
+        .unwrap();
+    assert!(written.is_some());
+}
