@@ -229,7 +229,7 @@ impl<O: Sink<Outgoing> + Unpin + Send> Driver<'_, O> {
                     LinkEvent::Kicked(reason) => self.end(reason).await,
                 },
                 _ = key_replaced(&self.revoked, joined) => {
-                    self.end(CloseReason::VerificationFailed).await
+                    self.end(CloseReason::KeyReplaced).await
                 }
                 _ = sleep_until(deadline) => match self.session.tick(Instant::now()) {
                     Some(action) => self.act(action).await,

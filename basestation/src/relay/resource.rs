@@ -404,7 +404,7 @@ impl Resource {
                 reply,
             } => {
                 if revoked.is_cancelled() {
-                    let _ = reply.send(Err(Refused::Close(CloseReason::VerificationFailed)));
+                    let _ = reply.send(Err(Refused::Close(CloseReason::KeyReplaced)));
                 } else {
                     self.join(peer, Some(key), reply);
                 }
@@ -489,7 +489,7 @@ impl Resource {
         current: &VerificationKey,
         new: Arc<VerificationKey>,
     ) -> Reply<Seq> {
-        let stale = Err(Refused::Close(CloseReason::VerificationFailed));
+        let stale = Err(Refused::Close(CloseReason::KeyReplaced));
         // Replaced while this request was on its way: the session's key is stale.
         if !self.loaded || self.key.as_deref() != Some(current) {
             return stale;
@@ -556,7 +556,7 @@ impl Resource {
             .collect();
         for peer in out {
             self.revoked_peers.insert(peer);
-            self.kick(peer, CloseReason::VerificationFailed);
+            self.kick(peer, CloseReason::KeyReplaced);
         }
         self.key = Some(new);
     }
@@ -604,7 +604,11 @@ impl Resource {
             None => self.key.is_some(),
         };
         if !admitted {
-            let _ = reply.send(Err(Refused::Close(CloseReason::VerificationFailed)));
+            let reason = match key {
+                Some(_) => CloseReason::KeyReplaced,
+                None => CloseReason::VerificationFailed,
+            };
+            let _ = reply.send(Err(Refused::Close(reason)));
             return;
         }
         if self.peers.len() >= limits.peers_per_resource {
@@ -833,7 +837,7 @@ impl Resource {
                     let _ = ack.send(Ok(None));
                 }
                 self.revoked_peers.insert(written.peer);
-                self.kick(written.peer, CloseReason::VerificationFailed);
+                self.kick(written.peer, CloseReason::KeyReplaced);
             }
             Err(error) => {
                 tracing::error!(resource = %self.tag, %error, "snapshot write failed; disconnecting its submitter");

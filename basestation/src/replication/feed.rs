@@ -262,7 +262,7 @@ impl Replication for Feed {
         let new = key(&request.jwk, "jwk")?;
         match self.relay.rotate(id, current, new).await {
             Ok(seq) => Ok(Response::new(pb::ReplaceKeyReply { seq })),
-            Err(CloseReason::VerificationFailed) => Err(Status::failed_precondition(
+            Err(CloseReason::KeyReplaced) => Err(Status::failed_precondition(
                 "the resource's key is not the expected one",
             )),
             Err(reason) => Err(refused(reason)),

@@ -21,6 +21,7 @@ both_transports!(
     r1_racing_rotations_have_exactly_one_winner,
     r1_rotated_key_survives_a_restart,
     r1_rotated_key_survives_sigkill_right_after_the_ack,
+    r1_sessions_closed_by_a_rotation_are_not_failed_handshakes,
 );
 
 /// A fresh connection to `id`, verified with `identity`; returns it with its first rotation
@@ -374,4 +375,46 @@ async fn r1_rotated_key_survives_sigkill_right_after_the_ack(t: Transport) {
     refused(t, &station, &id, &old).await;
     let (mut b, _) = verified(t, &station, &id, &new).await;
     b.expect_silence(SILENCE).await;
+}
+
+async fn r1_sessions_closed_by_a_rotation_are_not_failed_handshakes(t: Transport) {
+    // Every client here shares 127.0.0.1: had the closed sessions counted as failed
+    // handshakes, the IP would be refused with 1013 before any challenge.
+    let station = Station::builder()
+        .failed_handshakes_per_minute(2)
+        .start()
+        .await;
+    let (id, old) = create_resource(station.addr(), t).await;
+    let new = Identity::ed25519();
+    let (mut a, first) = verified(t, &station, &id, &old).await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let (mut other, _) = verified(t, &station, &id, &old).await;
+        sync_fresh(&mut a, &mut other).await;
+        others.push(other);
+    }
+    let mut handshakes = Vec::new();
+    for _ in 0..2 {
+        let mut h = Conn::connect(t, station.addr(), &id).await;
+        h.expect_challenge(Code::RequireVerification).await;
+        handshakes.push(h);
+    }
+    rotate(&mut a, &id, &old, &new, &first).await;
+    for conn in others.iter_mut().chain(handshakes.iter_mut()) {
+        // Earlier peers still hold the later peers' join tokens.
+        loop {
+            match conn.recv().await {
+                Event::Frame(frame) if frame.code() == Code::ForwardDelta => {}
+                Event::Frame(frame) => panic!("unexpected {frame:?}"),
+                Event::Closed(kind) => {
+                    assert_eq!(kind, CloseKind::Auth);
+                    break;
+                }
+            }
+        }
+    }
+    for _ in 0..3 {
+        let (mut b, _) = verified(t, &station, &id, &new).await;
+        b.expect_silence(SILENCE).await;
+    }
 }
