@@ -655,3 +655,61 @@ async fn postgres_backs_up_and_restores_into_another_database() {
     let (ok, out) = restore(&folder, &key, &["--store", &target_url], &[]);
     assert!(!ok && out.contains("already holds 501 resources"), "{out}");
 }
+
+/// Extension R1: a backup holds the key current when it was made, and a restore brings that
+/// key back, not the one the resource was configured with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_holds_the_rotated_key_and_the_restore_brings_it_back() {
+    let source = tempfile::tempdir().unwrap();
+    let mut station = StationBuilder::default()
+        .data_dir(source.path())
+        .start_process()
+        .await;
+    let (id, old) = zbase_tests::client::create_resource(station.addr(), Transport::Ws).await;
+    zbase_tests::client::seed_snapshot(station.addr(), Transport::Ws, &id, &old, b"kept").await;
+    let new = Identity::p256();
+    let mut conn = zbase_tests::client::Conn::connect(Transport::Grpc, station.addr(), &id).await;
+    let challenge = zbase_tests::client::verify_keeping_challenge(&mut conn, &id, &old).await;
+    conn.expect_payload(Code::OfferSnapshot, b"kept").await;
+    conn.send(Code::RotateKey, old.rotate_payload(&new, &challenge, &id))
+        .await
+        .unwrap();
+    conn.expect_frame(Code::KeyRotated).await;
+    drop(conn);
+
+    // Made while the station serves, as an operator would.
+    let key = key();
+    let backups = tempfile::tempdir().unwrap();
+    let folder = backup(
+        &["--data-dir", source.path().to_str().unwrap()],
+        backups.path(),
+        &key,
+        &[],
+    );
+    station.terminate().await;
+    let target = tempfile::tempdir().unwrap();
+    let (ok, out) = restore(
+        &folder,
+        &key,
+        &["--data-dir", target.path().to_str().unwrap()],
+        &[],
+    );
+    assert!(ok, "{out}");
+    let (_, restored) = sqlite_contents(target.path()).await;
+    assert_eq!(restored.len(), 1);
+    assert_eq!(
+        zbase_proto::wire::VerificationKey::from_jwk_json(&restored[0].jwk).unwrap(),
+        zbase_proto::wire::VerificationKey::from_jwk_json(&new.jwk_json()).unwrap()
+    );
+
+    let served = StationBuilder::default()
+        .data_dir(target.path())
+        .start_process()
+        .await;
+    let mut stale = join(served.addr(), Transport::Ws, &id, &old).await;
+    stale
+        .expect_close(zbase_tests::client::CloseKind::Auth)
+        .await;
+    let mut peer = join(served.addr(), Transport::Grpc, &id, &new).await;
+    peer.expect_payload(Code::OfferSnapshot, b"kept").await;
+}

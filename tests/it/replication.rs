@@ -9,7 +9,7 @@ use std::time::Duration;
 use zbase_proto::wire::{Challenge, Code, ResourceId};
 use zbase_tests::client::{
     CloseKind, Conn, Event, Identity, SILENCE, Transport, create_resource, join, random_bytes,
-    seed_snapshot,
+    seed_snapshot, sync_fresh, verify_keeping_challenge,
 };
 use zbase_tests::pods::{Pods, metric};
 use zbase_tests::sites::{
@@ -654,4 +654,79 @@ async fn a_primary_of_several_pods_takes_a_replicas_writes_for_every_home_and_ha
     for (id, identity, snapshot) in &written {
         until_offered(&replica, id, identity, snapshot).await;
     }
+}
+
+/// Extension R1 on a replica: the rotation is committed on the primary, which closes its own
+/// sessions of the old key; the replica closes its own and keeps the rotating one.
+#[tokio::test]
+async fn a_key_rotation_on_the_replica_is_carried_out_by_the_primary_and_closes_old_key_sessions_on_both_sites()
+ {
+    let sites = Sites::start().await;
+    for transport in [Transport::Ws, Transport::Grpc] {
+        let (id, old) = create_resource(sites.primary.addr(), transport).await;
+        seed_snapshot(sites.primary.addr(), transport, &id, &old, b"kept").await;
+        until_offered(&sites.replica, &id, &old, b"kept").await;
+        let new = Identity::ed25519();
+
+        let mut rotator = Conn::connect(transport, sites.replica.addr(), &id).await;
+        let challenge = verify_keeping_challenge(&mut rotator, &id, &old).await;
+        rotator.expect_payload(Code::OfferSnapshot, b"kept").await;
+        let mut on_replica = join(sites.replica.addr(), transport, &id, &old).await;
+        on_replica
+            .expect_payload(Code::OfferSnapshot, b"kept")
+            .await;
+        sync_fresh(&mut on_replica, &mut rotator).await;
+        let mut on_primary = join(sites.primary.addr(), transport, &id, &old).await;
+        on_primary
+            .expect_payload(Code::OfferSnapshot, b"kept")
+            .await;
+
+        rotator
+            .send(Code::RotateKey, old.rotate_payload(&new, &challenge, &id))
+            .await
+            .unwrap();
+        rotator.expect_frame(Code::KeyRotated).await;
+        on_replica.expect_close(CloseKind::Auth).await;
+        on_primary.expect_close(CloseKind::Auth).await;
+        for site in [&sites.primary, &sites.replica] {
+            assert_eq!(offered(site, transport, &id, &old).await, None);
+            assert_eq!(
+                offered(site, transport, &id, &new).await.as_deref(),
+                Some(&b"kept"[..])
+            );
+        }
+        // The rotating session writes on under the new key, through the primary.
+        rotator
+            .send(Code::SubmitSnapshot, b"after".to_vec())
+            .await
+            .unwrap();
+        until_offered(&sites.primary, &id, &new, b"after").await;
+    }
+}
+
+/// Extension R1 from the primary: the change reaches the replica through the feed, which
+/// closes the replica's sessions of the old key.
+#[tokio::test]
+async fn a_key_rotation_on_the_primary_closes_the_replicas_old_key_sessions() {
+    let sites = Sites::start().await;
+    let transport = Transport::Grpc;
+    let (id, old) = create_resource(sites.primary.addr(), transport).await;
+    seed_snapshot(sites.primary.addr(), transport, &id, &old, b"kept").await;
+    until_offered(&sites.replica, &id, &old, b"kept").await;
+    let new = Identity::p256();
+    let mut on_replica = join(sites.replica.addr(), Transport::Ws, &id, &old).await;
+    on_replica
+        .expect_payload(Code::OfferSnapshot, b"kept")
+        .await;
+    let mut rotator = Conn::connect(transport, sites.primary.addr(), &id).await;
+    let challenge = verify_keeping_challenge(&mut rotator, &id, &old).await;
+    rotator.expect_payload(Code::OfferSnapshot, b"kept").await;
+    rotator
+        .send(Code::RotateKey, old.rotate_payload(&new, &challenge, &id))
+        .await
+        .unwrap();
+    rotator.expect_frame(Code::KeyRotated).await;
+    on_replica.expect_close(CloseKind::Auth).await;
+    until_offered(&sites.replica, &id, &new, b"kept").await;
+    assert_eq!(offered(&sites.replica, transport, &id, &old).await, None);
 }

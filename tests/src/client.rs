@@ -27,8 +27,8 @@ use tokio_tungstenite::tungstenite::{self, Message, protocol::frame::coding::Clo
 use tonic::transport::Endpoint;
 use zbase_proto::pb::{self, RESOURCE_ID_METADATA, station_client::StationClient};
 use zbase_proto::wire::{
-    CHALLENGE_LEN, Challenge, Code, Frame, ID_LEN, ResourceId, config_message, encode_b64url,
-    verify_message,
+    CHALLENGE_LEN, Challenge, Code, Frame, ID_LEN, ResourceId, VerificationKey, config_message,
+    encode_b64url, rotate_message, rotate_proof_message, verify_message,
 };
 
 /// How long [`Conn::recv`] and the `expect_*` helpers wait before failing the test.
@@ -929,6 +929,57 @@ impl Identity {
     pub fn verify_payload(&self, challenge: &Challenge, id: &ResourceId) -> [u8; 64] {
         self.sign(&verify_message(challenge, id))
     }
+}
+
+impl Identity {
+    /// The RFC 7638 thumbprint of this key's public JWK.
+    pub fn thumbprint(&self) -> [u8; 32] {
+        VerificationKey::from_jwk_json(&self.jwk_json())
+            .expect("a generated key is a valid JWK")
+            .thumbprint()
+    }
+
+    /// The `rotate-key` payload (extension R1) by which this, the current key, hands over to
+    /// `new`: `new`'s proof and this key's authorization, both over `challenge`.
+    pub fn rotate_payload(
+        &self,
+        new: &Identity,
+        challenge: &Challenge,
+        id: &ResourceId,
+    ) -> Vec<u8> {
+        rotate_payload_text(
+            &new.jwk(),
+            &new.sign(&rotate_proof_message(challenge, id)),
+            &self.sign(&rotate_message(challenge, id, &new.thumbprint())),
+        )
+        .into_bytes()
+    }
+}
+
+/// `{"jwk": jwk, "proof": "...", "authorization": "..."}` as compact JSON text.
+pub fn rotate_payload_text(jwk: &serde_json::Value, proof: &[u8], authorization: &[u8]) -> String {
+    serde_json::json!({
+        "jwk": jwk,
+        "proof": encode_b64url(proof),
+        "authorization": encode_b64url(authorization),
+    })
+    .to_string()
+}
+
+/// Like [`verify`], returning the challenge answered: the session's first rotation challenge.
+pub async fn verify_keeping_challenge(
+    conn: &mut Conn,
+    id: &ResourceId,
+    identity: &Identity,
+) -> Challenge {
+    let challenge = conn.expect_challenge(Code::RequireVerification).await;
+    conn.send(
+        Code::SubmitVerification,
+        identity.verify_payload(&challenge, id).to_vec(),
+    )
+    .await
+    .expect("send submit-verification");
+    challenge
 }
 
 /// `{"jwk": jwk, "proof": "<base64url proof>"}` as compact JSON text.

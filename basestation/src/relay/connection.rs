@@ -198,7 +198,10 @@ impl<O: Sink<Outgoing> + Unpin + Send> Driver<'_, O> {
         // The rare, one-off awaits are boxed so the future every idle connection keeps stays small.
         let key = match Box::pin(self.relay.open(id)).await {
             Ok(opened) => {
-                self.revoked = opened.revoked;
+                // Only a challenge for a key can be revoked; a configuration proves a new key.
+                if opened.key.is_some() {
+                    self.revoked = opened.revoked;
+                }
                 opened.key
             }
             Err(reason) => return self.finish(reason).await,
@@ -229,7 +232,7 @@ impl<O: Sink<Outgoing> + Unpin + Send> Driver<'_, O> {
                     LinkEvent::Kicked(reason) => self.end(reason).await,
                 },
                 _ = key_replaced(&self.revoked, joined) => {
-                    self.end(CloseReason::VerificationFailed).await
+                    self.end(CloseReason::KeyReplaced).await
                 }
                 _ = sleep_until(deadline) => match self.session.tick(Instant::now()) {
                     Some(action) => self.act(action).await,

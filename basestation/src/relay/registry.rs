@@ -370,10 +370,17 @@ impl Relay {
     }
 
     /// Persists `payload` as `id`'s snapshot through its task (so its peers and requesters
-    /// see it as any peer's write) and returns the write's sequence once durable.
-    pub(crate) async fn write(&self, id: ResourceId, payload: Bytes) -> Result<Seq, CloseReason> {
+    /// see it as any peer's write) and returns the write's sequence once durable; with `jwk`,
+    /// only while that is the resource's key (`None`: it was replaced, nothing was written).
+    pub(crate) async fn write(
+        &self,
+        id: ResourceId,
+        payload: Bytes,
+        jwk: Option<String>,
+    ) -> Result<Option<Seq>, CloseReason> {
         self.call(id, |reply| Command::Write {
             payload: payload.clone(),
+            jwk: jwk.clone(),
             reply,
         })
         .await

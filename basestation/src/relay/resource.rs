@@ -70,9 +70,12 @@ pub(super) enum Command {
     },
     /// Persist this snapshot, then answer with its sequence (a replica site's client writing
     /// through this primary), and offer it as any peer's snapshot would be.
+    /// With `jwk`, only while that is the key (else `None`, nothing written): the writing
+    /// session may have been closed by a rotation here that its site has not heard of yet.
     Write {
         payload: Bytes,
-        reply: oneshot::Sender<Reply<Seq>>,
+        jwk: Option<String>,
+        reply: oneshot::Sender<Reply<Option<Seq>>>,
     },
     /// Add another site's bridge as a peer: it receives this site's deltas and requests and
     /// sends its own site's, but is never offered a snapshot (its site has the feed).
@@ -135,7 +138,7 @@ struct Written {
     payload: Bytes,
     result: Result<u64, StoreError>,
     /// Who waits for the sequence (a write through the replication port), if anyone.
-    ack: Option<oneshot::Sender<Reply<Seq>>>,
+    ack: Option<oneshot::Sender<Reply<Option<Seq>>>>,
 }
 
 struct Resource {
@@ -268,7 +271,11 @@ impl Resource {
                         self.persist(peer, payload, None);
                     }
                 }
-                Command::Write { payload, reply } => self.persist(0, payload, Some(reply)),
+                Command::Write {
+                    payload,
+                    jwk,
+                    reply,
+                } => self.write(payload, jwk.as_deref(), reply),
                 Command::Evict { done } => evicted.push(done),
                 Command::Leave { .. }
                 | Command::Delta { .. }
@@ -397,7 +404,7 @@ impl Resource {
                 reply,
             } => {
                 if revoked.is_cancelled() {
-                    let _ = reply.send(Err(Refused::Close(CloseReason::VerificationFailed)));
+                    let _ = reply.send(Err(Refused::Close(CloseReason::KeyReplaced)));
                 } else {
                     self.join(peer, Some(key), reply);
                 }
@@ -423,13 +430,11 @@ impl Resource {
             | Command::Request { peer, .. }
                 if self.revoked_peers.contains(&peer) => {}
             Command::Snapshot { peer, payload } => self.persist(peer, payload, None),
-            Command::Write { payload, reply } => {
-                if self.key.is_some() {
-                    self.persist(0, payload, Some(reply));
-                } else {
-                    let _ = reply.send(Err(Refused::Close(CloseReason::VerificationFailed)));
-                }
-            }
+            Command::Write {
+                payload,
+                jwk,
+                reply,
+            } => self.write(payload, jwk.as_deref(), reply),
             Command::Delta { peer, payload } => {
                 if let Some(frame) = encoded(Code::ForwardDelta, &payload) {
                     self.broadcast(peer, frame);
@@ -484,7 +489,7 @@ impl Resource {
         current: &VerificationKey,
         new: Arc<VerificationKey>,
     ) -> Reply<Seq> {
-        let stale = Err(Refused::Close(CloseReason::VerificationFailed));
+        let stale = Err(Refused::Close(CloseReason::KeyReplaced));
         // Replaced while this request was on its way: the session's key is stale.
         if !self.loaded || self.key.as_deref() != Some(current) {
             return stale;
@@ -551,7 +556,7 @@ impl Resource {
             .collect();
         for peer in out {
             self.revoked_peers.insert(peer);
-            self.kick(peer, CloseReason::VerificationFailed);
+            self.kick(peer, CloseReason::KeyReplaced);
         }
         self.key = Some(new);
     }
@@ -599,7 +604,11 @@ impl Resource {
             None => self.key.is_some(),
         };
         if !admitted {
-            let _ = reply.send(Err(Refused::Close(CloseReason::VerificationFailed)));
+            let reason = match key {
+                Some(_) => CloseReason::KeyReplaced,
+                None => CloseReason::VerificationFailed,
+            };
+            let _ = reply.send(Err(Refused::Close(reason)));
             return;
         }
         if self.peers.len() >= limits.peers_per_resource {
@@ -715,9 +724,38 @@ impl Resource {
         }
     }
 
-    fn persist(&mut self, peer: u64, payload: Bytes, ack: Option<oneshot::Sender<Reply<Seq>>>) {
+    /// A snapshot written through this site by another site's session that proved `jwk`.
+    fn write(
+        &mut self,
+        payload: Bytes,
+        jwk: Option<&str>,
+        reply: oneshot::Sender<Reply<Option<Seq>>>,
+    ) {
+        match (&self.key, jwk) {
+            (None, _) => {
+                let _ = reply.send(Err(Refused::Close(CloseReason::VerificationFailed)));
+            }
+            (Some(key), Some(jwk)) if key.to_jwk_json() != jwk => {
+                let _ = reply.send(Ok(None));
+            }
+            (Some(_), _) => self.persist(0, payload, Some(reply)),
+        }
+    }
+
+    fn persist(
+        &mut self,
+        peer: u64,
+        payload: Bytes,
+        ack: Option<oneshot::Sender<Reply<Option<Seq>>>>,
+    ) {
         let store = self.relay.inner.store.clone();
         let id = self.id;
+        // The key the writer proved, for a store that writes elsewhere (a replica's).
+        let jwk = self
+            .peers
+            .get(&peer)
+            .and_then(|peer| peer.key.as_ref())
+            .map(|key| key.to_jwk_json());
         let timer = StoreTimer::start(&self.relay.metrics().store_write_seconds);
         // Two snapshots in flight must not commit in the other order, or the older one would
         // win; a store that cannot promise the order gets them one after the other.
@@ -746,7 +784,10 @@ impl Resource {
                 // An error only means the previous write's future was dropped: it is over.
                 let _ = previous.await;
             }
-            let result = store.put_snapshot(&id, payload.clone()).await;
+            let result = match &jwk {
+                Some(jwk) => store.put_snapshot_as(&id, payload.clone(), jwk).await,
+                None => store.put_snapshot(&id, payload.clone()).await,
+            };
             if let Some(finished) = finished {
                 let _ = finished.send(());
             }
@@ -780,7 +821,7 @@ impl Resource {
         match written.result {
             Ok(seq) => {
                 if let Some(ack) = written.ack {
-                    let _ = ack.send(Ok(seq));
+                    let _ = ack.send(Ok(Some(seq)));
                 }
                 // A reload may already have brought a later change (a replica's cache is
                 // written by its feed too); an older write must not replace it.
@@ -789,6 +830,14 @@ impl Resource {
                     self.snapshot = Some(written.payload);
                     self.seq = seq;
                 }
+            }
+            Err(StoreError::KeyReplaced) => {
+                // Rotated on the primary; the change on its way here closes the others too.
+                if let Some(ack) = written.ack {
+                    let _ = ack.send(Ok(None));
+                }
+                self.revoked_peers.insert(written.peer);
+                self.kick(written.peer, CloseReason::KeyReplaced);
             }
             Err(error) => {
                 tracing::error!(resource = %self.tag, %error, "snapshot write failed; disconnecting its submitter");

@@ -497,8 +497,8 @@ async fn r1_rotation_closes_every_other_session_and_keeps_the_rotating_one() {
     let next = a.frame(Code::KeyRotated).await;
     assert_eq!(next.len(), 32);
     assert_ne!(&next[..], &c[..]);
-    assert_eq!(b.closed().await, CloseReason::VerificationFailed);
-    assert_eq!(h.closed().await, CloseReason::VerificationFailed);
+    assert_eq!(b.closed().await, CloseReason::KeyReplaced);
+    assert_eq!(h.closed().await, CloseReason::KeyReplaced);
     assert_eq!(store.load(&id).await.unwrap().unwrap().jwk, jwk_of(&new));
 
     // The rotating session goes on under the new key; the old key opens nothing.
@@ -516,7 +516,7 @@ async fn r1_rotation_closes_every_other_session_and_keeps_the_rotating_one() {
     a.send(Code::RotateKey, rotate_payload(&new, &third, &next, &id))
         .await;
     a.frame(Code::KeyRotated).await;
-    assert_eq!(late.closed().await, CloseReason::VerificationFailed);
+    assert_eq!(late.closed().await, CloseReason::KeyReplaced);
     assert_eq!(store.load(&id).await.unwrap().unwrap().jwk, jwk_of(&third));
 }
 
@@ -547,7 +547,7 @@ async fn r1_writes_queued_before_a_rotation_commit_first_and_a_closed_peers_late
     b.send(Code::SubmitDelta, &b"too late"[..]).await;
     store.gate.add_permits(8);
     a.frame(Code::KeyRotated).await;
-    assert_eq!(b.closed().await, CloseReason::VerificationFailed);
+    assert_eq!(b.closed().await, CloseReason::KeyReplaced);
     a.silent().await;
     let stored = store.inner.load(&id).await.unwrap().unwrap();
     assert_eq!(stored.jwk, jwk_of(&new));
@@ -568,14 +568,14 @@ async fn r1_a_rotation_from_a_key_no_longer_current_fails_and_changes_nothing() 
     let other = SigningKey::generate(&mut rand::rngs::OsRng);
     assert_eq!(
         relay.rotate(id, as_key(&old), as_key(&other)).await,
-        Err(CloseReason::VerificationFailed)
+        Err(CloseReason::KeyReplaced)
     );
     assert_eq!(store.load(&id).await.unwrap().unwrap().jwk, jwk_of(&new));
     // Of an unknown resource.
     let unknown = ResourceId::from_bytes([3; 32]);
     assert_eq!(
         relay.rotate(unknown, as_key(&old), as_key(&new)).await,
-        Err(CloseReason::VerificationFailed)
+        Err(CloseReason::KeyReplaced)
     );
 }
 
@@ -598,9 +598,48 @@ async fn r1_a_key_replaced_under_the_task_closes_the_sessions_of_the_old_key() {
         .await
         .unwrap();
     relay.reload(&id);
-    assert_eq!(a.closed().await, CloseReason::VerificationFailed);
-    assert_eq!(b.closed().await, CloseReason::VerificationFailed);
-    assert_eq!(h.closed().await, CloseReason::VerificationFailed);
+    assert_eq!(a.closed().await, CloseReason::KeyReplaced);
+    assert_eq!(b.closed().await, CloseReason::KeyReplaced);
+    assert_eq!(h.closed().await, CloseReason::KeyReplaced);
     let mut fresh = verified(&relay, id, &new).await;
     fresh.silent().await;
+}
+
+#[tokio::test]
+async fn r1_a_write_through_this_primary_by_a_session_of_a_replaced_key_is_refused() {
+    // A replica's session that proved the old key writes before the rotation reached its site.
+    let store = Arc::new(MemoryStore::default());
+    let relay = relay_with(store.clone(), Limits::default());
+    let old = SigningKey::generate(&mut rand::rngs::OsRng);
+    let new = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = create(&relay, &old).await;
+    let written = relay
+        .write(id, Bytes::from_static(b"one"), Some(jwk_of(&old)))
+        .await
+        .unwrap();
+    assert!(written.is_some());
+    let as_key =
+        |key: &SigningKey| zbase_proto::wire::VerificationKey::Ed25519(key.verifying_key());
+    relay.rotate(id, as_key(&old), as_key(&new)).await.unwrap();
+    assert_eq!(
+        relay
+            .write(id, Bytes::from_static(b"two"), Some(jwk_of(&old)))
+            .await,
+        Ok(None)
+    );
+    assert_eq!(
+        store.load(&id).await.unwrap().unwrap().snapshot,
+        Some(Bytes::from_static(b"one"))
+    );
+    let written = relay
+        .write(id, Bytes::from_static(b"three"), Some(jwk_of(&new)))
+        .await
+        .unwrap();
+    assert!(written.is_some());
+    // A replica of an older version sends no key: written as before.
+    let written = relay
+        .write(id, Bytes::from_static(b"four"), None)
+        .await
+        .unwrap();
+    assert!(written.is_some());
 }

@@ -230,12 +230,17 @@ impl Replication for Feed {
         if let Some(mut home) = self.home(&id, passed).await? {
             return home.put_snapshot(pass_on(request, epoch)).await;
         }
-        let seq = self
+        match self
             .relay
-            .write(id, request.snapshot)
+            .write(id, request.snapshot, request.jwk)
             .await
-            .map_err(refused)?;
-        Ok(Response::new(pb::PutSnapshotReply { seq }))
+            .map_err(refused)?
+        {
+            Some(seq) => Ok(Response::new(pb::PutSnapshotReply { seq })),
+            None => Err(Status::failed_precondition(
+                "the writing session's key is no longer the resource's key",
+            )),
+        }
     }
 
     async fn replace_key(
@@ -257,7 +262,7 @@ impl Replication for Feed {
         let new = key(&request.jwk, "jwk")?;
         match self.relay.rotate(id, current, new).await {
             Ok(seq) => Ok(Response::new(pb::ReplaceKeyReply { seq })),
-            Err(CloseReason::VerificationFailed) => Err(Status::failed_precondition(
+            Err(CloseReason::KeyReplaced) => Err(Status::failed_precondition(
                 "the resource's key is not the expected one",
             )),
             Err(reason) => Err(refused(reason)),

@@ -257,17 +257,26 @@ impl Upstream {
         }
     }
 
-    /// Writes `id`'s snapshot on the primary.
-    async fn put_snapshot(&self, id: &ResourceId, snapshot: Bytes) -> Result<Seq, StoreError> {
+    /// Writes `id`'s snapshot on the primary, if given only while `jwk` is its key there.
+    async fn put_snapshot(
+        &self,
+        id: &ResourceId,
+        snapshot: Bytes,
+        jwk: Option<&str>,
+    ) -> Result<Seq, StoreError> {
         let mut client = self.primary()?.client;
         let request = pb::PutSnapshotRequest {
             id: id.as_str().to_owned(),
             snapshot,
+            jwk: jwk.map(str::to_owned),
         };
         let call = client.put_snapshot(with_epoch(request, self.epoch()));
         match self.write(call, |reply| reply.seq).await? {
             Ok(seq) => Ok(seq),
             Err(status) if status.code() == tonic::Code::NotFound => Err(StoreError::NotFound),
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                Err(StoreError::KeyReplaced)
+            }
             Err(status) => Err(unavailable(&status)),
         }
     }
@@ -666,7 +675,21 @@ impl Store for SiteStore {
         let role = self.role.read().await;
         match (*role, &self.upstream) {
             (Role::Primary, _) => self.local.put_snapshot(id, snapshot).await,
-            (Role::Replica, Some(upstream)) => upstream.put_snapshot(id, snapshot).await,
+            (Role::Replica, Some(upstream)) => upstream.put_snapshot(id, snapshot, None).await,
+            (role, _) => Err(self.refused(role)),
+        }
+    }
+
+    async fn put_snapshot_as(
+        &self,
+        id: &ResourceId,
+        snapshot: Bytes,
+        jwk: &str,
+    ) -> Result<Seq, StoreError> {
+        let role = self.role.read().await;
+        match (*role, &self.upstream) {
+            (Role::Primary, _) => self.local.put_snapshot(id, snapshot).await,
+            (Role::Replica, Some(upstream)) => upstream.put_snapshot(id, snapshot, Some(jwk)).await,
             (role, _) => Err(self.refused(role)),
         }
     }

@@ -14,6 +14,10 @@ pub enum CloseReason {
     Protocol(&'static str),
     /// Bad verification signature (1008 / UNAUTHENTICATED).
     VerificationFailed,
+    /// The resource's key was replaced (extension R1): the session proved the old one, or its
+    /// own rotation lost to another (1008 / UNAUTHENTICATED). Not a failed handshake: the
+    /// client proved a key that was valid, so its IP is not throttled for it.
+    KeyReplaced,
     /// Bad configuration payload or proof (1008 / UNAUTHENTICATED).
     ConfigurationFailed,
     /// No answer within the handshake timeout (1008 / UNAUTHENTICATED).
@@ -39,12 +43,13 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, once (detail texts are placeholders).
-    pub const ALL: [CloseReason; 15] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::Normal,
         CloseReason::ClientClosed,
         CloseReason::ShuttingDown,
         CloseReason::Protocol("any"),
         CloseReason::VerificationFailed,
+        CloseReason::KeyReplaced,
         CloseReason::ConfigurationFailed,
         CloseReason::HandshakeTimeout,
         CloseReason::FrameTooLarge,
@@ -65,6 +70,7 @@ impl CloseReason {
             CloseReason::ShuttingDown => "shutting_down",
             CloseReason::Protocol(_) => "protocol_violation",
             CloseReason::VerificationFailed => "verification_failed",
+            CloseReason::KeyReplaced => "key_replaced",
             CloseReason::ConfigurationFailed => "configuration_failed",
             CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::FrameTooLarge => "frame_too_large",
@@ -87,6 +93,7 @@ impl CloseReason {
             "shutting_down" => CloseReason::ShuttingDown,
             "protocol_violation" => CloseReason::Protocol("relayed"),
             "verification_failed" => CloseReason::VerificationFailed,
+            "key_replaced" => CloseReason::KeyReplaced,
             "configuration_failed" => CloseReason::ConfigurationFailed,
             "handshake_timeout" => CloseReason::HandshakeTimeout,
             "frame_too_large" => CloseReason::FrameTooLarge,

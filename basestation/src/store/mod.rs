@@ -198,6 +198,12 @@ pub enum StoreError {
         "this station is no longer the primary site (it was at epoch {0}, and handed over or saw a later epoch): it accepts no configuration or snapshot; point clients at the current primary, and rebuild this one as its replica"
     )]
     Fenced(u64),
+    /// The writing session's key was replaced (rotated) on the primary before its write
+    /// arrived there; the write was refused.
+    #[error(
+        "the resource's key was rotated on the primary site; the write of a session of the old key was refused"
+    )]
+    KeyReplaced,
     /// There is no store where one was expected.
     #[error("there is no station store at {0}: point --data-dir at the station's data directory")]
     Missing(std::path::PathBuf),
@@ -224,6 +230,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces the resource's snapshot byte for byte; durable on return.
     async fn put_snapshot(&self, id: &ResourceId, snapshot: Bytes) -> Result<Seq, StoreError>;
+
+    /// [`Store::put_snapshot`] by a session that proved the key `jwk`: refused with
+    /// [`StoreError::KeyReplaced`] where the write is taken elsewhere (a replica's, by the
+    /// primary) and the key is another there. A local store writes as `put_snapshot` does:
+    /// its resource task already orders writes and key rotations.
+    async fn put_snapshot_as(
+        &self,
+        id: &ResourceId,
+        snapshot: Bytes,
+        jwk: &str,
+    ) -> Result<Seq, StoreError> {
+        let _ = jwk;
+        self.put_snapshot(id, snapshot).await
+    }
 
     /// Committed changes with a sequence above `after`, in sequence order, at most `limit`.
     /// A resource changed several times since `after` appears once, at its latest sequence.

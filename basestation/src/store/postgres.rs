@@ -677,6 +677,42 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_pods_rotating_one_key_have_exactly_one_winner() {
+        let url = fresh_database().await;
+        let pods = [Arc::new(open(&url).await), Arc::new(open(&url).await)];
+        pods[0].claim(&id(1), &jwk(1)).await.unwrap();
+        // Each pod's writer batches its own racers; the row lock decides between the pods.
+        let tasks: Vec<_> = (0..16u32)
+            .map(|n| {
+                let pod = Arc::clone(&pods[n as usize % 2]);
+                tokio::spawn(async move {
+                    let outcome = pod.replace_key(&id(1), &jwk(1), &jwk(100 + n)).await;
+                    (n, outcome.unwrap())
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for task in tasks {
+            if let (n, KeyReplacement::Replaced { .. }) = task.await.unwrap() {
+                winners.push(n);
+            }
+        }
+        assert_eq!(winners.len(), 1, "winners: {winners:?}");
+        for pod in &pods {
+            let stored = pod.load(&id(1)).await.unwrap().unwrap();
+            assert_eq!(stored.jwk, jwk(100 + winners[0]));
+        }
+        assert_eq!(
+            pods[1].last_seq().await.unwrap(),
+            2,
+            "stale rotations took numbers"
+        );
+        for pod in pods {
+            pod.close().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_resuming_reader_never_misses_a_change_with_two_pods_writing() {
         let url = fresh_database().await;
         let writers: Vec<Arc<dyn Store>> =

@@ -10,6 +10,7 @@ pub fn websocket_code(reason: CloseReason) -> u16 {
         CloseReason::ShuttingDown => 1001,
         CloseReason::Protocol(_) => 1002,
         CloseReason::VerificationFailed
+        | CloseReason::KeyReplaced
         | CloseReason::ConfigurationFailed
         | CloseReason::HandshakeTimeout => 1008,
         CloseReason::FrameTooLarge => 1009,
@@ -32,6 +33,7 @@ pub fn grpc_code(reason: CloseReason) -> tonic::Code {
         }
         CloseReason::Protocol(_) => tonic::Code::InvalidArgument,
         CloseReason::VerificationFailed
+        | CloseReason::KeyReplaced
         | CloseReason::ConfigurationFailed
         | CloseReason::HandshakeTimeout => tonic::Code::Unauthenticated,
         CloseReason::FrameTooLarge => tonic::Code::OutOfRange,
@@ -75,6 +77,7 @@ mod tests {
                 1008,
                 tonic::Code::Unauthenticated,
             ),
+            (CloseReason::KeyReplaced, 1008, tonic::Code::Unauthenticated),
             (
                 CloseReason::ConfigurationFailed,
                 1008,

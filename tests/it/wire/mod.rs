@@ -30,6 +30,7 @@ mod frames;
 mod handshake;
 mod limits;
 mod relay;
+mod rotation;
 
 /// Receives until `payload` is shown as the snapshot: `offer-snapshot` (the answer to a
 /// request or a join) or `forward-response` (the answer to a pending request). Snapshot writes
