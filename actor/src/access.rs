@@ -7,14 +7,11 @@
 
 use ed25519_dalek::{Signer as _, SigningKey};
 use rand::{CryptoRng, RngCore};
-use sha2::{Digest as _, Sha256};
-use zbase_proto::wire::{Challenge, ResourceId, config_message, verify_message};
+use zbase_proto::wire::{
+    Challenge, ResourceId, VerificationKey, config_message, rotate_message, rotate_proof_message,
+    verify_message,
+};
 use zeroize::Zeroizing;
-
-/// Signed by the new key in a rotation (docs/KEY-ROTATION.md).
-const ROTATE_PROOF_CONTEXT: &[u8] = b"zbase/v1/rotate-proof";
-/// Signed by the current key in a rotation, with the new key's thumbprint.
-const ROTATE_CONTEXT: &[u8] = b"zbase/v1/rotate";
 
 /// The Ed25519 key a resource's members prove to the station.
 #[derive(Clone)]
@@ -65,13 +62,9 @@ impl AccessKey {
         crate::b64(self.0.verifying_key().as_bytes())
     }
 
-    /// The RFC 7638 SHA-256 thumbprint of the public JWK.
+    /// The RFC 7638 SHA-256 thumbprint of the public JWK, as the station computes it.
     pub fn thumbprint(&self) -> [u8; 32] {
-        let canonical = format!(
-            r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-            self.public_x()
-        );
-        Sha256::digest(canonical.as_bytes()).into()
+        VerificationKey::Ed25519(self.0.verifying_key()).thumbprint()
     }
 
     /// The `submit-config` payload proposing `id` for this key.
@@ -93,12 +86,10 @@ impl AccessKey {
         challenge: &Challenge,
         id: &ResourceId,
     ) -> Vec<u8> {
-        let proof = next
-            .0
-            .sign(&[ROTATE_PROOF_CONTEXT, challenge, id.as_bytes()].concat());
+        let proof = next.0.sign(&rotate_proof_message(challenge, id));
         let authorization = self
             .0
-            .sign(&[ROTATE_CONTEXT, challenge, id.as_bytes(), &next.thumbprint()].concat());
+            .sign(&rotate_message(challenge, id, &next.thumbprint()));
         json_bytes(&serde_json::json!({
             "jwk": next.jwk(),
             "proof": crate::b64(&proof.to_bytes()),

@@ -16,7 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message, protocol::frame::coding::CloseCode};
 use tonic::transport::Endpoint;
 use zbase_proto::pb::{self, RESOURCE_ID_METADATA, station_client::StationClient};
-use zbase_proto::wire::{CHALLENGE_LEN, Challenge, ResourceId};
+use zbase_proto::wire::{CHALLENGE_LEN, Challenge, Code, ResourceId};
 
 use crate::access::AccessKey;
 
@@ -29,38 +29,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long to wait for `offer-snapshot` after verifying. A station sends it at once when it
 /// has one, and sends nothing when it has none, so silence this long means "none".
 const OFFER_WAIT: Duration = Duration::from_secs(2);
-
-/// Frame codes this client sends or reads (WIRE.md section 2, docs/KEY-ROTATION.md).
-pub mod code {
-    /// require-verification
-    pub const REQUIRE_VERIFICATION: u8 = 0x00;
-    /// require-config
-    pub const REQUIRE_CONFIG: u8 = 0x01;
-    /// offer-config
-    pub const OFFER_CONFIG: u8 = 0x02;
-    /// offer-snapshot
-    pub const OFFER_SNAPSHOT: u8 = 0x04;
-    /// forward-delta
-    pub const FORWARD_DELTA: u8 = 0x05;
-    /// forward-request
-    pub const FORWARD_REQUEST: u8 = 0x06;
-    /// forward-response
-    pub const FORWARD_RESPONSE: u8 = 0x07;
-    /// key-rotated
-    pub const KEY_ROTATED: u8 = 0x08;
-    /// submit-verification
-    pub const SUBMIT_VERIFICATION: u8 = 0x50;
-    /// submit-config
-    pub const SUBMIT_CONFIG: u8 = 0x51;
-    /// submit-snapshot
-    pub const SUBMIT_SNAPSHOT: u8 = 0x52;
-    /// submit-delta
-    pub const SUBMIT_DELTA: u8 = 0x53;
-    /// submit-request
-    pub const SUBMIT_REQUEST: u8 = 0x54;
-    /// rotate-key
-    pub const ROTATE_KEY: u8 = 0x55;
-}
 
 /// How a station ended a connection (WIRE.md section 8).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,15 +251,15 @@ impl Station {
     ) -> Result<(Session, Option<Bytes>), StationError> {
         let mut conn = self.connect(id).await?;
         let (code, payload) = conn.recv_within(ANSWER_TIMEOUT).await?;
-        if code == code::REQUIRE_CONFIG {
+        if code == Code::RequireConfig {
             conn.close().await;
             return Err(StationError::Unexpected(
                 "the station does not know this resource".into(),
             ));
         }
-        let challenge = challenge(code, code::REQUIRE_VERIFICATION, &payload)?;
+        let challenge = challenge(code, Code::RequireVerification, &payload)?;
         conn.send(
-            code::SUBMIT_VERIFICATION,
+            Code::SubmitVerification,
             &access.verification(&challenge, id),
         )
         .await?;
@@ -302,7 +270,7 @@ impl Station {
             early: Vec::new(),
         };
         match session.conn.recv_within(OFFER_WAIT).await {
-            Ok((code::OFFER_SNAPSHOT, snapshot)) => Ok((session, Some(snapshot))),
+            Ok((Code::OfferSnapshot, snapshot)) => Ok((session, Some(snapshot))),
             Ok(other) => {
                 session.early.push(other);
                 Ok((session, None))
@@ -317,7 +285,7 @@ impl Station {
         let mut conn = self.connect(id).await?;
         let (code, _) = conn.recv_within(ANSWER_TIMEOUT).await?;
         conn.close().await;
-        Ok(code == code::REQUIRE_VERIFICATION)
+        Ok(code == Code::RequireVerification)
     }
 
     /// Configures a new resource under `proposed` with `access`; returns the identifier the
@@ -329,16 +297,17 @@ impl Station {
     ) -> Result<ResourceId, StationError> {
         let mut conn = self.connect(proposed).await?;
         let (code, payload) = conn.recv_within(ANSWER_TIMEOUT).await?;
-        let challenge = challenge(code, code::REQUIRE_CONFIG, &payload)?;
+        let challenge = challenge(code, Code::RequireConfig, &payload)?;
         conn.send(
-            code::SUBMIT_CONFIG,
+            Code::SubmitConfig,
             &access.config_payload(&challenge, proposed),
         )
         .await?;
         let (code, payload) = conn.recv_within(ANSWER_TIMEOUT).await?;
-        if code != code::OFFER_CONFIG {
+        if code != Code::OfferConfig {
             return Err(StationError::Unexpected(format!(
-                "frame 0x{code:02x} instead of offer-config"
+                "{} instead of offer-config",
+                code.name()
             )));
         }
         let assigned = std::str::from_utf8(&payload)
@@ -350,10 +319,12 @@ impl Station {
     }
 }
 
-fn challenge(code: u8, expected: u8, payload: &[u8]) -> Result<Challenge, StationError> {
+fn challenge(code: Code, expected: Code, payload: &[u8]) -> Result<Challenge, StationError> {
     if code != expected {
         return Err(StationError::Unexpected(format!(
-            "frame 0x{code:02x} instead of 0x{expected:02x}"
+            "{} instead of {}",
+            code.name(),
+            expected.name()
         )));
     }
     <Challenge>::try_from(payload).map_err(|_| {
@@ -450,12 +421,12 @@ enum Inner {
 
 impl Connection {
     /// Sends one frame.
-    pub async fn send(&mut self, code: u8, payload: &[u8]) -> Result<(), StationError> {
+    pub async fn send(&mut self, code: Code, payload: &[u8]) -> Result<(), StationError> {
         let gone = || StationError::Closed(Close::Other("connection lost while sending".into()));
         match &mut self.0 {
             Inner::Ws(ws) => {
                 let mut bytes = Vec::with_capacity(2 + payload.len());
-                bytes.extend_from_slice(&[VERSION, code]);
+                bytes.extend_from_slice(&[VERSION, code.byte()]);
                 bytes.extend_from_slice(payload);
                 ws.send(Message::Binary(bytes.into()))
                     .await
@@ -465,7 +436,7 @@ impl Connection {
                 let tx = tx.as_ref().ok_or_else(gone)?;
                 tx.send(pb::Frame {
                     version: VERSION.into(),
-                    code: code.into(),
+                    code: code.byte().into(),
                     payload: Bytes::copy_from_slice(payload),
                 })
                 .await
@@ -475,7 +446,7 @@ impl Connection {
     }
 
     /// The next frame, as code and payload; the end of the connection is an error.
-    pub async fn recv(&mut self) -> Result<(u8, Bytes), StationError> {
+    pub async fn recv(&mut self) -> Result<(Code, Bytes), StationError> {
         match &mut self.0 {
             Inner::Ws(ws) => loop {
                 match ws.next().await {
@@ -497,9 +468,9 @@ impl Connection {
             },
             Inner::Grpc { rx, .. } => match rx.message().await {
                 Ok(Some(frame)) => {
-                    let code = u8::try_from(frame.code).map_err(|_| {
-                        StationError::Unexpected(format!("frame code {}", frame.code))
-                    })?;
+                    let code = u8::try_from(frame.code)
+                        .map_err(|_| StationError::Unexpected(format!("frame code {}", frame.code)))
+                        .and_then(station_code)?;
                     if frame.version != u32::from(VERSION) {
                         return Err(StationError::Unexpected(format!(
                             "version {}",
@@ -515,7 +486,7 @@ impl Connection {
     }
 
     /// [`Connection::recv`] within `wait`.
-    pub async fn recv_within(&mut self, wait: Duration) -> Result<(u8, Bytes), StationError> {
+    pub async fn recv_within(&mut self, wait: Duration) -> Result<(Code, Bytes), StationError> {
         tokio::time::timeout(wait, self.recv())
             .await
             .map_err(|_| StationError::Timeout(wait))?
@@ -532,11 +503,18 @@ impl Connection {
     }
 }
 
-fn split(bytes: Bytes) -> Result<(u8, Bytes), StationError> {
+fn split(bytes: Bytes) -> Result<(Code, Bytes), StationError> {
     if bytes.len() < 3 || bytes[0] != VERSION {
         return Err(StationError::Unexpected("a malformed frame".into()));
     }
-    Ok((bytes[1], bytes.slice(2..)))
+    Ok((station_code(bytes[1])?, bytes.slice(2..)))
+}
+
+/// A code only a station sends, or the station broke the contract.
+fn station_code(byte: u8) -> Result<Code, StationError> {
+    Code::from_byte(byte)
+        .filter(|code| !code.is_client())
+        .ok_or_else(|| StationError::Unexpected(format!("frame code 0x{byte:02x}")))
 }
 
 /// A verified session: frames of one resource, both ways.
@@ -545,7 +523,7 @@ pub struct Session {
     id: ResourceId,
     challenge: Challenge,
     /// A frame read while waiting for `offer-snapshot`, handed out first.
-    early: Vec<(u8, Bytes)>,
+    early: Vec<(Code, Bytes)>,
 }
 
 impl Session {
@@ -555,12 +533,12 @@ impl Session {
     }
 
     /// Sends one frame.
-    pub async fn send(&mut self, code: u8, payload: &[u8]) -> Result<(), StationError> {
+    pub async fn send(&mut self, code: Code, payload: &[u8]) -> Result<(), StationError> {
         self.conn.send(code, payload).await
     }
 
     /// The next frame.
-    pub async fn recv(&mut self) -> Result<(u8, Bytes), StationError> {
+    pub async fn recv(&mut self) -> Result<(Code, Bytes), StationError> {
         if let Some(frame) = self.early.pop() {
             return Ok(frame);
         }
@@ -568,7 +546,7 @@ impl Session {
     }
 
     /// [`Session::recv`] within `wait`.
-    pub async fn recv_within(&mut self, wait: Duration) -> Result<(u8, Bytes), StationError> {
+    pub async fn recv_within(&mut self, wait: Duration) -> Result<(Code, Bytes), StationError> {
         tokio::time::timeout(wait, self.recv())
             .await
             .map_err(|_| StationError::Timeout(wait))?
@@ -583,7 +561,7 @@ impl Session {
         next: &AccessKey,
     ) -> Result<(), StationError> {
         let payload = current.rotation_payload(next, &self.challenge, &self.id);
-        self.conn.send(code::ROTATE_KEY, &payload).await?;
+        self.conn.send(Code::RotateKey, &payload).await?;
         loop {
             let (code, payload) = match self.conn.recv_within(ANSWER_TIMEOUT).await {
                 // A station without extension R1 treats rotate-key as an unassigned code.
@@ -594,8 +572,8 @@ impl Session {
                 }
                 other => other?,
             };
-            if code == code::KEY_ROTATED {
-                self.challenge = challenge(code, code::KEY_ROTATED, &payload)?;
+            if code == Code::KeyRotated {
+                self.challenge = challenge(code, Code::KeyRotated, &payload)?;
                 return Ok(());
             }
         }

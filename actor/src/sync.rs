@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rand::rngs::OsRng;
-use zbase_proto::wire::ResourceId;
+use zbase_proto::wire::{Code, ResourceId};
 
 use crate::access::AccessKey;
 use crate::acl::Role;
@@ -23,7 +23,7 @@ use crate::local::{Held, Local, LocalError};
 use crate::mailbox::{EpochKey, Keyring, Mailbox, MailboxError};
 use crate::merge::{Change, Merged, merge};
 use crate::operation::{OpId, Operation, OperationError, SignedOperation};
-use crate::station::{Close, Session, Station, StationError, code};
+use crate::station::{Close, Session, Station, StationError};
 
 /// How long the station has to confirm a snapshot written (its `forward-response`).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
@@ -460,7 +460,7 @@ impl Device {
                     &bundle::encode(fresh.iter().copied()),
                     &mut OsRng,
                 );
-                session.send(code::SUBMIT_DELTA, &delta).await?;
+                session.send(Code::SubmitDelta, &delta).await?;
             }
             let written = self.write_snapshot(&mut session, &held, &snapshot).await?;
             report.received += written.received;
@@ -514,22 +514,22 @@ impl Device {
     ) -> Result<Written, SyncError> {
         // A request makes this session pending: the first snapshot made durable after it
         // comes back as forward-response, which is how a client learns its write is durable.
-        session.send(code::SUBMIT_REQUEST, &[0]).await?;
-        session.send(code::SUBMIT_SNAPSHOT, snapshot).await?;
+        session.send(Code::SubmitRequest, &[0]).await?;
+        session.send(Code::SubmitSnapshot, snapshot).await?;
         let mut written = Written::default();
         loop {
             let (code, payload) = session.recv_within(CONFIRM_TIMEOUT).await?;
             match code {
-                code::FORWARD_RESPONSE if payload.as_ref() == snapshot => {
+                Code::ForwardResponse if payload.as_ref() == snapshot => {
                     written.confirmed = true;
                     return Ok(written);
                 }
-                code::FORWARD_RESPONSE => {
+                Code::ForwardResponse => {
                     // Someone else's snapshot landed first: take it in, write again next round.
                     written.received += self.take_in(held, &payload).await?;
                     return Ok(written);
                 }
-                code::OFFER_SNAPSHOT | code::FORWARD_DELTA => {
+                Code::OfferSnapshot | Code::ForwardDelta => {
                     written.received += self.take_in(held, &payload).await?;
                 }
                 _ => {}
@@ -576,11 +576,11 @@ impl Device {
         }
         let (mut session, _) = station.open(&mailbox.id, &mailbox.access).await?;
         let snapshot = mailbox.seal(&keyring, &mut OsRng);
-        session.send(code::SUBMIT_REQUEST, &[0]).await?;
-        session.send(code::SUBMIT_SNAPSHOT, &snapshot).await?;
+        session.send(Code::SubmitRequest, &[0]).await?;
+        session.send(Code::SubmitSnapshot, &snapshot).await?;
         loop {
             let (code, payload) = session.recv_within(CONFIRM_TIMEOUT).await?;
-            if code == code::FORWARD_RESPONSE && payload.as_ref() == snapshot.as_slice() {
+            if code == Code::ForwardResponse && payload.as_ref() == snapshot.as_slice() {
                 break;
             }
         }
@@ -631,7 +631,7 @@ impl Device {
             loop {
                 match session.recv().await {
                     Ok((
-                        code::FORWARD_DELTA | code::OFFER_SNAPSHOT | code::FORWARD_RESPONSE,
+                        Code::ForwardDelta | Code::OfferSnapshot | Code::ForwardResponse,
                         payload,
                     )) => {
                         let held = self.local.resource(id).await?;
