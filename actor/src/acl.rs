@@ -101,12 +101,20 @@ impl Acl {
         if !signer.may_set(self.role(&actor), role) {
             return false;
         }
-        self.members.insert(actor, Member { role, sealing });
+        self.force(actor, role, sealing);
         true
     }
 
     /// Sets `actor`'s role whoever asks: for a grant already judged allowed.
+    ///
+    /// A member keeps the sealing key it was first granted with: keys are sent to that key
+    /// after every rotation, so a later grant naming another key (a manager re-granting an
+    /// editor with a key of its own) would hand the manager the keys once it is revoked.
     pub(crate) fn force(&mut self, actor: ActorId, role: Role, sealing: [u8; 32]) {
+        let sealing = self
+            .members
+            .get(&actor)
+            .map_or(sealing, |member| member.sealing);
         self.members.insert(actor, Member { role, sealing });
     }
 
@@ -119,6 +127,25 @@ impl Acl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_keeps_the_sealing_key_it_was_first_granted_with() {
+        let (owner, manager, editor) = (actor(1), actor(2), actor(3));
+        let mut acl = Acl::new(owner, [1; 32]);
+        assert!(acl.set(&owner, manager, Role::Manager, [2; 32]));
+        assert!(acl.set(&owner, editor, Role::Editor, [3; 32]));
+        // The manager re-grants the editor, naming a key of its own: the role holds, the key
+        // does not change.
+        assert!(acl.set(&manager, editor, Role::Viewer, [2; 32]));
+        let member = acl.members().find(|(a, _)| **a == editor).map(|(_, m)| *m);
+        assert_eq!(
+            member,
+            Some(Member {
+                role: Role::Viewer,
+                sealing: [3; 32]
+            })
+        );
+    }
 
     fn actor(n: u8) -> ActorId {
         ActorId::from_bytes([n; 32])

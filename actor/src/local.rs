@@ -109,8 +109,11 @@ fn corrupt(what: &str) -> LocalError {
 impl Local {
     /// Opens (creating if needed) the store in `home`.
     pub async fn open(home: &Path) -> Result<Local, LocalError> {
-        std::fs::create_dir_all(home)?;
-        restrict(home, 0o700)?;
+        if !home.exists() {
+            std::fs::create_dir_all(home)?;
+            // Only a directory made here: `--home /tmp` must not change /tmp.
+            restrict(home, 0o700)?;
+        }
         let options = SqliteConnectOptions::new()
             .filename(home.join("zbase.db"))
             .create_if_missing(true)
@@ -272,6 +275,17 @@ impl Local {
         Ok(())
     }
 
+    /// Sets the key of one epoch, replacing any held: a key shown to open that epoch's data.
+    pub async fn replace_key(&self, id: &ResourceId, key: &ContentKey) -> Result<(), LocalError> {
+        sqlx::query("INSERT OR REPLACE INTO content_keys (resource, epoch, key) VALUES (?, ?, ?)")
+            .bind(id.as_str())
+            .bind(i64::from(key.epoch()))
+            .bind(crate::b64(key.bytes()))
+            .execute(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// Replaces the access key (learned from a mailbox).
     pub async fn set_access(&self, id: &ResourceId, access: &AccessKey) -> Result<(), LocalError> {
         sqlx::query("UPDATE resources SET access = ? WHERE id = ?")
@@ -310,8 +324,14 @@ impl Local {
         Ok(())
     }
 
-    /// The station took the rotation: its keys become the resource's.
-    pub async fn finish_rotation(&self, id: &ResourceId) -> Result<(), LocalError> {
+    /// The station took the rotation: its keys become the resource's, and `readers` are
+    /// queued to be sent them, in one transaction (a crash cannot install the keys and forget
+    /// the members).
+    pub async fn finish_rotation(
+        &self,
+        id: &ResourceId,
+        readers: &[PublicIdentity],
+    ) -> Result<(), LocalError> {
         let held = self.resource(id).await?;
         let Some((access, key)) = held.rotating else {
             return Ok(());
@@ -331,6 +351,16 @@ impl Local {
         .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
+        for member in readers {
+            sqlx::query(
+                "INSERT OR REPLACE INTO deliveries (resource, member, sealing) VALUES (?, ?, ?)",
+            )
+            .bind(id.as_str())
+            .bind(member.id.to_string())
+            .bind(crate::b64(&member.sealing))
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -3,8 +3,9 @@
 //! For a resource, a sender and a recipient, both sides compute the same mailbox from their
 //! X25519 keys alone: HKDF-SHA-256 over the static Diffie-Hellman secret, salted with the
 //! resource and the recipient, gives the mailbox's identifier, its access key and its content
-//! key. Nobody else can compute any of the three, so only the sender can write there and only
-//! the recipient can read. The station sees one more resource with a snapshot: a
+//! key. Nobody else can compute any of the three, so only those two can read or write there
+//! (the recipient could spoil its own mailbox; a sender keeps the delivery queued and
+//! retries). The station sees one more resource with a snapshot: a
 //! [`Keyring`] in an envelope.
 //!
 //! Sharing writes the new member's mailbox; revoking rotates the resource's keys and writes

@@ -25,8 +25,9 @@ use crate::merge::{Change, Merged, merge};
 use crate::operation::{OpId, Operation, OperationError, SignedOperation};
 use crate::station::{Close, Session, Station, StationError};
 
-/// How long the station has to confirm a snapshot written (its `forward-response`).
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the station has to confirm a snapshot written (its `forward-response`): less than
+/// its pending-request window (30 s by default), after which it would not confirm at all.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(25);
 /// How many times (2 s apart) a watching device cut off by a rotation looks for new keys
 /// before concluding it was revoked.
 const KEY_WAIT_TRIES: u32 = 15;
@@ -101,6 +102,10 @@ pub struct SyncReport {
     pub rotated: bool,
     /// Members sent the keys.
     pub delivered: usize,
+    /// Members whose keys could not be sent (retried at the next sync), and why.
+    pub undelivered: Vec<String>,
+    /// The station confirmed a snapshot holding every operation this device has.
+    pub confirmed: bool,
 }
 
 /// A value change seen while watching.
@@ -239,6 +244,8 @@ impl Device {
         };
         let op = self.record(id, change).await?;
         if role == Role::Revoked {
+            // A delivery still queued from before must not hand it the keys after all.
+            self.local.delivered(id, &member.id).await?;
             self.local.set_rotation_due(id).await?;
         } else {
             self.local.add_delivery(id, member).await?;
@@ -313,8 +320,13 @@ impl Device {
     }
 
     /// Looks for newer keys in the mailboxes of every owner and manager; returns whether any
-    /// arrived.
-    async fn refresh(&self, held: &Held) -> Result<bool, SyncError> {
+    /// arrived. `probe`, when given, is the envelope that needs a key: a key offered for its
+    /// epoch counts only if it opens it.
+    ///
+    /// A keyring counts only if its access key is the one the station holds now. A member
+    /// revoked since cannot know that key, so it cannot plant keys for epochs to come in the
+    /// mailbox it shares with a member who has not heard of the revocation yet.
+    async fn refresh(&self, held: &Held, probe: Option<&[u8]>) -> Result<bool, SyncError> {
         let station = self.station(&held.station)?;
         let state = self.state(&held.id).await?;
         let mut senders = vec![held.owner];
@@ -333,15 +345,52 @@ impl Device {
             .iter()
             .map(ContentKey::epoch)
             .collect();
+        let probe_epoch = probe.and_then(|bytes| envelope::epoch_of(bytes).ok());
+        let mut checked: Vec<(AccessKey, bool)> = Vec::new();
         let mut learned = false;
         for sender in senders {
             let Some(keyring) = self.read_mailbox(&station, &held.id, &sender).await? else {
                 continue;
             };
-            let keys = keyring.content_keys()?;
-            let access = keyring.access_key()?;
-            if keys.iter().any(|k| !had.contains(&k.epoch())) {
-                self.local.add_keys(&held.id, &keys).await?;
+            // Another member's malformed keyring is skipped, not fatal.
+            let (Ok(keys), Ok(access)) = (keyring.content_keys(), keyring.access_key()) else {
+                continue;
+            };
+            let current = match checked.iter().find(|(key, _)| *key == access) {
+                Some((_, current)) => *current,
+                None => {
+                    let current = match station.open(&held.id, &access).await {
+                        Ok((session, _)) => {
+                            session.close().await;
+                            true
+                        }
+                        Err(StationError::Closed(Close::Refused)) => false,
+                        Err(e) => return Err(e.into()),
+                    };
+                    checked.push((access.clone(), current));
+                    current
+                }
+            };
+            if !current {
+                continue;
+            }
+            let mut fresh = Vec::new();
+            for key in keys {
+                if Some(key.epoch()) == probe_epoch {
+                    let opens = probe.is_some_and(|bytes| {
+                        envelope::decrypt(std::slice::from_ref(&key), &held.id, bytes).is_ok()
+                    });
+                    if opens {
+                        // It opens what needs opening: it replaces a key planted for this epoch.
+                        self.local.replace_key(&held.id, &key).await?;
+                        learned = true;
+                    }
+                } else if !had.contains(&key.epoch()) {
+                    fresh.push(key);
+                }
+            }
+            if !fresh.is_empty() {
+                self.local.add_keys(&held.id, &fresh).await?;
                 learned = true;
             }
             if access != held.access {
@@ -363,10 +412,11 @@ impl Device {
         if let Some((next, _)) = &held.rotating
             && let Ok(opened) = station.open(&held.id, next).await
         {
-            self.local.finish_rotation(&held.id).await?;
+            // The station took the rotation but its answer was lost.
+            self.finish_rotation(&held.id).await?;
             return Ok(opened);
         }
-        if self.refresh(held).await? {
+        if self.refresh(held, None).await? {
             let held = self.local.resource(&held.id).await?;
             match station.open(&held.id, &held.access).await {
                 Err(StationError::Closed(Close::Refused)) => {}
@@ -385,7 +435,7 @@ impl Device {
         let epoch = envelope::epoch_of(bytes)?;
         let mut keys = self.local.keys(&held.id).await?;
         if !keys.iter().any(|k| k.epoch() == epoch) {
-            self.refresh(held).await?;
+            self.refresh(held, Some(bytes)).await?;
             keys = self.local.keys(&held.id).await?;
             if !keys.iter().any(|k| k.epoch() == epoch) {
                 return Err(SyncError::NoKey {
@@ -395,7 +445,10 @@ impl Device {
             }
         }
         let plain = envelope::decrypt(&keys, &held.id, bytes)?;
-        Ok((bundle::decode(&plain)?.operations, epoch))
+        let mut operations = bundle::decode(&plain)?.operations;
+        // Operations of another resource never count here; do not keep or pass them on.
+        operations.retain(|op| op.operation().resource == held.id);
+        Ok((operations, epoch))
     }
 
     /// Brings the device and the station's snapshot of `id` together (module docs).
@@ -403,6 +456,7 @@ impl Device {
         let mut report = SyncReport::default();
         for _ in 0..ROUNDS {
             if self.round(id, &mut report).await? {
+                report.confirmed = true;
                 break;
             }
         }
@@ -417,10 +471,20 @@ impl Device {
         let mut known: HashSet<OpId> = HashSet::new();
         let mut offered_epoch = None;
         if let Some(bytes) = offered {
-            let (ops, epoch) = self.open_envelope(&held, &bytes).await?;
-            known.extend(ops.iter().map(SignedOperation::id));
-            report.received += self.local.add_operations(id, &ops).await?;
-            offered_epoch = Some(epoch);
+            match self.open_envelope(&held, &bytes).await {
+                Ok((ops, epoch)) => {
+                    known.extend(ops.iter().map(SignedOperation::id));
+                    report.received += self.local.add_operations(id, &ops).await?;
+                    offered_epoch = Some(epoch);
+                }
+                // Junk written by a member with the access key (not an envelope, not opening
+                // under the key of its epoch, not a bundle): written over below, or no device
+                // could ever sync the resource again. An epoch this device has no key for is
+                // not junk: it may be a rotation not delivered yet.
+                Err(SyncError::Envelope(e)) if !matches!(e, EnvelopeError::NoKey(_)) => {}
+                Err(SyncError::Bundle(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
 
         if held.rotation_due {
@@ -471,10 +535,25 @@ impl Device {
         }
         session.close().await;
 
+        let acl = self.state(id).await?.acl;
         for member in self.local.deliveries(id).await? {
-            self.deliver(&held, &member).await?;
-            self.local.delivered(id, &member.id).await?;
-            report.delivered += 1;
+            // Whoever lost read access since the delivery was queued gets nothing.
+            if !acl.role(&member.id).is_some_and(Role::reads) {
+                self.local.delivered(id, &member.id).await?;
+                continue;
+            }
+            // One member's mailbox failing (its owner may have squatted it) must not keep
+            // the keys from the others; it stays queued for the next sync.
+            match self.deliver(&held, &member).await {
+                Ok(()) => {
+                    self.local.delivered(id, &member.id).await?;
+                    report.delivered += 1;
+                }
+                Err(SyncError::Station(e)) => {
+                    report.undelivered.push(format!("{}: {e}", member.id))
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(done)
     }
@@ -490,18 +569,25 @@ impl Device {
             .begin_rotation(&held.id, &next_access, &next_key)
             .await?;
         session.rotate(&held.access, &next_access).await?;
-        self.local.finish_rotation(&held.id).await?;
+        self.finish_rotation(&held.id).await
+    }
+
+    /// Installs the keys of a rotation the station took and, in the same transaction, queues
+    /// them for every other member who still reads.
+    async fn finish_rotation(&self, id: &ResourceId) -> Result<(), SyncError> {
         let me = self.identity.id();
-        for (actor, member) in self.state(&held.id).await?.acl.members() {
-            if member.role.reads() && *actor != me {
-                let public = PublicIdentity {
-                    id: *actor,
-                    sealing: member.sealing,
-                };
-                self.local.add_delivery(&held.id, &public).await?;
-            }
-        }
-        Ok(())
+        let readers: Vec<PublicIdentity> = self
+            .state(id)
+            .await?
+            .acl
+            .members()
+            .filter(|(actor, member)| member.role.reads() && **actor != me)
+            .map(|(actor, member)| PublicIdentity {
+                id: *actor,
+                sealing: member.sealing,
+            })
+            .collect();
+        Ok(self.local.finish_rotation(id, &readers).await?)
     }
 
     /// Writes `snapshot` and waits for the station to confirm it durable; operations arriving
@@ -517,8 +603,13 @@ impl Device {
         session.send(Code::SubmitRequest, &[0]).await?;
         session.send(Code::SubmitSnapshot, snapshot).await?;
         let mut written = Written::default();
+        // One deadline for the whole wait: other devices' deltas must not extend it past the
+        // station's pending window, after which no forward-response would come.
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         loop {
-            let (code, payload) = session.recv_within(CONFIRM_TIMEOUT).await?;
+            let (code, payload) = tokio::time::timeout_at(deadline, session.recv())
+                .await
+                .map_err(|_| StationError::Timeout(CONFIRM_TIMEOUT))??;
             match code {
                 Code::ForwardResponse if payload.as_ref() == snapshot => {
                     written.confirmed = true;
@@ -578,8 +669,11 @@ impl Device {
         let snapshot = mailbox.seal(&keyring, &mut OsRng);
         session.send(Code::SubmitRequest, &[0]).await?;
         session.send(Code::SubmitSnapshot, &snapshot).await?;
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         loop {
-            let (code, payload) = session.recv_within(CONFIRM_TIMEOUT).await?;
+            let (code, payload) = tokio::time::timeout_at(deadline, session.recv())
+                .await
+                .map_err(|_| StationError::Timeout(CONFIRM_TIMEOUT))??;
             if code == Code::ForwardResponse && payload.as_ref() == snapshot.as_slice() {
                 break;
             }
@@ -637,8 +731,13 @@ impl Device {
                         let held = self.local.resource(id).await?;
                         match self.take_in(&held, &payload).await {
                             Ok(_) => {}
-                            // A member's junk or an envelope under a key not held: skip it.
-                            Err(SyncError::Envelope(_) | SyncError::Bundle(_)) => continue,
+                            // A member's junk, or an envelope under a key no mailbox had:
+                            // skip it; the next snapshot brings what was real.
+                            Err(
+                                SyncError::Envelope(_)
+                                | SyncError::Bundle(_)
+                                | SyncError::NoKey { .. },
+                            ) => continue,
                             Err(e) => return Err(e),
                         }
                         values = self.report_changes(id, values, &mut seen).await?;

@@ -172,11 +172,14 @@ fn role(text: &str) -> anyhow::Result<Role> {
         "revoked" => Role::Revoked,
         _ => {
             return Err(anyhow!(
-                "{text:?} is not a role: owner, manager, editor or viewer"
+                "{text:?} is not a role: owner, manager, editor or viewer (or revoked, with `zbase revoke`)"
             ));
         }
     })
 }
+
+/// The largest value `put` takes.
+const MAX_VALUE: usize = 1 << 20;
 
 struct Out {
     json: bool,
@@ -267,6 +270,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             offline,
         } => {
             let id = resource(&res)?;
+            if value.len() > MAX_VALUE {
+                return Err(anyhow!(
+                    "a value of {} bytes is over the limit of {MAX_VALUE}: every snapshot holds every value ever written, and a snapshot must fit in one frame",
+                    value.len()
+                ));
+            }
             let change = Change::Put {
                 key: key.clone(),
                 value: b64(value.as_bytes()),
@@ -323,6 +332,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let id = resource(&res)?;
             let member = member(&text)?;
             let role = role(&role_text)?;
+            if role == Role::Revoked {
+                return Err(anyhow!(
+                    "to take a role away, use `zbase revoke {res} {}`",
+                    member.id
+                ));
+            }
             let op = device.share(&id, &member, role).await?;
             let me = device.public().to_text();
             let station = device.local().resource(&id).await?.station;
@@ -427,8 +442,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn b64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    zbase_proto::wire::encode_b64url(bytes)
 }
 
 fn describe(report: &SyncReport) -> String {
@@ -438,6 +452,14 @@ fn describe(report: &SyncReport) -> String {
     }
     if report.delivered > 0 {
         text.push_str(&format!(", keys sent to {} member(s)", report.delivered));
+    }
+    for failed in &report.undelivered {
+        text.push_str(&format!(
+            "; keys not sent to {failed} (retried at the next sync)"
+        ));
+    }
+    if !report.confirmed {
+        text.push_str("; other devices kept writing: run `zbase sync` again");
     }
     text
 }
@@ -459,7 +481,7 @@ async fn changed(
         )
     } else {
         match device.sync(id).await {
-            Ok(report) => (true, describe(&report)),
+            Ok(report) => (report.confirmed, describe(&report)),
             Err(SyncError::Station(e @ StationError::Unreachable { .. })) => (
                 false,
                 format!("saved on this device; not synced ({e}); `zbase sync` sends it"),
