@@ -326,7 +326,15 @@ impl Device {
     /// A keyring counts only if its access key is the one the station holds now. A member
     /// revoked since cannot know that key, so it cannot plant keys for epochs to come in the
     /// mailbox it shares with a member who has not heard of the revocation yet.
-    async fn refresh(&self, held: &Held, probe: Option<&[u8]>) -> Result<bool, SyncError> {
+    ///
+    /// `refused` is a key the station just refused: a keyring offering it is stale, known
+    /// without proving it again (each refusal counts against this device's IP address).
+    async fn refresh(
+        &self,
+        held: &Held,
+        probe: Option<&[u8]>,
+        refused: Option<&AccessKey>,
+    ) -> Result<bool, SyncError> {
         let station = self.station(&held.station)?;
         let state = self.state(&held.id).await?;
         let mut senders = vec![held.owner];
@@ -346,7 +354,10 @@ impl Device {
             .map(ContentKey::epoch)
             .collect();
         let probe_epoch = probe.and_then(|bytes| envelope::epoch_of(bytes).ok());
-        let mut checked: Vec<(AccessKey, bool)> = Vec::new();
+        let mut checked: Vec<(AccessKey, bool)> = refused
+            .map(|key| (key.clone(), false))
+            .into_iter()
+            .collect();
         let mut learned = false;
         for sender in senders {
             let Some(keyring) = self.read_mailbox(&station, &held.id, &sender).await? else {
@@ -416,7 +427,7 @@ impl Device {
             self.finish_rotation(&held.id).await?;
             return Ok(opened);
         }
-        if self.refresh(held, None).await? {
+        if self.refresh(held, None, Some(&held.access)).await? {
             let held = self.local.resource(&held.id).await?;
             match station.open(&held.id, &held.access).await {
                 Err(StationError::Closed(Close::Refused)) => {}
@@ -435,7 +446,7 @@ impl Device {
         let epoch = envelope::epoch_of(bytes)?;
         let mut keys = self.local.keys(&held.id).await?;
         if !keys.iter().any(|k| k.epoch() == epoch) {
-            self.refresh(held, Some(bytes)).await?;
+            self.refresh(held, Some(bytes), None).await?;
             keys = self.local.keys(&held.id).await?;
             if !keys.iter().any(|k| k.epoch() == epoch) {
                 return Err(SyncError::NoKey {
@@ -701,10 +712,17 @@ impl Device {
                     continue;
                 }
                 // Cut off by a rotation: the rotating member sends the new keys only after
-                // the rotation and a snapshot, so they may not be in a mailbox yet.
+                // the rotation and a snapshot, so they may not be in a mailbox yet. Look in
+                // the mailboxes only, without proving the refused key again.
                 Err(SyncError::AccessLost(_)) if waited_for_keys < KEY_WAIT_TRIES => {
-                    waited_for_keys += 1;
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let held = self.local.resource(id).await?;
+                    while waited_for_keys < KEY_WAIT_TRIES {
+                        waited_for_keys += 1;
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        if self.refresh(&held, None, Some(&held.access)).await? {
+                            break;
+                        }
+                    }
                     continue;
                 }
                 Err(e) => return Err(e),
