@@ -3,7 +3,7 @@
 //! Each check is a function named for the rule it tests and takes a fresh, empty store. A
 //! backend runs them all, one `#[tokio::test]` per check, with one line in its tests module:
 //!
-//! ```ignore
+//! ```text
 //! conformance::conformance_tests!(fresh); // async fn fresh() -> Fixture
 //! ```
 //!

@@ -51,7 +51,7 @@
 //!
 //! Use:
 //!
-//! ```ignore
+//! ```text
 //! let server = ApiServer::start().await;
 //! let client = server.client(); // or KUBECONFIG=server.kubeconfig() for a separate binary
 //! Api::<CustomResourceDefinition>::all(client.clone()).create(&PostParams::default(), &MyKind::crd()).await?;
