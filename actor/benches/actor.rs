@@ -53,16 +53,7 @@ fn history(resource: ResourceId) -> (Identity, Vec<Vec<u8>>) {
         .unwrap()
     };
     for editor in &editors {
-        let public = editor.public();
-        let op = sign(
-            &owner,
-            Change::Grant {
-                actor: public.id.to_string(),
-                role: Role::Editor,
-                sealing: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public.sealing),
-            },
-            &last,
-        );
+        let op = sign(&owner, Change::grant(&editor.public(), Role::Editor), &last);
         last = Some((op.id(), op.operation().clock));
         tokens.push(op.token().to_vec());
     }

@@ -4,7 +4,7 @@
 //! resource was shared with them: the root of trust) as Owner, and changes only by signed
 //! grant operations, each valid if its signer could make it at its causal point.
 
-use crate::identity::ActorId;
+use crate::identity::{ActorId, PublicIdentity};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -59,13 +59,13 @@ impl Role {
     }
 }
 
-/// A member as the access list knows it: role and the key its content keys are sealed to.
+/// A member as the access list knows it: role and the identity its content keys go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Member {
     /// Its role.
     pub role: Role,
-    /// Its X25519 public key.
-    pub sealing: [u8; 32],
+    /// Its identity, with the sealing key it proved.
+    pub public: PublicIdentity,
 }
 
 /// Who holds which role.
@@ -76,13 +76,13 @@ pub struct Acl {
 
 impl Acl {
     /// The list of a new resource: its owner alone.
-    pub fn new(owner: ActorId, sealing: [u8; 32]) -> Acl {
+    pub fn new(owner: PublicIdentity) -> Acl {
         let mut members = BTreeMap::new();
         members.insert(
-            owner,
+            owner.id,
             Member {
                 role: Role::Owner,
-                sealing,
+                public: owner,
             },
         );
         Acl { members }
@@ -93,29 +93,35 @@ impl Acl {
         self.members.get(actor).map(|member| member.role)
     }
 
-    /// Sets `actor`'s role if `by` may; returns whether it did.
-    pub fn set(&mut self, by: &ActorId, actor: ActorId, role: Role, sealing: [u8; 32]) -> bool {
+    /// Sets `member`'s role if `by` may; returns whether it did.
+    pub fn set(&mut self, by: &ActorId, member: PublicIdentity, role: Role) -> bool {
         let Some(signer) = self.role(by) else {
             return false;
         };
-        if !signer.may_set(self.role(&actor), role) {
+        if !signer.may_set(self.role(&member.id), role) {
             return false;
         }
-        self.force(actor, role, sealing);
+        self.force(member, role);
         true
     }
 
-    /// Sets `actor`'s role whoever asks: for a grant already judged allowed.
+    /// Sets `member`'s role whoever asks: for a grant already judged allowed.
     ///
-    /// A member keeps the sealing key it was first granted with: keys are sent to that key
-    /// after every rotation, so a later grant naming another key (a manager re-granting an
-    /// editor with a key of its own) would hand the manager the keys once it is revoked.
-    pub(crate) fn force(&mut self, actor: ActorId, role: Role, sealing: [u8; 32]) {
-        let sealing = self
+    /// A member keeps the sealing key it was first granted with. Every key is proved by its
+    /// actor's signature, so no one can name a key of their own for another; an actor with
+    /// two proved keys (two devices sharing one identity file, or a new key) still has the
+    /// first one used, so the list never depends on which grant a device saw last.
+    pub(crate) fn force(&mut self, member: PublicIdentity, role: Role) {
+        let public = self
             .members
-            .get(&actor)
-            .map_or(sealing, |member| member.sealing);
-        self.members.insert(actor, Member { role, sealing });
+            .get(&member.id)
+            .map_or(member, |known| known.public);
+        self.members.insert(member.id, Member { role, public });
+    }
+
+    /// `actor`'s public identity, if it was ever a member.
+    pub fn public(&self, actor: &ActorId) -> Option<PublicIdentity> {
+        self.members.get(actor).map(|member| member.public)
     }
 
     /// Every member, in identifier order.
@@ -128,27 +134,24 @@ impl Acl {
 mod tests {
     use super::*;
 
+    use crate::identity::Identity;
+
     #[test]
     fn a_member_keeps_the_sealing_key_it_was_first_granted_with() {
         let (owner, manager, editor) = (actor(1), actor(2), actor(3));
-        let mut acl = Acl::new(owner, [1; 32]);
-        assert!(acl.set(&owner, manager, Role::Manager, [2; 32]));
-        assert!(acl.set(&owner, editor, Role::Editor, [3; 32]));
-        // The manager re-grants the editor, naming a key of its own: the role holds, the key
-        // does not change.
-        assert!(acl.set(&manager, editor, Role::Viewer, [2; 32]));
-        let member = acl.members().find(|(a, _)| **a == editor).map(|(_, m)| *m);
-        assert_eq!(
-            member,
-            Some(Member {
-                role: Role::Viewer,
-                sealing: [3; 32]
-            })
-        );
+        // The same actor with a second sealing key, also proved.
+        let editor_again = Identity::from_secrets(&[3; 32], &[99; 32]).public();
+        let mut acl = Acl::new(owner);
+        assert!(acl.set(&owner.id, manager, Role::Manager));
+        assert!(acl.set(&owner.id, editor, Role::Editor));
+        assert!(acl.set(&manager.id, editor_again, Role::Viewer));
+        assert_eq!(acl.role(&editor.id), Some(Role::Viewer));
+        assert_eq!(acl.public(&editor.id), Some(editor));
     }
 
-    fn actor(n: u8) -> ActorId {
-        ActorId::from_bytes([n; 32])
+    /// Actor `n`'s public identity, its proof made by its own key.
+    fn actor(n: u8) -> PublicIdentity {
+        Identity::from_secrets(&[n; 32], &[n.wrapping_add(100); 32]).public()
     }
 
     #[test]
@@ -175,22 +178,16 @@ mod tests {
 
     #[test]
     fn only_a_member_with_the_right_role_changes_the_list() {
-        let mut acl = Acl::new(actor(1), [1; 32]);
+        let mut acl = Acl::new(actor(1));
+        assert!(!acl.set(&actor(9).id, actor(9), Role::Owner), "a stranger");
+        assert!(acl.set(&actor(1).id, actor(2), Role::Manager));
+        assert!(acl.set(&actor(2).id, actor(3), Role::Editor));
+        assert!(!acl.set(&actor(3).id, actor(4), Role::Viewer), "an Editor");
         assert!(
-            !acl.set(&actor(9), actor(9), Role::Owner, [9; 32]),
-            "a stranger"
-        );
-        assert!(acl.set(&actor(1), actor(2), Role::Manager, [2; 32]));
-        assert!(acl.set(&actor(2), actor(3), Role::Editor, [3; 32]));
-        assert!(
-            !acl.set(&actor(3), actor(4), Role::Viewer, [4; 32]),
-            "an Editor"
-        );
-        assert!(
-            !acl.set(&actor(2), actor(1), Role::Revoked, [1; 32]),
+            !acl.set(&actor(2).id, actor(1), Role::Revoked),
             "a Manager on the Owner"
         );
-        assert_eq!(acl.role(&actor(3)), Some(Role::Editor));
+        assert_eq!(acl.role(&actor(3).id), Some(Role::Editor));
         assert_eq!(acl.members().count(), 3);
     }
 }

@@ -51,30 +51,71 @@ impl fmt::Debug for ActorId {
     }
 }
 
-/// What others need to know of an actor: its identifier and the key to seal resource keys to.
+/// The domain tag of an actor's signature over its own sealing key.
+pub const SEALING_PROOF_TAG: &[u8; 20] = b"zbase sealing key v1";
+
+/// What others need to know of an actor: its identifier, the key to seal resource keys to,
+/// and the actor's signature binding the two.
+///
+/// The signature is what stops anyone else from naming a key of their own as this actor's:
+/// keys are sent to a member's sealing key after every rotation, so whoever could choose it
+/// would go on reading after losing its own access.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct PublicIdentity {
     /// Its identifier (Ed25519 public key).
     pub id: ActorId,
     /// Its X25519 public key.
     pub sealing: [u8; 32],
+    /// The actor's Ed25519 signature of [`sealing_proof_message`] for these two.
+    pub proof: [u8; 64],
+}
+
+/// The bytes an actor signs to claim `sealing` as its key: the tag, its identifier, the key.
+pub fn sealing_proof_message(id: &ActorId, sealing: &[u8; 32]) -> [u8; 84] {
+    let mut message = [0u8; 84];
+    message[..20].copy_from_slice(SEALING_PROOF_TAG);
+    message[20..52].copy_from_slice(id.as_bytes());
+    message[52..].copy_from_slice(sealing);
+    message
 }
 
 impl PublicIdentity {
-    /// Text to hand to whoever shares with this actor: `<actor id>.<X25519 key>`, both
-    /// base64url.
-    pub fn to_text(&self) -> String {
-        format!("{}.{}", self.id, crate::b64(&self.sealing))
+    /// These three parts, if the proof is the actor's signature of the sealing key and the
+    /// key is usable (not of low order).
+    pub fn verified(id: ActorId, sealing: [u8; 32], proof: [u8; 64]) -> Option<PublicIdentity> {
+        (crate::seal::usable_key(&sealing)
+            && id.verify(&sealing_proof_message(&id, &sealing), &proof))
+        .then_some(PublicIdentity { id, sealing, proof })
     }
 
-    /// Reads [`PublicIdentity::to_text`]; a degenerate (low-order) X25519 key is refused.
+    /// Reads the three parts from base64url text, verified as [`PublicIdentity::verified`].
+    pub fn from_parts(id: &str, sealing: &str, proof: &str) -> Option<PublicIdentity> {
+        PublicIdentity::verified(
+            ActorId::parse(id)?,
+            crate::from_b64::<32>(sealing)?,
+            crate::from_b64::<64>(proof)?,
+        )
+    }
+
+    /// Text to hand to whoever shares with this actor: `<actor id>.<X25519 key>.<proof>`,
+    /// each base64url.
+    pub fn to_text(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            self.id,
+            crate::b64(&self.sealing),
+            crate::b64(&self.proof)
+        )
+    }
+
+    /// Reads [`PublicIdentity::to_text`]; `None` unless it verifies.
     pub fn parse(text: &str) -> Option<PublicIdentity> {
-        let (id, sealing) = text.trim().split_once('.')?;
-        let sealing = crate::from_b64::<32>(sealing)?;
-        crate::seal::usable_key(&sealing).then_some(PublicIdentity {
-            id: ActorId::parse(id)?,
-            sealing,
-        })
+        let mut parts = text.trim().split('.');
+        let (id, sealing, proof) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        PublicIdentity::from_parts(id, sealing, proof)
     }
 }
 
@@ -124,12 +165,13 @@ impl Identity {
         ActorId(self.signing.verifying_key().to_bytes())
     }
 
-    /// What others need to know of this actor.
+    /// What others need to know of this actor (Ed25519 is deterministic: the same every
+    /// time).
     pub fn public(&self) -> PublicIdentity {
-        PublicIdentity {
-            id: self.id(),
-            sealing: x25519_dalek::PublicKey::from(&self.sealing).to_bytes(),
-        }
+        let id = self.id();
+        let sealing = x25519_dalek::PublicKey::from(&self.sealing).to_bytes();
+        let proof = self.sign(&sealing_proof_message(&id, &sealing));
+        PublicIdentity { id, sealing, proof }
     }
 
     /// Signs `message` with the actor's Ed25519 key.
@@ -192,6 +234,41 @@ mod tests {
             Some(identity.id())
         );
         assert!(!format!("{identity:?}").contains(&json));
+    }
+
+    #[test]
+    fn a_public_identity_reads_back_only_with_its_own_proof() {
+        let me = Identity::from_secrets(&[1; 32], &[2; 32]);
+        let other = Identity::from_secrets(&[3; 32], &[4; 32]);
+        let public = me.public();
+        assert_eq!(PublicIdentity::parse(&public.to_text()), Some(public));
+        assert_eq!(
+            PublicIdentity::parse(&format!(" {}\n", public.to_text())),
+            Some(public)
+        );
+        // Another actor's key under my name, with my proof or with theirs: refused.
+        let theirs = other.public();
+        let b64 = crate::b64;
+        for forged in [
+            format!(
+                "{}.{}.{}",
+                public.id,
+                b64(&theirs.sealing),
+                b64(&public.proof)
+            ),
+            format!(
+                "{}.{}.{}",
+                public.id,
+                b64(&theirs.sealing),
+                b64(&theirs.proof)
+            ),
+            format!("{}.{}", public.id, b64(&public.sealing)),
+            format!("{}.x", public.to_text()),
+            format!("{}.{}.{}", public.id, b64(&[0u8; 32]), b64(&public.proof)),
+            String::new(),
+        ] {
+            assert_eq!(PublicIdentity::parse(&forged), None, "{forged}");
+        }
     }
 
     #[test]

@@ -42,6 +42,15 @@ pub enum LocalError {
     /// File system.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The database was made by an older zbase.
+    #[error(
+        "{0} was made by an earlier zbase whose format cannot be carried forward; move it \
+         aside, `zbase init` a new home and join the resources again"
+    )]
+    OldFormat(PathBuf),
+    /// The database was made by a newer zbase.
+    #[error("{0} was made by a newer zbase (format {1}); upgrade zbase to use it")]
+    NewerFormat(PathBuf, i64),
     /// The database.
     #[error("local database: {0}")]
     Db(#[from] sqlx::Error),
@@ -70,12 +79,16 @@ pub struct Local {
     db: SqlitePool,
 }
 
+/// The layout `SCHEMA` makes, kept in SQLite's `user_version`. Version 1 (before sealing keys
+/// carried their actor's signature) cannot be carried forward: the proofs it lacks can only
+/// come from the actors themselves.
+const SCHEMA_VERSION: i64 = 2;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS resources (
   id TEXT PRIMARY KEY,
   station TEXT NOT NULL,
   owner TEXT NOT NULL,
-  owner_sealing TEXT NOT NULL,
   access TEXT NOT NULL,
   next_access TEXT,
   next_epoch INTEGER,
@@ -97,7 +110,7 @@ CREATE TABLE IF NOT EXISTS operations (
 CREATE TABLE IF NOT EXISTS deliveries (
   resource TEXT NOT NULL,
   member TEXT NOT NULL,
-  sealing TEXT NOT NULL,
+  public TEXT NOT NULL,
   PRIMARY KEY (resource, member)
 );
 "#;
@@ -124,7 +137,22 @@ impl Local {
             .max_connections(1)
             .connect_with(options)
             .await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&db)
+            .await?;
+        let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master")
+            .fetch_one(&db)
+            .await?;
+        if version > SCHEMA_VERSION {
+            return Err(LocalError::NewerFormat(home.to_owned(), version));
+        }
+        if version < SCHEMA_VERSION && tables > 0 {
+            return Err(LocalError::OldFormat(home.to_owned()));
+        }
         sqlx::raw_sql(SCHEMA).execute(&db).await?;
+        sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .execute(&db)
+            .await?;
         Ok(Local {
             home: home.to_owned(),
             db,
@@ -187,13 +215,12 @@ impl Local {
         access: &AccessKey,
     ) -> Result<(), LocalError> {
         sqlx::query(
-            "INSERT INTO resources (id, station, owner, owner_sealing, access) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO resources (id, station, owner, access) VALUES (?, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE SET station = excluded.station, access = excluded.access",
         )
         .bind(id.as_str())
         .bind(station)
-        .bind(owner.id.to_string())
-        .bind(crate::b64(&owner.sealing))
+        .bind(owner.to_text())
         .bind(access.to_text().as_str())
         .execute(&self.db)
         .await?;
@@ -213,22 +240,19 @@ impl Local {
     /// A resource held here.
     pub async fn resource(&self, id: &ResourceId) -> Result<Held, LocalError> {
         let row = sqlx::query(
-            "SELECT station, owner, owner_sealing, access, next_access, next_epoch, next_key,
-                    rotation_due FROM resources WHERE id = ?",
+            "SELECT station, owner, access, next_access, next_epoch, next_key, rotation_due
+             FROM resources WHERE id = ?",
         )
         .bind(id.as_str())
         .fetch_optional(&self.db)
         .await?
         .ok_or_else(|| LocalError::UnknownResource(id.as_str().to_owned()))?;
-        let owner = PublicIdentity {
-            id: ActorId::parse(row.get(1)).ok_or_else(|| corrupt("owner"))?,
-            sealing: crate::from_b64::<32>(row.get(2)).ok_or_else(|| corrupt("owner key"))?,
-        };
-        let access = AccessKey::from_text(row.get(3)).ok_or_else(|| corrupt("access key"))?;
+        let owner = PublicIdentity::parse(row.get(1)).ok_or_else(|| corrupt("owner"))?;
+        let access = AccessKey::from_text(row.get(2)).ok_or_else(|| corrupt("access key"))?;
         let rotating = match (
-            row.get::<Option<&str>, _>(4),
-            row.get::<Option<i64>, _>(5),
-            row.get::<Option<&str>, _>(6),
+            row.get::<Option<&str>, _>(3),
+            row.get::<Option<i64>, _>(4),
+            row.get::<Option<&str>, _>(5),
         ) {
             (Some(access), Some(epoch), Some(key)) => Some((
                 AccessKey::from_text(access).ok_or_else(|| corrupt("next access key"))?,
@@ -242,7 +266,7 @@ impl Local {
             owner,
             access,
             rotating,
-            rotation_due: row.get::<i64, _>(7) != 0,
+            rotation_due: row.get::<i64, _>(6) != 0,
         })
     }
 
@@ -305,23 +329,43 @@ impl Local {
         Ok(())
     }
 
-    /// Records a rotation about to be sent, so a crash after the station took it loses nothing.
+    /// Records a rotation about to be sent, so a crash after the station took it loses nothing;
+    /// returns the keys to send.
+    ///
+    /// If keys for the same epoch are already recorded (a rotation another `zbase` process on
+    /// this home is sending, or one whose answer was lost), those are returned instead of
+    /// `access` and `key`: two processes rotating at once then send the same keys, so whichever
+    /// the station takes, both install the same ones. Keys recorded for an older epoch (a
+    /// rotation another member made first) are replaced.
     pub async fn begin_rotation(
         &self,
         id: &ResourceId,
         access: &AccessKey,
         key: &ContentKey,
-    ) -> Result<(), LocalError> {
+    ) -> Result<(AccessKey, ContentKey), LocalError> {
+        let mut tx = self.db.begin().await?;
         sqlx::query(
-            "UPDATE resources SET next_access = ?, next_epoch = ?, next_key = ? WHERE id = ?",
+            "UPDATE resources SET next_access = ?, next_epoch = ?, next_key = ?
+             WHERE id = ? AND (next_epoch IS NULL OR next_epoch <> ?)",
         )
         .bind(access.to_text().as_str())
         .bind(i64::from(key.epoch()))
         .bind(crate::b64(key.bytes()))
         .bind(id.as_str())
-        .execute(&self.db)
+        .bind(i64::from(key.epoch()))
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        let row =
+            sqlx::query("SELECT next_access, next_epoch, next_key FROM resources WHERE id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| LocalError::UnknownResource(id.as_str().to_owned()))?;
+        tx.commit().await?;
+        Ok((
+            AccessKey::from_text(row.get(0)).ok_or_else(|| corrupt("next access key"))?,
+            content_key(row.get(1), row.get(2))?,
+        ))
     }
 
     /// The station took the rotation: its keys become the resource's, and `readers` are
@@ -352,25 +396,9 @@ impl Local {
         .execute(&mut *tx)
         .await?;
         for member in readers {
-            sqlx::query(
-                "INSERT OR REPLACE INTO deliveries (resource, member, sealing) VALUES (?, ?, ?)",
-            )
-            .bind(id.as_str())
-            .bind(member.id.to_string())
-            .bind(crate::b64(&member.sealing))
-            .execute(&mut *tx)
-            .await?;
+            insert_delivery(&mut *tx, id, member).await?;
         }
         tx.commit().await?;
-        Ok(())
-    }
-
-    /// The station refused the rotation (another member rotated first): forget it.
-    pub async fn abandon_rotation(&self, id: &ResourceId) -> Result<(), LocalError> {
-        sqlx::query("UPDATE resources SET next_access = NULL, next_epoch = NULL, next_key = NULL WHERE id = ?")
-            .bind(id.as_str())
-            .execute(&self.db)
-            .await?;
         Ok(())
     }
 
@@ -413,20 +441,12 @@ impl Local {
 
     /// Members still to be sent the resource's keys.
     pub async fn deliveries(&self, id: &ResourceId) -> Result<Vec<PublicIdentity>, LocalError> {
-        let rows = sqlx::query(
-            "SELECT member, sealing FROM deliveries WHERE resource = ? ORDER BY member",
-        )
-        .bind(id.as_str())
-        .fetch_all(&self.db)
-        .await?;
+        let rows = sqlx::query("SELECT public FROM deliveries WHERE resource = ? ORDER BY member")
+            .bind(id.as_str())
+            .fetch_all(&self.db)
+            .await?;
         rows.iter()
-            .map(|row| {
-                Ok(PublicIdentity {
-                    id: ActorId::parse(row.get(0)).ok_or_else(|| corrupt("member"))?,
-                    sealing: crate::from_b64::<32>(row.get(1))
-                        .ok_or_else(|| corrupt("member key"))?,
-                })
-            })
+            .map(|row| PublicIdentity::parse(row.get(0)).ok_or_else(|| corrupt("member")))
             .collect()
     }
 
@@ -436,15 +456,7 @@ impl Local {
         id: &ResourceId,
         member: &PublicIdentity,
     ) -> Result<(), LocalError> {
-        sqlx::query(
-            "INSERT OR REPLACE INTO deliveries (resource, member, sealing) VALUES (?, ?, ?)",
-        )
-        .bind(id.as_str())
-        .bind(member.id.to_string())
-        .bind(crate::b64(&member.sealing))
-        .execute(&self.db)
-        .await?;
-        Ok(())
+        insert_delivery(&self.db, id, member).await
     }
 
     /// `member` has its keys.
@@ -473,4 +485,103 @@ fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn restrict(_path: &Path, _mode: u32) -> std::io::Result<()> {
     Ok(())
+}
+
+/// Queues `member` for the resource's keys (once: a later entry replaces an earlier one).
+async fn insert_delivery<'e>(
+    db: impl sqlx::SqliteExecutor<'e>,
+    id: &ResourceId,
+    member: &PublicIdentity,
+) -> Result<(), LocalError> {
+    sqlx::query("INSERT OR REPLACE INTO deliveries (resource, member, public) VALUES (?, ?, ?)")
+        .bind(id.as_str())
+        .bind(member.id.to_string())
+        .bind(member.to_text())
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_home_of_another_format_is_refused_with_what_to_do() {
+        let home = tempfile::tempdir().expect("a temporary directory");
+        // A fresh home opens, and opens again.
+        drop(Local::open(home.path()).await.expect("a new home"));
+        drop(Local::open(home.path()).await.expect("the same home again"));
+
+        // A database of the earlier layout: tables, and no format number.
+        let old = tempfile::tempdir().expect("a temporary directory");
+        let db = SqlitePool::connect_with(
+            SqliteConnectOptions::new()
+                .filename(old.path().join("zbase.db"))
+                .create_if_missing(true),
+        )
+        .await
+        .expect("sqlite");
+        sqlx::raw_sql("CREATE TABLE resources (id TEXT PRIMARY KEY, owner_sealing TEXT)")
+            .execute(&db)
+            .await
+            .expect("old layout");
+        db.close().await;
+        let error = Local::open(old.path()).await.err().expect("refused");
+        assert!(matches!(error, LocalError::OldFormat(_)), "{error}");
+        assert!(error.to_string().contains("zbase init"), "{error}");
+
+        // One from a newer zbase.
+        let newer = SqlitePool::connect_with(
+            SqliteConnectOptions::new().filename(home.path().join("zbase.db")),
+        )
+        .await
+        .expect("sqlite");
+        sqlx::raw_sql("PRAGMA user_version = 99")
+            .execute(&newer)
+            .await
+            .expect("set");
+        newer.close().await;
+        let error = Local::open(home.path()).await.err().expect("refused");
+        assert!(matches!(error, LocalError::NewerFormat(_, 99)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn two_rotations_of_one_epoch_send_the_same_keys() {
+        let home = tempfile::tempdir().expect("a temporary directory");
+        let local = Local::open(home.path()).await.expect("a new home");
+        let owner = Identity::from_secrets(&[1; 32], &[2; 32]).public();
+        let id = ResourceId::from_bytes([3; 32]);
+        let access = |n: u8| AccessKey::from_seed(&[n; 32]);
+        local
+            .add_resource(&id, "ws://127.0.0.1:1", &owner, &access(1))
+            .await
+            .expect("added");
+        let epoch = |n: u32, k: u8| ContentKey::from_bytes(n, [k; 32]);
+        let first = local
+            .begin_rotation(&id, &access(2), &epoch(2, 20))
+            .await
+            .expect("begun");
+        // A second process, or a retry after a lost answer, proposes other keys for the same
+        // epoch: it gets the ones recorded first.
+        let second = local
+            .begin_rotation(&id, &access(3), &epoch(2, 30))
+            .await
+            .expect("begun");
+        assert_eq!(first.0, access(2));
+        assert_eq!(second.0, access(2));
+        assert_eq!(second.1.bytes(), &[20; 32]);
+        // Another member took epoch 2 first; the next rotation is for epoch 3, with new keys.
+        let third = local
+            .begin_rotation(&id, &access(4), &epoch(3, 40))
+            .await
+            .expect("begun");
+        assert_eq!(third.0, access(4));
+        assert_eq!((third.1.epoch(), third.1.bytes()), (3, &[40; 32]));
+        assert!(local.resource(&id).await.expect("held").rotating.is_some());
+        local.finish_rotation(&id, &[]).await.expect("finished");
+        let held = local.resource(&id).await.expect("held");
+        assert!(held.rotating.is_none());
+        assert_eq!(held.access, access(4));
+    }
 }

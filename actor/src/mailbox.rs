@@ -67,6 +67,8 @@ pub struct Keyring {
     pub owner: String,
     /// The owner's X25519 key, base64url.
     pub owner_sealing: String,
+    /// The owner's signature of that key, base64url.
+    pub owner_proof: String,
     /// The current access key's secret.
     pub access: String,
     /// Every content key the recipient may read, oldest first.
@@ -88,13 +90,10 @@ impl Keyring {
             .collect()
     }
 
-    /// The owner's public identity.
+    /// The owner's public identity, its sealing key proved.
     pub fn owner(&self) -> Result<PublicIdentity, MailboxError> {
-        let bad = || MailboxError::NotAKeyring("bad owner".into());
-        Ok(PublicIdentity {
-            id: ActorId::parse(&self.owner).ok_or_else(bad)?,
-            sealing: crate::from_b64::<32>(&self.owner_sealing).ok_or_else(bad)?,
-        })
+        PublicIdentity::from_parts(&self.owner, &self.owner_sealing, &self.owner_proof)
+            .ok_or_else(|| MailboxError::NotAKeyring("an owner whose key it did not sign".into()))
     }
 
     /// The access key.
@@ -146,6 +145,11 @@ impl Mailbox {
         })
     }
 
+    /// The content key its snapshot is sealed with (epoch 0).
+    pub fn key(&self) -> &ContentKey {
+        &self.key
+    }
+
     /// The mailbox snapshot carrying `keyring`.
     pub fn seal(&self, keyring: &Keyring, rng: &mut (impl RngCore + CryptoRng)) -> Vec<u8> {
         // A derived Serialize of strings and numbers cannot fail.
@@ -185,6 +189,7 @@ mod tests {
             station: "ws://127.0.0.1:1".into(),
             owner: "o".into(),
             owner_sealing: "s".into(),
+            owner_proof: "p".into(),
             access: AccessKey::from_seed(&[5; 32]).to_text().to_string(),
             keys: vec![EpochKey {
                 epoch: 3,

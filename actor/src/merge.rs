@@ -5,6 +5,8 @@
 //! - an operation whose dependencies are not all known waits (pending); one whose clock is
 //!   not exactly one above its highest dependency's is malformed;
 //! - operations are applied in (clock, identifier) order, a linear extension of causality;
+//! - a grant counts only if it names the member's sealing key with the member's own signature
+//!   of it: keys are sent there at every rotation, so nobody may choose it for another;
 //! - first, an operation counts if its signer's role allowed it at its causal point: the access
 //!   list made of the counted grants among its ancestors (starting from the owner, the root of
 //!   trust). Only grants that count this way may take anything away afterwards;
@@ -43,7 +45,8 @@ pub enum Change {
         /// The key.
         key: String,
     },
-    /// Gives `actor` a role (Revoked to take it back); `sealing` is its X25519 key (base64url).
+    /// Gives `actor` a role (Revoked to take it back); `sealing` is its X25519 key and
+    /// `proof` the actor's own signature of it (base64url).
     Grant {
         /// The member's identifier.
         actor: String,
@@ -51,6 +54,9 @@ pub enum Change {
         role: Role,
         /// Its X25519 public key, base64url.
         sealing: String,
+        /// The member's Ed25519 signature of its sealing key (see
+        /// [`crate::identity::sealing_proof_message`]), base64url.
+        proof: String,
     },
     /// Says the signer merged these operations; changes nothing.
     Ack {
@@ -60,6 +66,30 @@ pub enum Change {
 }
 
 impl Change {
+    /// A grant of `role` to `member`.
+    pub fn grant(member: &PublicIdentity, role: Role) -> Change {
+        Change::Grant {
+            actor: member.id.to_string(),
+            role,
+            sealing: crate::b64(&member.sealing),
+            proof: crate::b64(&member.proof),
+        }
+    }
+
+    /// For a grant: whom it names, verified, and the role; `None` for another change or a
+    /// grant whose key its actor did not sign.
+    pub fn granted(&self) -> Option<(PublicIdentity, Role)> {
+        match self {
+            Change::Grant {
+                actor,
+                role,
+                sealing,
+                proof,
+            } => PublicIdentity::from_parts(actor, sealing, proof).map(|member| (member, *role)),
+            _ => None,
+        }
+    }
+
     /// The payload bytes of an operation making this change.
     pub fn encode(&self) -> Vec<u8> {
         // A derived Serialize of strings and enums cannot fail.
@@ -70,12 +100,20 @@ impl Change {
     pub fn decode(payload: &[u8]) -> Option<Change> {
         let change: Change = serde_json::from_slice(payload).ok()?;
         match &change {
-            Change::Grant { actor, sealing, .. } => {
+            Change::Grant {
+                actor,
+                sealing,
+                proof,
+                ..
+            } => {
                 ActorId::parse(actor)?;
                 // A low-order key would make every box sealed to it readable by anyone.
                 if !crate::seal::usable_key(&crate::from_b64::<32>(sealing)?) {
                     return None;
                 }
+                // Whether it is the actor's signature is the merge's question (a rejection
+                // of its own); here only whether it is one.
+                crate::from_b64::<64>(proof)?;
             }
             Change::Put { value, .. } => {
                 use base64::Engine as _;
@@ -98,6 +136,8 @@ pub enum Rejection {
     UnknownChange,
     /// Its clock is not above one of its dependencies'.
     Clock,
+    /// A grant naming a sealing key its actor did not sign.
+    UnprovenKey,
     /// Its signer's role did not allow it at its causal point.
     NotAllowed,
     /// A concurrent change of its signer's role did not allow it.
@@ -129,8 +169,8 @@ struct Node<'a> {
     /// `None` for a change this version does not know: it never counts, but it stays in
     /// the history so what follows it is not stranded.
     change: Option<Change>,
-    /// For a grant: whom it names, the role, and the sealing key, parsed once.
-    grant: Option<(ActorId, Role, [u8; 32])>,
+    /// For a grant: whom it names (its key proved) and the role, checked once.
+    grant: Option<(PublicIdentity, Role)>,
     deps: Vec<usize>,
     /// Every ancestor, as a bit set over positions in the order.
     ancestors: Vec<u64>,
@@ -220,16 +260,7 @@ pub fn merge<'a>(
             }
         }
         let change = Change::decode(&op.operation().payload);
-        let grant = match &change {
-            Some(Change::Grant {
-                actor,
-                role,
-                sealing,
-            }) => ActorId::parse(actor)
-                .zip(crate::from_b64::<32>(sealing))
-                .map(|(actor, sealing)| (actor, *role, sealing)),
-            _ => None,
-        };
+        let grant = change.as_ref().and_then(Change::granted);
         nodes.push(Node {
             op,
             change,
@@ -274,7 +305,7 @@ pub fn merge<'a>(
         }
     }
 
-    let mut acl = Acl::new(owner.id, owner.sealing);
+    let mut acl = Acl::new(owner);
     let mut values = BTreeMap::new();
     let mut applied = Vec::new();
     let mut followed = vec![false; nodes.len()];
@@ -328,8 +359,8 @@ pub fn merge<'a>(
 
 /// Applies an accepted grant (its signer's authority was checked when it was judged).
 fn apply_grant(acl: &mut Acl, node: &Node) {
-    if let Some((actor, role, sealing)) = node.grant {
-        acl.force(actor, role, sealing);
+    if let Some((member, role)) = node.grant {
+        acl.force(member, role);
     }
 }
 
@@ -346,9 +377,9 @@ impl Grants {
             to: HashMap::new(),
         };
         for (index, node) in nodes.iter().enumerate() {
-            if let Some((actor, _, _)) = node.grant {
+            if let Some((member, _)) = node.grant {
                 grants.all.push(index);
-                grants.to.entry(actor).or_default().push(index);
+                grants.to.entry(member.id).or_default().push(index);
             }
         }
         grants
@@ -373,7 +404,7 @@ impl Grants {
                     && !node.descends_from(other)
                     && !nodes[other].descends_from(index)
             })
-            .filter_map(|&other| nodes[other].grant.map(|(_, role, _)| role))
+            .filter_map(|&other| nodes[other].grant.map(|(_, role)| role))
     }
 }
 
@@ -392,9 +423,12 @@ fn judge(
     let Some(change) = &node.change else {
         return Some(Rejection::UnknownChange);
     };
+    if matches!(change, Change::Grant { .. }) && node.grant.is_none() {
+        return Some(Rejection::UnprovenKey);
+    }
     let signer = node.op.operation().actor;
     // The access list at its causal point: the accepted grants among its ancestors, in order.
-    let mut acl = Acl::new(owner.id, owner.sealing);
+    let mut acl = Acl::new(owner);
     for &other in grants.all.iter().take_while(|&&other| other < index) {
         if accepted[other] && node.descends_from(other) {
             apply_grant(&mut acl, &nodes[other]);
@@ -403,7 +437,7 @@ fn judge(
     let Some(role) = acl.role(&signer) else {
         return Some(Rejection::NotAllowed);
     };
-    let target = node.grant.map(|(actor, _, _)| actor);
+    let target = node.grant.map(|(member, _)| member.id);
     let target_role = target.and_then(|actor| acl.role(&actor));
     if !allowed(role, change, target_role) {
         return Some(Rejection::NotAllowed);

@@ -26,6 +26,8 @@ const VERSION: u8 = 1;
 const MAX_MESSAGE: usize = 16 << 20;
 /// How long the station has to answer a step of the handshake.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long to wait, after a send failed, for the close that says why.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// How long to wait for `offer-snapshot` after verifying. A station sends it at once when it
 /// has one, and sends nothing when it has none, so silence this long means "none".
 const OFFER_WAIT: Duration = Duration::from_secs(2);
@@ -420,8 +422,21 @@ enum Inner {
 }
 
 impl Connection {
-    /// Sends one frame.
+    /// Sends one frame. If the station has closed the connection, the error says how (a key
+    /// replaced by a rotation is a refusal, not a lost connection).
     pub async fn send(&mut self, code: Code, payload: &[u8]) -> Result<(), StationError> {
+        match self.send_frame(code, payload).await {
+            Ok(()) => Ok(()),
+            Err(lost) => match self.recv_within(CLOSE_WAIT).await {
+                Err(StationError::Closed(close)) if close != Close::Normal => {
+                    Err(StationError::Closed(close))
+                }
+                _ => Err(lost),
+            },
+        }
+    }
+
+    async fn send_frame(&mut self, code: Code, payload: &[u8]) -> Result<(), StationError> {
         let gone = || StationError::Closed(Close::Other("connection lost while sending".into()));
         match &mut self.0 {
             Inner::Ws(ws) => {
@@ -517,6 +532,16 @@ fn station_code(byte: u8) -> Result<Code, StationError> {
         .ok_or_else(|| StationError::Unexpected(format!("frame code 0x{byte:02x}")))
 }
 
+/// How a snapshot write ended ([`Session::write_confirmed`]).
+#[derive(Debug)]
+pub struct Write {
+    /// The station made this snapshot durable. If not, another landed first: it is the last
+    /// of `seen`, and this one may or may not follow it.
+    pub confirmed: bool,
+    /// The snapshots and deltas of others that arrived meanwhile, in order.
+    pub seen: Vec<Bytes>,
+}
+
 /// A verified session: frames of one resource, both ways.
 pub struct Session {
     conn: Connection,
@@ -575,6 +600,46 @@ impl Session {
             if code == Code::KeyRotated {
                 self.challenge = challenge(code, Code::KeyRotated, &payload)?;
                 return Ok(());
+            }
+        }
+    }
+
+    /// Writes `snapshot` and waits, at most `timeout` in all, for the station to say which
+    /// snapshot it made durable first.
+    ///
+    /// A `submit-request` first makes this session pending: the first snapshot made durable
+    /// after it comes back as `forward-response` (WIRE.md), which is how a client learns its
+    /// write is durable. One deadline covers the whole wait: other devices' frames must not
+    /// stretch it past the station's pending window, after which no answer would come.
+    pub async fn write_confirmed(
+        &mut self,
+        snapshot: &[u8],
+        timeout: Duration,
+    ) -> Result<Write, StationError> {
+        self.send(Code::SubmitRequest, &[0]).await?;
+        self.send(Code::SubmitSnapshot, snapshot).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let (code, payload) = tokio::time::timeout_at(deadline, self.recv())
+                .await
+                .map_err(|_| StationError::Timeout(timeout))??;
+            match code {
+                Code::ForwardResponse if payload.as_ref() == snapshot => {
+                    return Ok(Write {
+                        confirmed: true,
+                        seen,
+                    });
+                }
+                Code::ForwardResponse => {
+                    seen.push(payload);
+                    return Ok(Write {
+                        confirmed: false,
+                        seen,
+                    });
+                }
+                Code::OfferSnapshot | Code::ForwardDelta => seen.push(payload),
+                _ => {}
             }
         }
     }

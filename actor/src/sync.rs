@@ -237,12 +237,7 @@ impl Device {
         member: &PublicIdentity,
         role: Role,
     ) -> Result<OpId, SyncError> {
-        let change = Change::Grant {
-            actor: member.id.to_string(),
-            role,
-            sealing: crate::b64(&member.sealing),
-        };
-        let op = self.record(id, change).await?;
+        let op = self.record(id, Change::grant(member, role)).await?;
         if role == Role::Revoked {
             // A delivery still queued from before must not hand it the keys after all.
             self.local.delivered(id, &member.id).await?;
@@ -255,18 +250,30 @@ impl Device {
 
     /// Takes `actor`'s role away; the keys rotate at the next sync.
     pub async fn revoke(&self, id: &ResourceId, actor: &ActorId) -> Result<OpId, SyncError> {
-        let state = self.state(id).await?;
-        let member = state
+        let member = self
+            .state(id)
+            .await?
             .acl
-            .members()
-            .find(|(a, _)| *a == actor)
-            .map(|(_, m)| *m)
+            .public(actor)
             .ok_or_else(|| SyncError::NotAMember(actor.to_string()))?;
-        let public = PublicIdentity {
-            id: *actor,
-            sealing: member.sealing,
-        };
-        self.share(id, &public, Role::Revoked).await
+        self.share(id, &member, Role::Revoked).await
+    }
+
+    /// Replaces the resource's access key and content key now and sends the new keys to every
+    /// member who still reads (an Owner or a Manager only). A revocation asks for this by
+    /// itself at the revoking device's next sync; this is for when that device is gone, or
+    /// the keys may have leaked.
+    pub async fn rotate_keys(&self, id: &ResourceId) -> Result<SyncReport, SyncError> {
+        let role = self.state(id).await?.acl.role(&self.identity.id());
+        if !matches!(role, Some(Role::Owner | Role::Manager)) {
+            let role = role.map_or("not a member", Role::name);
+            return Err(SyncError::NotAllowed(format!(
+                "only an owner or a manager rotates the keys of {}; this device is {role}",
+                id.as_str()
+            )));
+        }
+        self.local.set_rotation_due(id).await?;
+        self.sync(id).await
     }
 
     /// Takes up a resource `from` shared with this device, from the mailbox on `url`.
@@ -340,10 +347,7 @@ impl Device {
         let mut senders = vec![held.owner];
         for (actor, member) in state.acl.members() {
             if matches!(member.role, Role::Owner | Role::Manager) && *actor != held.owner.id {
-                senders.push(PublicIdentity {
-                    id: *actor,
-                    sealing: member.sealing,
-                });
+                senders.push(member.public);
             }
         }
         let had: HashSet<u32> = self
@@ -504,10 +508,10 @@ impl Device {
             if matches!(role, Some(Role::Owner | Role::Manager)) {
                 match self.rotate(&mut session, &held).await {
                     Ok(()) => report.rotated = true,
-                    // Another member rotated first: take its keys from the mailboxes next
-                    // round, then rotate again.
+                    // Someone rotated first: this device's other process with the same keys
+                    // (the next round finds them installed), or another member (the next
+                    // round takes its keys from the mailboxes, then rotates again).
                     Err(SyncError::Station(StationError::Closed(Close::Refused))) => {
-                        self.local.abandon_rotation(id).await?;
                         return Ok(false);
                     }
                     Err(e) => return Err(e),
@@ -574,10 +578,13 @@ impl Device {
     async fn rotate(&self, session: &mut Session, held: &Held) -> Result<(), SyncError> {
         let keys = self.local.keys(&held.id).await?;
         let epoch = keys.iter().map(ContentKey::epoch).max().unwrap_or(0) + 1;
-        let next_key = ContentKey::generate(epoch, &mut OsRng);
-        let next_access = AccessKey::generate(&mut OsRng);
-        self.local
-            .begin_rotation(&held.id, &next_access, &next_key)
+        let (next_access, _) = self
+            .local
+            .begin_rotation(
+                &held.id,
+                &AccessKey::generate(&mut OsRng),
+                &ContentKey::generate(epoch, &mut OsRng),
+            )
             .await?;
         session.rotate(&held.access, &next_access).await?;
         self.finish_rotation(&held.id).await
@@ -593,50 +600,28 @@ impl Device {
             .acl
             .members()
             .filter(|(actor, member)| member.role.reads() && **actor != me)
-            .map(|(actor, member)| PublicIdentity {
-                id: *actor,
-                sealing: member.sealing,
-            })
+            .map(|(_, member)| member.public)
             .collect();
         Ok(self.local.finish_rotation(id, &readers).await?)
     }
 
-    /// Writes `snapshot` and waits for the station to confirm it durable; operations arriving
-    /// meanwhile (other devices' deltas and snapshots) are taken in.
+    /// Writes `snapshot` and waits for the station to confirm it durable; operations that
+    /// arrived meanwhile (other devices' deltas and snapshots) are taken in.
     async fn write_snapshot(
         &self,
         session: &mut Session,
         held: &Held,
         snapshot: &[u8],
     ) -> Result<Written, SyncError> {
-        // A request makes this session pending: the first snapshot made durable after it
-        // comes back as forward-response, which is how a client learns its write is durable.
-        session.send(Code::SubmitRequest, &[0]).await?;
-        session.send(Code::SubmitSnapshot, snapshot).await?;
-        let mut written = Written::default();
-        // One deadline for the whole wait: other devices' deltas must not extend it past the
-        // station's pending window, after which no forward-response would come.
-        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
-        loop {
-            let (code, payload) = tokio::time::timeout_at(deadline, session.recv())
-                .await
-                .map_err(|_| StationError::Timeout(CONFIRM_TIMEOUT))??;
-            match code {
-                Code::ForwardResponse if payload.as_ref() == snapshot => {
-                    written.confirmed = true;
-                    return Ok(written);
-                }
-                Code::ForwardResponse => {
-                    // Someone else's snapshot landed first: take it in, write again next round.
-                    written.received += self.take_in(held, &payload).await?;
-                    return Ok(written);
-                }
-                Code::OfferSnapshot | Code::ForwardDelta => {
-                    written.received += self.take_in(held, &payload).await?;
-                }
-                _ => {}
-            }
+        let write = session.write_confirmed(snapshot, CONFIRM_TIMEOUT).await?;
+        let mut written = Written {
+            confirmed: write.confirmed,
+            received: 0,
+        };
+        for payload in &write.seen {
+            written.received += self.take_in(held, payload).await?;
         }
+        Ok(written)
     }
 
     /// Stores the operations of a snapshot or delta; returns how many were new.
@@ -655,6 +640,7 @@ impl Device {
             station: held.station.clone(),
             owner: held.owner.id.to_string(),
             owner_sealing: crate::b64(&held.owner.sealing),
+            owner_proof: crate::b64(&held.owner.proof),
             access: held.access.to_text().to_string(),
             keys: self
                 .local
@@ -678,18 +664,16 @@ impl Device {
         }
         let (mut session, _) = station.open(&mailbox.id, &mailbox.access).await?;
         let snapshot = mailbox.seal(&keyring, &mut OsRng);
-        session.send(Code::SubmitRequest, &[0]).await?;
-        session.send(Code::SubmitSnapshot, &snapshot).await?;
-        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
-        loop {
-            let (code, payload) = tokio::time::timeout_at(deadline, session.recv())
-                .await
-                .map_err(|_| StationError::Timeout(CONFIRM_TIMEOUT))??;
-            if code == Code::ForwardResponse && payload.as_ref() == snapshot.as_slice() {
-                break;
-            }
-        }
+        let write = session.write_confirmed(&snapshot, CONFIRM_TIMEOUT).await?;
         session.close().await;
+        if !write.confirmed {
+            // Only the two parties can write there: the recipient wrote over it. The
+            // delivery stays queued for the next sync.
+            return Err(StationError::Unexpected(
+                "another snapshot landed first in the mailbox".into(),
+            )
+            .into());
+        }
         Ok(())
     }
 

@@ -50,11 +50,17 @@ impl Sim {
     }
 
     fn grant(&self, actor: usize, role: Role) -> Change {
-        let public = self.actors[actor].public();
+        Change::grant(&self.actors[actor].public(), role)
+    }
+
+    /// A grant to `actor` naming `by`'s sealing key, with `by`'s proof of it.
+    fn grant_under_key_of(&self, by: usize, actor: usize, role: Role) -> Change {
+        let theirs = self.actors[by].public();
         Change::Grant {
-            actor: public.id.to_string(),
+            actor: self.actors[actor].id().to_string(),
             role,
-            sealing: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public.sealing),
+            sealing: b64(&theirs.sealing),
+            proof: b64(&theirs.proof),
         }
     }
 
@@ -65,6 +71,10 @@ impl Sim {
             ops,
         )
     }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 fn put(key: &str, value: &str) -> Change {
@@ -299,9 +309,44 @@ fn a_grant_to_a_degenerate_sealing_key_is_not_a_change() {
     let change = Change::Grant {
         actor: sim.actors[1].id().to_string(),
         role: Role::Viewer,
-        sealing: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0u8; 32]),
+        sealing: b64(&[0u8; 32]),
+        proof: b64(&sim.actors[1].public().proof),
     };
     assert_eq!(Change::decode(&change.encode()), None);
+}
+
+#[test]
+fn a_grant_naming_a_key_its_actor_did_not_sign_counts_for_nothing() {
+    let mut sim = Sim::new(4);
+    let m = sim.op(OWNER, &[], sim.grant(MANAGER, Role::Manager));
+    // The manager brings in a new member under a key of its own: were it counted, every key
+    // rotated to that member after the manager's revocation would reach the manager.
+    let planted = sim.op(
+        MANAGER,
+        &[&m],
+        sim.grant_under_key_of(MANAGER, EDITOR, Role::Editor),
+    );
+    let written = sim.op(EDITOR, &[&planted], put("x", "1"));
+    // A proof that is no signature of the key at all.
+    let mut forged = sim.grant(VIEWER, Role::Viewer);
+    if let Change::Grant { proof, .. } = &mut forged {
+        *proof = b64(&[7; 64]);
+    }
+    let forged = sim.op(OWNER, &[&m], forged);
+    let merged = sim.merge(&[m.clone(), planted.clone(), written.clone(), forged.clone()]);
+    assert_eq!(rejected(&merged, &planted), Some(Rejection::UnprovenKey));
+    assert_eq!(rejected(&merged, &forged), Some(Rejection::UnprovenKey));
+    assert_eq!(rejected(&merged, &written), Some(Rejection::NotAllowed));
+    assert_eq!(merged.acl.role(&sim.actors[EDITOR].id()), None);
+    assert_eq!(merged.acl.role(&sim.actors[VIEWER].id()), None);
+
+    // The same member granted with its own proved key counts.
+    let granted = sim.op(MANAGER, &[&m], sim.grant(EDITOR, Role::Editor));
+    let merged = sim.merge(&[m, granted]);
+    assert_eq!(
+        merged.acl.public(&sim.actors[EDITOR].id()),
+        Some(sim.actors[EDITOR].public())
+    );
 }
 
 /// A random history: each step, a random actor makes a random change on top of a random
@@ -323,10 +368,12 @@ fn history(steps: &[(usize, u8, Vec<usize>)]) -> (Sim, Vec<SignedOperation>) {
         let deps: Vec<SignedOperation> = deps.into_iter().cloned().collect();
         let refs: Vec<&SignedOperation> = deps.iter().collect();
         let target = usize::from(*kind) % 4;
-        let change = match kind % 6 {
+        let change = match kind % 7 {
             0 => sim.grant(target, Role::Manager),
             1 => sim.grant(target, Role::Editor),
             2 => sim.grant(target, Role::Revoked),
+            // Grants under another actor's key: never counted, and never a reason to stop.
+            6 => sim.grant_under_key_of(*actor % 4, target, Role::Editor),
             3 => Change::Delete {
                 key: format!("k{}", kind % 3),
             },

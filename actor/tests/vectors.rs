@@ -7,9 +7,12 @@
 
 use base64::Engine as _;
 use serde_json::json;
+use zbase_actor::access::AccessKey;
 use zbase_actor::envelope::{self, ContentKey};
+use zbase_actor::mailbox::{EpochKey, Keyring, Mailbox};
+use zbase_actor::merge::Change;
 use zbase_actor::operation::{OpId, Operation, SignedOperation};
-use zbase_actor::{Identity, seal};
+use zbase_actor::{Identity, Role, bundle, seal};
 use zbase_proto::wire::ResourceId;
 
 fn b64(bytes: &[u8]) -> String {
@@ -59,12 +62,56 @@ fn vectors() -> serde_json::Value {
         SignedOperation::decode(operation.token()).unwrap(),
         operation
     );
+    // The owner grants the member a role after that operation; both in one bundle.
+    let grant = Operation {
+        resource,
+        actor: owner.id(),
+        clock: 4,
+        deps: vec![operation.id()],
+        payload: Change::grant(&member.public(), Role::Editor).encode(),
+    }
+    .sign(&owner)
+    .unwrap();
+    let bundled = bundle::encode([&operation, &grant]);
+    assert_eq!(bundle::decode(&bundled).unwrap().operations.len(), 2);
+
+    // The owner hands the member the keys through their mailbox.
+    let mailbox = Mailbox::outgoing(&owner, &member.public(), &resource).unwrap();
+    let access = AccessKey::from_seed(&[0xbb; 32]);
+    let keyring = Keyring {
+        version: 1,
+        resource: resource.as_str().to_owned(),
+        station: "wss://station.example:8443".into(),
+        owner: owner.id().to_string(),
+        owner_sealing: b64(&owner.public().sealing),
+        owner_proof: b64(&owner.public().proof),
+        access: access.to_text().to_string(),
+        keys: vec![EpochKey {
+            epoch: 1,
+            key: b64(key.bytes()),
+        }],
+    };
+    let keyring_json = serde_json::to_vec(&keyring).unwrap();
+    let mailbox_nonce = [0xcc; 12];
+    let mailbox_snapshot =
+        envelope::encrypt_with_nonce(mailbox.key(), &mailbox.id, &keyring_json, mailbox_nonce);
+    let read = Mailbox::incoming(&member, &owner.public(), &resource).unwrap();
+    assert_eq!(read.open(&mailbox_snapshot, &resource).unwrap(), keyring);
+
+    // A revocation replaces that access key at the station (docs/KEY-ROTATION.md).
+    let next = AccessKey::from_seed(&[0xdd; 32]);
+    let challenge = [0xee; 32];
+    let rotation = access.rotation_payload(&next, &challenge, &resource);
+    let public_x = |key: &AccessKey| key.jwk()["x"].as_str().unwrap().to_owned();
+
     let identity = |identity: &Identity, secrets: &([u8; 32], [u8; 32])| {
         json!({
             "signingSecret": b64(&secrets.0),
             "sealingSecret": b64(&secrets.1),
             "actorId": identity.id().to_string(),
             "sealingPublic": b64(&identity.public().sealing),
+            "sealingProof": b64(&identity.public().proof),
+            "publicIdentity": identity.public().to_text(),
         })
     };
     json!({
@@ -92,6 +139,36 @@ fn vectors() -> serde_json::Value {
             "payload": b64(b"set todo"),
             "token": b64(operation.token()),
             "id": operation.id().to_string(),
+        },
+        "grant": {
+            "actor": "owner",
+            "clock": 4,
+            "payload": b64(grant.operation().payload.as_slice()),
+            "token": b64(grant.token()),
+        },
+        "bundle": {
+            "tokens": [b64(operation.token()), b64(grant.token())],
+            "bundle": b64(&bundled),
+        },
+        "mailbox": {
+            "from": "owner",
+            "to": "member",
+            "id": mailbox.id.as_str(),
+            "access": mailbox.access.to_text().to_string(),
+            "accessPublic": public_x(&mailbox.access),
+            "key": b64(mailbox.key().bytes()),
+            "keyring": b64(&keyring_json),
+            "nonce": b64(&mailbox_nonce),
+            "snapshot": b64(&mailbox_snapshot),
+        },
+        "rotation": {
+            "current": access.to_text().to_string(),
+            "currentPublic": public_x(&access),
+            "next": next.to_text().to_string(),
+            "nextPublic": public_x(&next),
+            "nextThumbprint": b64(&next.thumbprint()),
+            "challenge": b64(&challenge),
+            "payload": b64(&rotation),
         },
     })
 }

@@ -105,6 +105,89 @@ const actor = {
       const sig = new Uint8Array(await subtle.sign({ name: 'Ed25519' }, key, body));
       return b64uEncode(concat(body, sig));
     });
+
+    // Public identity: the member's signature of its own sealing key verifies, and signing it
+    // again gives the same bytes; the owner's signature does not stand for the member's key.
+    const proofMessage = (who) => concat(ascii('zbase sealing key v1'), b64uDecode(who.actorId),
+      b64uDecode(who.sealingPublic));
+    await note('sealingProofVerifies', async () => {
+      const key = await subtle.importKey('raw', b64uDecode(member.actorId), { name: 'Ed25519' }, false, ['verify']);
+      return subtle.verify({ name: 'Ed25519' }, key, b64uDecode(member.sealingProof), proofMessage(member));
+    });
+    await note('sealingProofOfAnotherRefused', async () => {
+      const key = await subtle.importKey('raw', b64uDecode(member.actorId), { name: 'Ed25519' }, false, ['verify']);
+      return !(await subtle.verify({ name: 'Ed25519' }, key, b64uDecode(owner.sealingProof), proofMessage(member)));
+    });
+    await note('sealingProofMade', async () => {
+      const key = await okpPrivate('Ed25519', member.signingSecret, member.actorId, ['sign']);
+      return b64uEncode(new Uint8Array(await subtle.sign({ name: 'Ed25519' }, key, proofMessage(member))));
+    });
+
+    // Bundle: the same tokens make the same bytes.
+    await note('bundleMade', async () => {
+      const tokens = v.bundle.tokens.map(b64uDecode);
+      return b64uEncode(concat(ascii('zbb1'), u32(tokens.length), ...tokens.flatMap((t) => [u32(t.length), t])));
+    });
+    // Grant: the owner's operation names the member with the member's own proof of its key.
+    const grantToken = b64uDecode(v.grant.token);
+    await note('grantVerifies', async () => {
+      const key = await subtle.importKey('raw', b64uDecode(owner.actorId), { name: 'Ed25519' }, false, ['verify']);
+      return subtle.verify({ name: 'Ed25519' }, key, grantToken.slice(grantToken.length - 64),
+        grantToken.slice(0, grantToken.length - 64));
+    });
+    await note('grantProofVerifies', async () => {
+      const grant = JSON.parse(new TextDecoder().decode(b64uDecode(v.grant.payload)));
+      const key = await subtle.importKey('raw', b64uDecode(grant.actor), { name: 'Ed25519' }, false, ['verify']);
+      return grant.op === 'grant' && grant.actor === member.actorId && subtle.verify({ name: 'Ed25519' }, key,
+        b64uDecode(grant.proof), proofMessage({ actorId: grant.actor, sealingPublic: grant.sealing }));
+    });
+
+    // Mailbox: the member derives it from its X25519 secret and the owner's public key alone,
+    // and opens the keyring the owner left there.
+    const mb = v.mailbox;
+    await note('mailboxDerived', async () => {
+      const mine = await okpPrivate('X25519', member.sealingSecret, member.sealingPublic, ['deriveBits']);
+      const theirs = await subtle.importKey('raw', b64uDecode(owner.sealingPublic), { name: 'X25519' }, false, []);
+      const shared = await subtle.deriveBits({ name: 'X25519', public: theirs }, mine, 256);
+      const base = await subtle.importKey('raw', shared, 'HKDF', false, ['deriveBits']);
+      const salt = concat(resource, b64uDecode(member.actorId));
+      const derive = async (info) => b64uEncode(new Uint8Array(await subtle.deriveBits(
+        { name: 'HKDF', hash: 'SHA-256', salt, info: ascii(info) }, base, 256)));
+      return {
+        id: await derive('zbase/v1/mailbox/id'),
+        access: await derive('zbase/v1/mailbox/access'),
+        key: await derive('zbase/v1/mailbox/key'),
+      };
+    });
+    await note('mailboxOpens', async () => {
+      const snapshot = b64uDecode(mb.snapshot);
+      const key = await aesKey(b64uDecode(mb.key), new Uint8Array(0), 'zbase/v1/envelope');
+      const plain = new Uint8Array(await subtle.decrypt({ name: 'AES-GCM', iv: snapshot.slice(8, 20),
+        additionalData: concat(snapshot.slice(0, 8), ascii(mb.id)) }, key, snapshot.slice(20)));
+      const keyring = JSON.parse(new TextDecoder().decode(plain));
+      const ownerKey = await subtle.importKey('raw', b64uDecode(keyring.owner), { name: 'Ed25519' }, false, ['verify']);
+      const ownerProved = await subtle.verify({ name: 'Ed25519' }, ownerKey, b64uDecode(keyring.ownerProof),
+        proofMessage({ actorId: keyring.owner, sealingPublic: keyring.ownerSealing }));
+      return { keyring: b64uEncode(plain), ownerProved };
+    });
+
+    // Rotation (docs/KEY-ROTATION.md): the rotate-key payload, made again from the two keys.
+    const r = v.rotation;
+    await note('rotationThumbprint', async () => b64uEncode(new Uint8Array(await subtle.digest('SHA-256',
+      ascii(`{"crv":"Ed25519","kty":"OKP","x":"${r.nextPublic}"}`)))));
+    await note('rotationMade', async () => {
+      const challenge = b64uDecode(r.challenge);
+      const thumbprint = new Uint8Array(await subtle.digest('SHA-256',
+        ascii(`{"crv":"Ed25519","kty":"OKP","x":"${r.nextPublic}"}`)));
+      const next = await okpPrivate('Ed25519', r.next, r.nextPublic, ['sign']);
+      const current = await okpPrivate('Ed25519', r.current, r.currentPublic, ['sign']);
+      const sign = async (key, message) => b64uEncode(new Uint8Array(await subtle.sign({ name: 'Ed25519' }, key, message)));
+      return JSON.stringify({
+        authorization: await sign(current, concat(ascii('zbase/v1/rotate'), challenge, resource, thumbprint)),
+        jwk: { crv: 'Ed25519', kty: 'OKP', x: r.nextPublic },
+        proof: await sign(next, concat(ascii('zbase/v1/rotate-proof'), challenge, resource)),
+      });
+    });
     return record;
   },
 };

@@ -317,6 +317,37 @@ async fn scenario(scheme: &str) {
     // written after the revocation.
     let error = friend.fails(&["sync", r]).await;
     assert!(error.contains("taken away"), "{error}");
+    // Syncing everything, a resource of its own still syncs beside the one taken away, and
+    // the failure is reported for that one alone.
+    let own = friend.ok(&["create", "--station", &url]).await;
+    let own = own["resource"]
+        .as_str()
+        .expect("create prints the resource");
+    friend.ok(&["put", own, "note", "mine", "--offline"]).await;
+    let all = friend.run(&["sync"]).await;
+    assert!(!all.status.success(), "one resource could not sync");
+    let lines: Vec<Value> = String::from_utf8_lossy(&all.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON document per line"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["resource"] == own && l["sync"]["confirmed"] == true),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l["resource"] == r
+            && l["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("taken away"))),
+        "{lines:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&all.stderr).contains("1 of 2 resources did not sync"),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
     assert_eq!(
         friend.values(r).await.get("shape").map(String::as_str),
         Some("MARKER-round-77aa")
@@ -606,4 +637,85 @@ async fn keys_reach_the_members_after_a_lost_rotation_answer_and_never_a_revoked
     );
     let error = dropped.fails(&["join", r, "--from", &owner_id]).await;
     assert!(error.contains("nothing shared"), "{error}");
+}
+
+/// `zbase rotate` replaces the keys on request (an owner's or manager's), and two `zbase`
+/// processes on one home carrying out the same due rotation at once agree on its keys: the
+/// device is not locked out of its own resource, and the members get the keys it holds.
+#[tokio::test]
+async fn a_rotation_on_request_and_two_processes_rotating_at_once() {
+    let station = Station::start().await;
+    let url = format!("ws://{}", station.addr());
+    let (owner, member, third) = (
+        Device::new(&url).await,
+        Device::new(&url).await,
+        Device::new(&url).await,
+    );
+    let r = owner.ok(&["create"]).await["resource"]
+        .as_str()
+        .expect("a resource")
+        .to_owned();
+    let r = r.as_str();
+    let owner_id = owner.identity().await;
+    owner
+        .ok(&["share", r, &member.identity().await, "editor"])
+        .await;
+    member.ok(&["join", r, "--from", &owner_id]).await;
+
+    // On request: new keys, sent to the member, who is cut off and finds them in its mailbox.
+    let rotated = owner.ok(&["rotate", r]).await;
+    assert_eq!(rotated["sync"]["rotated"], true, "{rotated}");
+    assert_eq!(rotated["sync"]["delivered"], 1, "{rotated}");
+    owner.ok(&["put", r, "after", "one"]).await;
+    member.ok(&["sync", r]).await;
+    assert_eq!(
+        member.values(r).await.get("after").map(String::as_str),
+        Some("one")
+    );
+    // An editor may not.
+    let error = member.fails(&["rotate", r]).await;
+    assert!(
+        error.contains("only an owner or a manager rotates"),
+        "{error}"
+    );
+
+    // A revocation recorded offline, then two syncs of the same home at once: both carry out
+    // the due rotation, one of them wins at the station.
+    owner
+        .ok(&["share", r, &third.identity().await, "viewer"])
+        .await;
+    third.ok(&["join", r, "--from", &owner_id]).await;
+    owner
+        .ok(&["revoke", r, &third.actor().await, "--offline"])
+        .await;
+    let sync = ["sync", r];
+    let (a, b) = tokio::join!(owner.run(&sync), owner.run(&sync));
+    for out in [&a, &b] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rotations = [&a, &b]
+        .iter()
+        .filter(|out| {
+            let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+            report["sync"]["rotated"] == true
+        })
+        .count();
+    assert!(rotations >= 1, "one of them rotated");
+
+    // The device still syncs with the keys it installed, the member reads what it writes
+    // next, and the revoked viewer is out.
+    owner.ok(&["put", r, "after", "two"]).await;
+    let synced = owner.ok(&["sync", r]).await;
+    assert_eq!(synced["sync"]["confirmed"], true, "{synced}");
+    member.ok(&["sync", r]).await;
+    assert_eq!(
+        member.values(r).await.get("after").map(String::as_str),
+        Some("two")
+    );
+    let error = third.fails(&["sync", r]).await;
+    assert!(error.contains("taken away"), "{error}");
 }

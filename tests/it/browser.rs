@@ -88,6 +88,28 @@ async fn webcrypto_opens_and_reproduces_the_actor_formats() {
     expect("operationAlteredRefused", &Value::Bool(true));
     expect("operationId", &vectors["operation"]["id"]);
     expect("operationMade", &vectors["operation"]["token"]);
+    expect("sealingProofVerifies", &Value::Bool(true));
+    expect("sealingProofOfAnotherRefused", &Value::Bool(true));
+    expect("sealingProofMade", &vectors["member"]["sealingProof"]);
+    expect("bundleMade", &vectors["bundle"]["bundle"]);
+    expect("grantVerifies", &Value::Bool(true));
+    expect("grantProofVerifies", &Value::Bool(true));
+    let mailbox = &vectors["mailbox"];
+    expect(
+        "mailboxDerived",
+        &json!({"id": mailbox["id"], "access": mailbox["access"], "key": mailbox["key"]}),
+    );
+    expect(
+        "mailboxOpens",
+        &json!({"keyring": mailbox["keyring"], "ownerProved": true}),
+    );
+    expect("rotationThumbprint", &vectors["rotation"]["nextThumbprint"]);
+    let payload = decode_b64url(vectors["rotation"]["payload"].as_str().expect("a string"))
+        .expect("base64url");
+    expect(
+        "rotationMade",
+        &Value::String(String::from_utf8(payload).expect("JSON is UTF-8")),
+    );
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use zbase_actor::station::StationError;
@@ -107,6 +107,13 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Replaces the resource's keys now (owners and managers): after a revocation made on a
+    /// device that is gone, or whenever its keys may have leaked.
+    Rotate {
+        /// The resource.
+        #[arg(allow_hyphen_values = true)]
+        resource: String,
+    },
     /// Lists the members and their roles.
     Members {
         /// The resource.
@@ -158,7 +165,7 @@ fn resource(text: &str) -> anyhow::Result<ResourceId> {
 fn member(text: &str) -> anyhow::Result<PublicIdentity> {
     PublicIdentity::parse(text).ok_or_else(|| {
         anyhow!(
-            "{text:?} is not a public identity: ask the member for the output of `zbase whoami`"
+            "{text:?} is not a public identity, or its signature does not match its key: ask the member for the output of `zbase whoami`"
         )
     })
 }
@@ -359,6 +366,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let op = device.revoke(&id, &actor).await?;
             changed(&device, &out, &id, op, offline, &format!("Revoked {actor}")).await?;
         }
+        Command::Rotate { resource: res } => {
+            let id = resource(&res)?;
+            let report = device.rotate_keys(&id).await?;
+            out.print(
+                || format!("{}: {}", id.as_str(), describe(&report)),
+                json!({"resource": id.as_str(), "sync": report}),
+            );
+        }
         Command::Members { resource: res } => {
             let id = resource(&res)?;
             let state = device.state(&id).await?;
@@ -397,15 +412,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Sync { resource: res } => {
-            let ids = match res {
-                Some(res) => vec![resource(&res)?],
-                None => device.resources().await?,
-            };
-            for id in ids {
+            if let Some(res) = res {
+                let id = resource(&res)?;
                 let report = device.sync(&id).await?;
                 out.print(
                     || format!("{}: {}", id.as_str(), describe(&report)),
                     json!({"resource": id.as_str(), "sync": report}),
+                );
+                return Ok(());
+            }
+            // Every resource: one that fails (its station down, access taken away) must not
+            // keep the others from syncing. Each failure is reported beside it.
+            let ids = device.resources().await?;
+            let mut failed = 0;
+            for id in &ids {
+                match device.sync(id).await {
+                    Ok(report) => out.print(
+                        || format!("{}: {}", id.as_str(), describe(&report)),
+                        json!({"resource": id.as_str(), "sync": report}),
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        out.print(
+                            || format!("{}: failed: {e}", id.as_str()),
+                            json!({"resource": id.as_str(), "error": e.to_string()}),
+                        );
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!(
+                    "{failed} of {} resources did not sync (see above); the others did",
+                    ids.len()
                 );
             }
         }
