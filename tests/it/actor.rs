@@ -109,7 +109,7 @@ impl Device {
             .await
             .split('.')
             .next()
-            .expect("id.key")
+            .expect("id.sealing.proof")
             .to_owned()
     }
 
@@ -391,6 +391,13 @@ async fn scenario(scheme: &str) {
         secrets.push((
             format!("{name}'s sealing key, raw"),
             zbase_proto::wire::decode_b64url(sealing).expect("base64url"),
+        ));
+        // The proof names its actor as surely as the key does.
+        let proof = identity.split('.').nth(2).expect("id.sealing.proof");
+        secrets.push((format!("{name}'s sealing proof"), proof.as_bytes().to_vec()));
+        secrets.push((
+            format!("{name}'s sealing proof, raw"),
+            zbase_proto::wire::decode_b64url(proof).expect("base64url"),
         ));
         let raw = zbase_actor::ActorId::parse(&actor).expect("an actor id");
         secrets.push((format!("{name}'s actor id, raw"), raw.as_bytes().to_vec()));
