@@ -44,8 +44,10 @@ pub enum LocalError {
     Io(#[from] std::io::Error),
     /// The database was made by an older zbase.
     #[error(
-        "{0} was made by an earlier zbase whose format cannot be carried forward; move it \
-         aside, `zbase init` a new home and join the resources again"
+        "the database in {0} was made by an earlier zbase and cannot be carried forward (its \
+         grants lack the proofs this version checks): move zbase.db aside, keeping \
+         identity.json (it is who you are), and have each resource shared with you again; \
+         resources created by the earlier zbase stay with it"
     )]
     OldFormat(PathBuf),
     /// The database was made by a newer zbase.
@@ -133,15 +135,18 @@ impl Local {
             .journal_mode(SqliteJournalMode::Wal)
             // Nothing acknowledged to the user (a put, a new key) may vanish in a crash.
             .synchronous(SqliteSynchronous::Full);
-        let db = sqlx::pool::PoolOptions::new()
+        let db: SqlitePool = sqlx::pool::PoolOptions::new()
             .max_connections(1)
             .connect_with(options)
             .await?;
+        // One immediate transaction: a second process opening a new home at the same moment
+        // must see either nothing or the whole layout with its number, never tables without.
+        let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(&db)
+            .fetch_one(&mut *tx)
             .await?;
         let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master")
-            .fetch_one(&db)
+            .fetch_one(&mut *tx)
             .await?;
         if version > SCHEMA_VERSION {
             return Err(LocalError::NewerFormat(home.to_owned(), version));
@@ -149,10 +154,11 @@ impl Local {
         if version < SCHEMA_VERSION && tables > 0 {
             return Err(LocalError::OldFormat(home.to_owned()));
         }
-        sqlx::raw_sql(SCHEMA).execute(&db).await?;
+        sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
         sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
-            .execute(&db)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(Local {
             home: home.to_owned(),
             db,
@@ -330,29 +336,36 @@ impl Local {
     }
 
     /// Records a rotation about to be sent, so a crash after the station took it loses nothing;
-    /// returns the keys to send.
+    /// returns the keys to send: `access` and `key` for the epoch after the newest held.
     ///
-    /// If keys for the same epoch are already recorded (a rotation another `zbase` process on
-    /// this home is sending, or one whose answer was lost), those are returned instead of
-    /// `access` and `key`: two processes rotating at once then send the same keys, so whichever
-    /// the station takes, both install the same ones. Keys recorded for an older epoch (a
-    /// rotation another member made first) are replaced.
+    /// If keys for that epoch are already recorded (a rotation another `zbase` process on this
+    /// home is sending, or one whose answer was lost), those are returned instead: two
+    /// processes rotating at once then send the same keys, so whichever the station takes,
+    /// both install the same ones. Keys recorded for an older epoch (a rotation another member
+    /// made first) are replaced. The epoch is read in the same immediate transaction, so a
+    /// process that read the keys earlier cannot record a stale epoch.
     pub async fn begin_rotation(
         &self,
         id: &ResourceId,
         access: &AccessKey,
-        key: &ContentKey,
+        key: &[u8; 32],
     ) -> Result<(AccessKey, ContentKey), LocalError> {
-        let mut tx = self.db.begin().await?;
+        let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
+        let epoch: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(epoch), 0) + 1 FROM content_keys WHERE resource = ?",
+        )
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE resources SET next_access = ?, next_epoch = ?, next_key = ?
-             WHERE id = ? AND (next_epoch IS NULL OR next_epoch <> ?)",
+             WHERE id = ? AND (next_epoch IS NULL OR next_epoch < ?)",
         )
         .bind(access.to_text().as_str())
-        .bind(i64::from(key.epoch()))
-        .bind(crate::b64(key.bytes()))
+        .bind(epoch)
+        .bind(crate::b64(key))
         .bind(id.as_str())
-        .bind(i64::from(key.epoch()))
+        .bind(epoch)
         .execute(&mut *tx)
         .await?;
         let row =
@@ -368,30 +381,62 @@ impl Local {
         ))
     }
 
-    /// The station took the rotation: its keys become the resource's, and `readers` are
-    /// queued to be sent them, in one transaction (a crash cannot install the keys and forget
-    /// the members).
+    /// The station took the rotation to `sent`: the recorded keys become the resource's, and
+    /// `readers` are queued to be sent them, in one transaction (a crash cannot install the
+    /// keys and forget the members). Returns false, changing nothing, if the record is no
+    /// longer that rotation's (another process on this home finished it already).
     pub async fn finish_rotation(
         &self,
         id: &ResourceId,
+        sent: &AccessKey,
         readers: &[PublicIdentity],
-    ) -> Result<(), LocalError> {
-        let held = self.resource(id).await?;
-        let Some((access, key)) = held.rotating else {
-            return Ok(());
+    ) -> Result<bool, LocalError> {
+        let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
+        let row =
+            sqlx::query("SELECT next_access, next_epoch, next_key FROM resources WHERE id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| LocalError::UnknownResource(id.as_str().to_owned()))?;
+        let (Some(next), Some(epoch), Some(key)) = (
+            row.get::<Option<&str>, _>(0),
+            row.get::<Option<i64>, _>(1),
+            row.get::<Option<&str>, _>(2),
+        ) else {
+            return Ok(false);
         };
-        let mut tx = self.db.begin().await?;
-        sqlx::query("INSERT OR REPLACE INTO content_keys (resource, epoch, key) VALUES (?, ?, ?)")
-            .bind(id.as_str())
-            .bind(i64::from(key.epoch()))
-            .bind(crate::b64(key.bytes()))
-            .execute(&mut *tx)
-            .await?;
+        if next != sent.to_text().as_str() {
+            return Ok(false);
+        }
+        let key = content_key(epoch, key)?;
+        let held: Option<String> =
+            sqlx::query_scalar("SELECT key FROM content_keys WHERE resource = ? AND epoch = ?")
+                .bind(id.as_str())
+                .bind(epoch)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match held {
+            // Never replace a key of an epoch: data may already be written under it.
+            Some(held) if held != crate::b64(key.bytes()) => {
+                return Err(LocalError::Corrupt(format!(
+                    "a rotation to epoch {epoch} was taken, but that epoch already has another key"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                sqlx::query("INSERT INTO content_keys (resource, epoch, key) VALUES (?, ?, ?)")
+                    .bind(id.as_str())
+                    .bind(epoch)
+                    .bind(crate::b64(key.bytes()))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         sqlx::query(
             "UPDATE resources SET access = ?, next_access = NULL, next_epoch = NULL,
              next_key = NULL, rotation_due = 0 WHERE id = ?",
         )
-        .bind(access.to_text().as_str())
+        .bind(sent.to_text().as_str())
         .bind(id.as_str())
         .execute(&mut *tx)
         .await?;
@@ -399,6 +444,21 @@ impl Local {
             insert_delivery(&mut *tx, id, member).await?;
         }
         tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Forgets a recorded rotation whose epoch this device now holds keys for: another member
+    /// rotated first, so the recorded keys will never be the station's.
+    pub async fn drop_stale_rotation(&self, id: &ResourceId) -> Result<(), LocalError> {
+        sqlx::query(
+            "UPDATE resources SET next_access = NULL, next_epoch = NULL, next_key = NULL
+             WHERE id = ? AND next_epoch <=
+               (SELECT COALESCE(MAX(epoch), 0) FROM content_keys WHERE resource = ?)",
+        )
+        .bind(id.as_str())
+        .bind(id.as_str())
+        .execute(&self.db)
+        .await?;
         Ok(())
     }
 
@@ -459,8 +519,30 @@ impl Local {
         insert_delivery(&self.db, id, member).await
     }
 
-    /// `member` has its keys.
-    pub async fn delivered(&self, id: &ResourceId, member: &ActorId) -> Result<(), LocalError> {
+    /// `member` was sent the keys with access key `access`: done, unless the resource's
+    /// access key changed meanwhile (a rotation by this home's other process, which queued
+    /// the member again for the new keys).
+    pub async fn delivered(
+        &self,
+        id: &ResourceId,
+        member: &ActorId,
+        access: &AccessKey,
+    ) -> Result<(), LocalError> {
+        sqlx::query(
+            "DELETE FROM deliveries WHERE resource = ? AND member = ?
+             AND (SELECT access FROM resources WHERE id = ?) = ?",
+        )
+        .bind(id.as_str())
+        .bind(member.to_string())
+        .bind(id.as_str())
+        .bind(access.to_text().as_str())
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// `member` is to get no keys after all (it no longer reads).
+    pub async fn drop_delivery(&self, id: &ResourceId, member: &ActorId) -> Result<(), LocalError> {
         sqlx::query("DELETE FROM deliveries WHERE resource = ? AND member = ?")
             .bind(id.as_str())
             .bind(member.to_string())
@@ -529,7 +611,10 @@ mod tests {
         db.close().await;
         let error = Local::open(old.path()).await.err().expect("refused");
         assert!(matches!(error, LocalError::OldFormat(_)), "{error}");
-        assert!(error.to_string().contains("zbase init"), "{error}");
+        assert!(
+            error.to_string().contains("keeping identity.json"),
+            "{error}"
+        );
 
         // One from a newer zbase.
         let newer = SqlitePool::connect_with(
@@ -557,31 +642,74 @@ mod tests {
             .add_resource(&id, "ws://127.0.0.1:1", &owner, &access(1))
             .await
             .expect("added");
-        let epoch = |n: u32, k: u8| ContentKey::from_bytes(n, [k; 32]);
+        local
+            .add_keys(&id, &[ContentKey::from_bytes(1, [10; 32])])
+            .await
+            .expect("epoch 1");
         let first = local
-            .begin_rotation(&id, &access(2), &epoch(2, 20))
+            .begin_rotation(&id, &access(2), &[20; 32])
             .await
             .expect("begun");
-        // A second process, or a retry after a lost answer, proposes other keys for the same
-        // epoch: it gets the ones recorded first.
+        assert_eq!((first.0.clone(), first.1.epoch()), (access(2), 2));
+        // A second process, or a retry after a lost answer, proposes other keys: it gets the
+        // ones recorded first, for the same epoch.
         let second = local
-            .begin_rotation(&id, &access(3), &epoch(2, 30))
+            .begin_rotation(&id, &access(3), &[30; 32])
             .await
             .expect("begun");
-        assert_eq!(first.0, access(2));
         assert_eq!(second.0, access(2));
-        assert_eq!(second.1.bytes(), &[20; 32]);
-        // Another member took epoch 2 first; the next rotation is for epoch 3, with new keys.
-        let third = local
-            .begin_rotation(&id, &access(4), &epoch(3, 40))
-            .await
-            .expect("begun");
-        assert_eq!(third.0, access(4));
-        assert_eq!((third.1.epoch(), third.1.bytes()), (3, &[40; 32]));
-        assert!(local.resource(&id).await.expect("held").rotating.is_some());
-        local.finish_rotation(&id, &[]).await.expect("finished");
+        assert_eq!((second.1.epoch(), second.1.bytes()), (2, &[20; 32]));
+
+        // Finishing a rotation that is not the recorded one changes nothing.
+        assert!(
+            !local
+                .finish_rotation(&id, &access(3), &[])
+                .await
+                .expect("ok")
+        );
+        assert_eq!(local.resource(&id).await.expect("held").access, access(1));
+        assert!(
+            local
+                .finish_rotation(&id, &access(2), &[])
+                .await
+                .expect("ok")
+        );
         let held = local.resource(&id).await.expect("held");
         assert!(held.rotating.is_none());
-        assert_eq!(held.access, access(4));
+        assert_eq!(held.access, access(2));
+        // The other process finishing too finds nothing left to do.
+        assert!(
+            !local
+                .finish_rotation(&id, &access(2), &[])
+                .await
+                .expect("ok")
+        );
+
+        // The next rotation is for epoch 3 whatever a process read before: the epoch comes
+        // from the keys held when it is recorded. A slower process then reuses it.
+        let third = local
+            .begin_rotation(&id, &access(4), &[40; 32])
+            .await
+            .expect("begun");
+        assert_eq!((third.1.epoch(), third.1.bytes()), (3, &[40; 32]));
+        let slower = local
+            .begin_rotation(&id, &access(5), &[50; 32])
+            .await
+            .expect("begun");
+        assert_eq!(slower.0, access(4));
+
+        // Another member took epoch 3 first: its key arrives, the record is stale and goes,
+        // and the next rotation is for epoch 4.
+        local
+            .add_keys(&id, &[ContentKey::from_bytes(3, [33; 32])])
+            .await
+            .expect("their epoch 3");
+        local.drop_stale_rotation(&id).await.expect("dropped");
+        assert!(local.resource(&id).await.expect("held").rotating.is_none());
+        let fourth = local
+            .begin_rotation(&id, &access(6), &[60; 32])
+            .await
+            .expect("begun");
+        assert_eq!((fourth.0, fourth.1.epoch()), (access(6), 4));
     }
 }

@@ -53,11 +53,14 @@ pub struct EpochKey {
     pub key: String,
 }
 
+/// The keyring format this version writes and reads. Version 1 had no owner proof.
+pub const KEYRING_VERSION: u32 = 2;
+
 /// Everything a member needs to use a resource, as one member sends it to another.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq, Debug)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Keyring {
-    /// Format version, 1.
+    /// Format version, [`KEYRING_VERSION`].
     pub version: u32,
     /// The resource.
     pub resource: String,
@@ -166,11 +169,26 @@ impl Mailbox {
             &self.id,
             snapshot,
         )?);
-        let keyring: Keyring =
-            serde_json::from_slice(&json).map_err(|e| MailboxError::NotAKeyring(e.to_string()))?;
-        if keyring.version != 1 || keyring.resource != resource.as_str() {
+        // The version first, so a keyring of another version is named as such rather than
+        // as a field missing or unknown.
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let bad = |e: serde_json::Error| MailboxError::NotAKeyring(e.to_string());
+        let version = serde_json::from_slice::<Versioned>(&json)
+            .map_err(bad)?
+            .version;
+        if version != KEYRING_VERSION {
+            return Err(MailboxError::NotAKeyring(format!(
+                "it is of version {version}, and this zbase reads version {KEYRING_VERSION}: \
+                 the sharer's zbase is of another release; share again once both match"
+            )));
+        }
+        let keyring: Keyring = serde_json::from_slice(&json).map_err(bad)?;
+        if keyring.resource != resource.as_str() {
             return Err(MailboxError::NotAKeyring(
-                "another version or another resource".into(),
+                "it is about another resource".into(),
             ));
         }
         Ok(keyring)
@@ -184,7 +202,7 @@ mod tests {
 
     fn keyring(resource: &ResourceId) -> Keyring {
         Keyring {
-            version: 1,
+            version: KEYRING_VERSION,
             resource: resource.as_str().to_owned(),
             station: "ws://127.0.0.1:1".into(),
             owner: "o".into(),
@@ -230,6 +248,23 @@ mod tests {
             assert_ne!(mailbox.access, sent.access);
         }
         assert!(third.open(&snapshot, &resource).is_err());
+    }
+
+    #[test]
+    fn a_keyring_of_another_version_is_named_as_such() {
+        let (a, b) = (
+            Identity::generate(&mut OsRng),
+            Identity::generate(&mut OsRng),
+        );
+        let resource = ResourceId::from_bytes([1; 32]);
+        let sent = Mailbox::outgoing(&a, &b.public(), &resource).expect("usable keys");
+        let read = Mailbox::incoming(&b, &a.public(), &resource).expect("usable keys");
+        let old = br#"{"version":1,"resource":"r","station":"s","owner":"o","ownerSealing":"k","access":"a","keys":[]}"#;
+        let snapshot = envelope::encrypt(&sent.key, &sent.id, old, &mut OsRng);
+        let error = read.open(&snapshot, &resource).expect_err("version 1");
+        assert!(error.to_string().contains("version 1"), "{error}");
+        let junk = envelope::encrypt(&sent.key, &sent.id, b"{}", &mut OsRng);
+        assert!(read.open(&junk, &resource).is_err());
     }
 
     #[test]

@@ -425,14 +425,19 @@ impl Connection {
     /// Sends one frame. If the station has closed the connection, the error says how (a key
     /// replaced by a rotation is a refusal, not a lost connection).
     pub async fn send(&mut self, code: Code, payload: &[u8]) -> Result<(), StationError> {
-        match self.send_frame(code, payload).await {
-            Ok(()) => Ok(()),
-            Err(lost) => match self.recv_within(CLOSE_WAIT).await {
-                Err(StationError::Closed(close)) if close != Close::Normal => {
-                    Err(StationError::Closed(close))
+        let Err(lost) = self.send_frame(code, payload).await else {
+            return Ok(());
+        };
+        // Frames the station sent before closing come first; read past them to the close.
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.recv()).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(StationError::Closed(close))) if close != Close::Normal => {
+                    return Err(StationError::Closed(close));
                 }
-                _ => Err(lost),
-            },
+                _ => return Err(lost),
+            }
         }
     }
 
@@ -585,18 +590,23 @@ impl Session {
         current: &AccessKey,
         next: &AccessKey,
     ) -> Result<(), StationError> {
+        // A station without extension R1 treats rotate-key as an unassigned code.
+        let no_r1 = |e: StationError| {
+            match e {
+            StationError::Closed(Close::Violation) => StationError::Unexpected(
+                "the station cannot rotate keys (no extension R1, docs/KEY-ROTATION.md): upgrade it"
+                    .into(),
+            ),
+            other => other,
+        }
+        };
         let payload = current.rotation_payload(next, &self.challenge, &self.id);
-        self.conn.send(Code::RotateKey, &payload).await?;
+        self.conn
+            .send(Code::RotateKey, &payload)
+            .await
+            .map_err(no_r1)?;
         loop {
-            let (code, payload) = match self.conn.recv_within(ANSWER_TIMEOUT).await {
-                // A station without extension R1 treats rotate-key as an unassigned code.
-                Err(StationError::Closed(Close::Violation)) => {
-                    return Err(StationError::Unexpected(
-                        "the station cannot rotate keys (no extension R1, docs/KEY-ROTATION.md): upgrade it".into(),
-                    ));
-                }
-                other => other?,
-            };
+            let (code, payload) = self.conn.recv_within(ANSWER_TIMEOUT).await.map_err(no_r1)?;
             if code == Code::KeyRotated {
                 self.challenge = challenge(code, Code::KeyRotated, &payload)?;
                 return Ok(());

@@ -20,7 +20,7 @@ use crate::bundle::{self, BundleError};
 use crate::envelope::{self, ContentKey, EnvelopeError};
 use crate::identity::{ActorId, Identity, PublicIdentity};
 use crate::local::{Held, Local, LocalError};
-use crate::mailbox::{EpochKey, Keyring, Mailbox, MailboxError};
+use crate::mailbox::{EpochKey, KEYRING_VERSION, Keyring, Mailbox, MailboxError};
 use crate::merge::{Change, Merged, merge};
 use crate::operation::{OpId, Operation, OperationError, SignedOperation};
 use crate::station::{Close, Session, Station, StationError};
@@ -66,6 +66,27 @@ pub enum SyncError {
     /// A member named is not in the access list.
     #[error("{0} is not a member of this resource")]
     NotAMember(String),
+    /// The sharer is not the owner, and the user has not confirmed who the owner is.
+    #[error(
+        "{from} shared this resource and names {owner} as its owner{}: the owner is who every \
+         member's view of the access list rests on, so confirm it (ask the owner for its actor \
+         id) and join again with --owner {owner}",
+        given.as_ref().map(|g| format!(", not {g}")).unwrap_or_default()
+    )]
+    OwnerUnconfirmed {
+        /// The owner the keyring names.
+        owner: String,
+        /// The sharer.
+        from: String,
+        /// The owner the user gave, if any.
+        given: Option<String>,
+    },
+    /// A rotation asked for did not happen.
+    #[error(
+        "the keys of {0} were not rotated: another member rotated them at the same moment; \
+         the next sync rotates them again"
+    )]
+    NotRotated(String),
     /// Nothing was shared with this device.
     #[error("nothing shared with you: no keys from {from} for {resource} on {station}")]
     NothingShared {
@@ -204,6 +225,12 @@ impl Device {
             Change::Grant {
                 actor, role: to, ..
             } => {
+                if change.granted().is_none() {
+                    return Err(SyncError::NotAllowed(format!(
+                        "the grant to {actor} names a sealing key that actor did not sign; \
+                         use the public identity `zbase whoami` prints on its device"
+                    )));
+                }
                 let target = ActorId::parse(actor).and_then(|a| state.acl.role(&a));
                 role.is_some_and(|r| r.may_set(target, *to))
             }
@@ -240,10 +267,17 @@ impl Device {
         let op = self.record(id, Change::grant(member, role)).await?;
         if role == Role::Revoked {
             // A delivery still queued from before must not hand it the keys after all.
-            self.local.delivered(id, &member.id).await?;
+            self.local.drop_delivery(id, &member.id).await?;
             self.local.set_rotation_due(id).await?;
         } else {
-            self.local.add_delivery(id, member).await?;
+            // To the key the access list keeps for it (its first), which every rotation uses.
+            let to = self
+                .state(id)
+                .await?
+                .acl
+                .public(&member.id)
+                .unwrap_or(*member);
+            self.local.add_delivery(id, &to).await?;
         }
         Ok(op)
     }
@@ -273,15 +307,25 @@ impl Device {
             )));
         }
         self.local.set_rotation_due(id).await?;
-        self.sync(id).await
+        let report = self.sync(id).await?;
+        if !report.rotated {
+            return Err(SyncError::NotRotated(id.as_str().to_owned()));
+        }
+        Ok(report)
     }
 
     /// Takes up a resource `from` shared with this device, from the mailbox on `url`.
+    ///
+    /// The resource's owner is the root of trust of its access list, so it is taken from the
+    /// user, not from the sharer: a sharer other than the owner (a Manager) could otherwise
+    /// name itself owner. If the keyring names someone other than `from`, `owner` must be
+    /// that actor.
     pub async fn join(
         &self,
         url: &str,
         id: &ResourceId,
         from: &PublicIdentity,
+        owner: Option<&ActorId>,
     ) -> Result<SyncReport, SyncError> {
         let station = self.station(url)?;
         let nothing = || SyncError::NothingShared {
@@ -293,8 +337,16 @@ impl Device {
             .read_mailbox(&station, id, from)
             .await?
             .ok_or_else(nothing)?;
+        let named = keyring.owner()?;
+        if named.id != from.id && owner != Some(&named.id) {
+            return Err(SyncError::OwnerUnconfirmed {
+                owner: named.id.to_string(),
+                from: from.id.to_string(),
+                given: owner.map(ActorId::to_string),
+            });
+        }
         self.local
-            .add_resource(id, url, &keyring.owner()?, &keyring.access_key()?)
+            .add_resource(id, url, &named, &keyring.access_key()?)
             .await?;
         self.local.add_keys(id, &keyring.content_keys()?).await?;
         self.sync(id).await
@@ -413,6 +465,11 @@ impl Device {
                 learned = true;
             }
         }
+        if learned {
+            // A rotation of this device's that lost to another member's will never be taken:
+            // do not try its key again at every sync.
+            self.local.drop_stale_rotation(&held.id).await?;
+        }
         Ok(learned)
     }
 
@@ -428,7 +485,7 @@ impl Device {
             && let Ok(opened) = station.open(&held.id, next).await
         {
             // The station took the rotation but its answer was lost.
-            self.finish_rotation(&held.id).await?;
+            self.finish_rotation(&held.id, next).await?;
             return Ok(opened);
         }
         if self.refresh(held, None, Some(&held.access)).await? {
@@ -554,14 +611,14 @@ impl Device {
         for member in self.local.deliveries(id).await? {
             // Whoever lost read access since the delivery was queued gets nothing.
             if !acl.role(&member.id).is_some_and(Role::reads) {
-                self.local.delivered(id, &member.id).await?;
+                self.local.drop_delivery(id, &member.id).await?;
                 continue;
             }
             // One member's mailbox failing (its owner may have squatted it) must not keep
             // the keys from the others; it stays queued for the next sync.
-            match self.deliver(&held, &member).await {
-                Ok(()) => {
-                    self.local.delivered(id, &member.id).await?;
+            match self.deliver(id, &member).await {
+                Ok(access) => {
+                    self.local.delivered(id, &member.id, &access).await?;
                     report.delivered += 1;
                 }
                 Err(SyncError::Station(e)) => {
@@ -576,23 +633,19 @@ impl Device {
     /// Rotates the resource's access key and content key on `session` (docs/KEY-ROTATION.md),
     /// then queues the new keys for every member who still reads.
     async fn rotate(&self, session: &mut Session, held: &Held) -> Result<(), SyncError> {
-        let keys = self.local.keys(&held.id).await?;
-        let epoch = keys.iter().map(ContentKey::epoch).max().unwrap_or(0) + 1;
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut OsRng, key.as_mut());
         let (next_access, _) = self
             .local
-            .begin_rotation(
-                &held.id,
-                &AccessKey::generate(&mut OsRng),
-                &ContentKey::generate(epoch, &mut OsRng),
-            )
+            .begin_rotation(&held.id, &AccessKey::generate(&mut OsRng), &key)
             .await?;
         session.rotate(&held.access, &next_access).await?;
-        self.finish_rotation(&held.id).await
+        self.finish_rotation(&held.id, &next_access).await
     }
 
     /// Installs the keys of a rotation the station took and, in the same transaction, queues
     /// them for every other member who still reads.
-    async fn finish_rotation(&self, id: &ResourceId) -> Result<(), SyncError> {
+    async fn finish_rotation(&self, id: &ResourceId, sent: &AccessKey) -> Result<(), SyncError> {
         let me = self.identity.id();
         let readers: Vec<PublicIdentity> = self
             .state(id)
@@ -602,7 +655,8 @@ impl Device {
             .filter(|(actor, member)| member.role.reads() && **actor != me)
             .map(|(_, member)| member.public)
             .collect();
-        Ok(self.local.finish_rotation(id, &readers).await?)
+        self.local.finish_rotation(id, sent, &readers).await?;
+        Ok(())
     }
 
     /// Writes `snapshot` and waits for the station to confirm it durable; operations that
@@ -631,11 +685,18 @@ impl Device {
     }
 
     /// Writes `member`'s mailbox with every key of the resource.
-    async fn deliver(&self, held: &Held, member: &PublicIdentity) -> Result<(), SyncError> {
+    /// Returns the access key it sent: the one held when the keyring was made, read afresh
+    /// since this home's other process may have rotated since this sync began.
+    async fn deliver(
+        &self,
+        id: &ResourceId,
+        member: &PublicIdentity,
+    ) -> Result<AccessKey, SyncError> {
+        let held = self.local.resource(id).await?;
         let station = self.station(&held.station)?;
         let mailbox = Mailbox::outgoing(&self.identity, member, &held.id)?;
         let keyring = Keyring {
-            version: 1,
+            version: KEYRING_VERSION,
             resource: held.id.as_str().to_owned(),
             station: held.station.clone(),
             owner: held.owner.id.to_string(),
@@ -667,14 +728,14 @@ impl Device {
         let write = session.write_confirmed(&snapshot, CONFIRM_TIMEOUT).await?;
         session.close().await;
         if !write.confirmed {
-            // Only the two parties can write there: the recipient wrote over it. The
-            // delivery stays queued for the next sync.
+            // Only the two parties can write there: this home's other process delivering
+            // too, or the recipient. The delivery stays queued for the next sync.
             return Err(StationError::Unexpected(
                 "another snapshot landed first in the mailbox".into(),
             )
             .into());
         }
-        Ok(())
+        Ok(held.access)
     }
 
     /// Syncs, then follows live changes of `id`, calling `seen` with each value that changes,

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use std::collections::HashMap;
 use zbase_actor::merge::{Change, Rejection, merge};
 use zbase_actor::operation::{OpId, Operation, SignedOperation};
-use zbase_actor::{Identity, Role};
+use zbase_actor::{Identity, PublicIdentity, Role};
 use zbase_proto::wire::ResourceId;
 
 const RESOURCE: [u8; 32] = [7; 32];
@@ -340,6 +340,27 @@ fn a_grant_naming_a_key_its_actor_did_not_sign_counts_for_nothing() {
     assert_eq!(merged.acl.role(&sim.actors[EDITOR].id()), None);
     assert_eq!(merged.acl.role(&sim.actors[VIEWER].id()), None);
 
+    // An unproven revocation of the editor, concurrent with its write, takes nothing away.
+    let granted = sim.op(OWNER, &[&m], sim.grant(EDITOR, Role::Editor));
+    let wrote = sim.op(EDITOR, &[&granted], put("y", "2"));
+    let unproven_revoke = sim.op(
+        OWNER,
+        &[&granted],
+        sim.grant_under_key_of(OWNER, EDITOR, Role::Revoked),
+    );
+    let merged = sim.merge(&[
+        m.clone(),
+        granted.clone(),
+        wrote.clone(),
+        unproven_revoke.clone(),
+    ]);
+    assert_eq!(
+        rejected(&merged, &unproven_revoke),
+        Some(Rejection::UnprovenKey)
+    );
+    assert!(merged.accepted.contains(&wrote.id()));
+    assert_eq!(merged.values.get("y").map(Vec::as_slice), Some(&b"2"[..]));
+
     // The same member granted with its own proved key counts.
     let granted = sim.op(MANAGER, &[&m], sim.grant(EDITOR, Role::Editor));
     let merged = sim.merge(&[m, granted]);
@@ -372,7 +393,8 @@ fn history(steps: &[(usize, u8, Vec<usize>)]) -> (Sim, Vec<SignedOperation>) {
             0 => sim.grant(target, Role::Manager),
             1 => sim.grant(target, Role::Editor),
             2 => sim.grant(target, Role::Revoked),
-            // Grants under another actor's key: never counted, and never a reason to stop.
+            // A grant under the signer's key: never counted unless the signer grants itself,
+            // and never a reason for anything else to stop counting.
             6 => sim.grant_under_key_of(*actor % 4, target, Role::Editor),
             3 => Change::Delete {
                 key: format!("k{}", kind % 3),
@@ -406,6 +428,19 @@ proptest! {
         // Every distinct operation is accounted for exactly once (two steps making the same
         // change on the same dependencies make the same operation).
         let distinct: std::collections::HashSet<OpId> = ops.iter().map(SignedOperation::id).collect();
+        // No grant without its actor's proof counts, and every member's key is its own.
+        for op in &ops {
+            let change = Change::decode(&op.operation().payload);
+            if matches!(change, Some(Change::Grant { .. })) && change.and_then(|c| c.granted()).is_none() {
+                prop_assert!(!expected.accepted.contains(&op.id()));
+            }
+        }
+        for (actor, member) in expected.acl.members() {
+            prop_assert_eq!(
+                PublicIdentity::verified(*actor, member.public.sealing, member.public.proof),
+                Some(member.public)
+            );
+        }
         prop_assert_eq!(
             expected.accepted.len() + expected.rejected.len() + expected.pending.len(),
             distinct.len()

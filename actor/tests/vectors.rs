@@ -79,7 +79,7 @@ fn vectors() -> serde_json::Value {
     let mailbox = Mailbox::outgoing(&owner, &member.public(), &resource).unwrap();
     let access = AccessKey::from_seed(&[0xbb; 32]);
     let keyring = Keyring {
-        version: 1,
+        version: zbase_actor::mailbox::KEYRING_VERSION,
         resource: resource.as_str().to_owned(),
         station: "wss://station.example:8443".into(),
         owner: owner.id().to_string(),

@@ -615,12 +615,13 @@ async fn keys_reach_the_members_after_a_lost_rotation_answer_and_never_a_revoked
         .await
         .expect("the owner's device");
     let held = device.local().resource(&id).await.expect("held");
-    let epoch = device.local().keys(&id).await.expect("keys").len() as u32 + 1;
-    let next = zbase_actor::AccessKey::generate(&mut rand::rngs::OsRng);
-    let key = zbase_actor::ContentKey::generate(epoch, &mut rand::rngs::OsRng);
-    device
+    let (next, _) = device
         .local()
-        .begin_rotation(&id, &next, &key)
+        .begin_rotation(
+            &id,
+            &zbase_actor::AccessKey::generate(&mut rand::rngs::OsRng),
+            &[0x5a; 32],
+        )
         .await
         .expect("record the rotation");
     let at = zbase_actor::station::Station::parse(&url, None).expect("a station URL");
@@ -646,9 +647,10 @@ async fn keys_reach_the_members_after_a_lost_rotation_answer_and_never_a_revoked
     assert!(error.contains("nothing shared"), "{error}");
 }
 
-/// `zbase rotate` replaces the keys on request (an owner's or manager's), and two `zbase`
-/// processes on one home carrying out the same due rotation at once agree on its keys: the
-/// device is not locked out of its own resource, and the members get the keys it holds.
+/// `zbase rotate` replaces the keys on request (an owner's or manager's); a member shared by a
+/// manager confirms who the owner is; and two `zbase` processes on one home carrying out the
+/// same due rotation at once agree on its keys: the device is not locked out of its own
+/// resource, and the members get the keys it holds.
 #[tokio::test]
 async fn a_rotation_on_request_and_two_processes_rotating_at_once() {
     let station = Station::start().await;
@@ -665,7 +667,7 @@ async fn a_rotation_on_request_and_two_processes_rotating_at_once() {
     let r = r.as_str();
     let owner_id = owner.identity().await;
     owner
-        .ok(&["share", r, &member.identity().await, "editor"])
+        .ok(&["share", r, &member.identity().await, "manager"])
         .await;
     member.ok(&["join", r, "--from", &owner_id]).await;
 
@@ -679,8 +681,30 @@ async fn a_rotation_on_request_and_two_processes_rotating_at_once() {
         member.values(r).await.get("after").map(String::as_str),
         Some("one")
     );
-    // An editor may not.
-    let error = member.fails(&["rotate", r]).await;
+
+    // The manager shares with a third actor. The keyring names the owner, but the sharer is
+    // not the owner, so the third actor confirms whom it trusts as the root.
+    member
+        .ok(&["share", r, &third.identity().await, "viewer"])
+        .await;
+    let member_id = member.identity().await;
+    let owner_actor = owner.actor().await;
+    let error = third.fails(&["join", r, "--from", &member_id]).await;
+    assert!(error.contains(&format!("--owner {owner_actor}")), "{error}");
+    let member_actor = member.actor().await;
+    let error = third
+        .fails(&["join", r, "--from", &member_id, "--owner", &member_actor])
+        .await;
+    assert!(error.contains(&format!("not {member_actor}")), "{error}");
+    third
+        .ok(&["join", r, "--from", &member_id, "--owner", &owner_actor])
+        .await;
+    assert_eq!(
+        third.values(r).await.get("after").map(String::as_str),
+        Some("one")
+    );
+    // A viewer may not rotate.
+    let error = third.fails(&["rotate", r]).await;
     assert!(
         error.contains("only an owner or a manager rotates"),
         "{error}"
@@ -688,10 +712,7 @@ async fn a_rotation_on_request_and_two_processes_rotating_at_once() {
 
     // A revocation recorded offline, then two syncs of the same home at once: both carry out
     // the due rotation, one of them wins at the station.
-    owner
-        .ok(&["share", r, &third.identity().await, "viewer"])
-        .await;
-    third.ok(&["join", r, "--from", &owner_id]).await;
+    owner.ok(&["sync", r]).await;
     owner
         .ok(&["revoke", r, &third.actor().await, "--offline"])
         .await;

@@ -128,6 +128,9 @@ enum Command {
         /// Who shared it: their public identity.
         #[arg(long, allow_hyphen_values = true)]
         from: String,
+        /// The owner's actor id, when the sharer is not the owner: confirms the root of trust.
+        #[arg(long, allow_hyphen_values = true)]
+        owner: Option<String>,
         /// The station it lives on.
         #[arg(long, env = "ZBASE_STATION")]
         station: String,
@@ -168,6 +171,12 @@ fn member(text: &str) -> anyhow::Result<PublicIdentity> {
             "{text:?} is not a public identity, or its signature does not match its key: ask the member for the output of `zbase whoami`"
         )
     })
+}
+
+/// An actor id, or the public identity that starts with one.
+fn actor(text: &str) -> anyhow::Result<ActorId> {
+    ActorId::parse(text.split('.').next().unwrap_or_default())
+        .ok_or_else(|| anyhow!("{text:?} is not an actor id"))
 }
 
 fn role(text: &str) -> anyhow::Result<Role> {
@@ -361,8 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             offline,
         } => {
             let id = resource(&res)?;
-            let actor = ActorId::parse(text.split('.').next().unwrap_or_default())
-                .ok_or_else(|| anyhow!("{text:?} is not an actor id"))?;
+            let actor = actor(&text)?;
             let op = device.revoke(&id, &actor).await?;
             changed(&device, &out, &id, op, offline, &format!("Revoked {actor}")).await?;
         }
@@ -401,11 +409,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Join {
             resource: res,
             from,
+            owner,
             station,
         } => {
             let id = resource(&res)?;
             let from = member(&from)?;
-            let report = device.join(&station, &id, &from).await?;
+            let owner = owner.as_deref().map(actor).transpose()?;
+            let report = device.join(&station, &id, &from, owner.as_ref()).await?;
             out.print(
                 || format!("Joined {res}: {} operations received", report.received),
                 json!({"resource": res, "sync": report}),
