@@ -255,17 +255,7 @@ impl Local {
         .ok_or_else(|| LocalError::UnknownResource(id.as_str().to_owned()))?;
         let owner = PublicIdentity::parse(row.get(1)).ok_or_else(|| corrupt("owner"))?;
         let access = AccessKey::from_text(row.get(2)).ok_or_else(|| corrupt("access key"))?;
-        let rotating = match (
-            row.get::<Option<&str>, _>(3),
-            row.get::<Option<i64>, _>(4),
-            row.get::<Option<&str>, _>(5),
-        ) {
-            (Some(access), Some(epoch), Some(key)) => Some((
-                AccessKey::from_text(access).ok_or_else(|| corrupt("next access key"))?,
-                content_key(epoch, key)?,
-            )),
-            _ => None,
-        };
+        let rotating = rotation_at(&row, 3)?;
         Ok(Held {
             id: *id,
             station: row.get(0),
@@ -368,17 +358,9 @@ impl Local {
         .bind(epoch)
         .execute(&mut *tx)
         .await?;
-        let row =
-            sqlx::query("SELECT next_access, next_epoch, next_key FROM resources WHERE id = ?")
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| LocalError::UnknownResource(id.as_str().to_owned()))?;
+        let recorded = recorded_rotation(&mut tx, id).await?;
         tx.commit().await?;
-        Ok((
-            AccessKey::from_text(row.get(0)).ok_or_else(|| corrupt("next access key"))?,
-            content_key(row.get(1), row.get(2))?,
-        ))
+        recorded.ok_or_else(|| corrupt("a rotation recorded and gone"))
     }
 
     /// The station took the rotation to `sent`: the recorded keys become the resource's, and
@@ -392,23 +374,13 @@ impl Local {
         readers: &[PublicIdentity],
     ) -> Result<bool, LocalError> {
         let mut tx = self.db.begin_with("BEGIN IMMEDIATE").await?;
-        let row =
-            sqlx::query("SELECT next_access, next_epoch, next_key FROM resources WHERE id = ?")
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| LocalError::UnknownResource(id.as_str().to_owned()))?;
-        let (Some(next), Some(epoch), Some(key)) = (
-            row.get::<Option<&str>, _>(0),
-            row.get::<Option<i64>, _>(1),
-            row.get::<Option<&str>, _>(2),
-        ) else {
+        let Some((next, key)) = recorded_rotation(&mut tx, id).await? else {
             return Ok(false);
         };
-        if next != sent.to_text().as_str() {
+        if next != *sent {
             return Ok(false);
         }
-        let key = content_key(epoch, key)?;
+        let epoch = i64::from(key.epoch());
         let held: Option<String> =
             sqlx::query_scalar("SELECT key FROM content_keys WHERE resource = ? AND epoch = ?")
                 .bind(id.as_str())
@@ -552,6 +524,37 @@ impl Local {
     }
 }
 
+/// The rotation recorded for `id`, read inside a transaction.
+async fn recorded_rotation(
+    tx: &mut sqlx::SqliteConnection,
+    id: &ResourceId,
+) -> Result<Option<(AccessKey, ContentKey)>, LocalError> {
+    let row = sqlx::query("SELECT next_access, next_epoch, next_key FROM resources WHERE id = ?")
+        .bind(id.as_str())
+        .fetch_optional(tx)
+        .await?
+        .ok_or_else(|| LocalError::UnknownResource(id.as_str().to_owned()))?;
+    rotation_at(&row, 0)
+}
+
+/// The rotation recorded in columns `at`.. of `row` (next access key, epoch, content key).
+fn rotation_at(
+    row: &sqlx::sqlite::SqliteRow,
+    at: usize,
+) -> Result<Option<(AccessKey, ContentKey)>, LocalError> {
+    match (
+        row.get::<Option<&str>, _>(at),
+        row.get::<Option<i64>, _>(at + 1),
+        row.get::<Option<&str>, _>(at + 2),
+    ) {
+        (Some(access), Some(epoch), Some(key)) => Ok(Some((
+            AccessKey::from_text(access).ok_or_else(|| corrupt("next access key"))?,
+            content_key(epoch, key)?,
+        ))),
+        _ => Ok(None),
+    }
+}
+
 fn content_key(epoch: i64, key: &str) -> Result<ContentKey, LocalError> {
     let epoch = u32::try_from(epoch).map_err(|_| corrupt("key epoch"))?;
     let key = crate::from_b64::<32>(key).ok_or_else(|| corrupt("content key"))?;
@@ -588,6 +591,19 @@ async fn insert_delivery<'e>(
 mod tests {
     use super::*;
 
+    /// Runs `sql` on the database of `home` as another program would.
+    async fn write_raw(home: &Path, sql: &'static str) {
+        let db = SqlitePool::connect_with(
+            SqliteConnectOptions::new()
+                .filename(home.join("zbase.db"))
+                .create_if_missing(true),
+        )
+        .await
+        .expect("sqlite");
+        sqlx::raw_sql(sql).execute(&db).await.expect("written");
+        db.close().await;
+    }
+
     #[tokio::test]
     async fn a_home_of_another_format_is_refused_with_what_to_do() {
         let home = tempfile::tempdir().expect("a temporary directory");
@@ -597,18 +613,11 @@ mod tests {
 
         // A database of the earlier layout: tables, and no format number.
         let old = tempfile::tempdir().expect("a temporary directory");
-        let db = SqlitePool::connect_with(
-            SqliteConnectOptions::new()
-                .filename(old.path().join("zbase.db"))
-                .create_if_missing(true),
+        write_raw(
+            old.path(),
+            "CREATE TABLE resources (id TEXT PRIMARY KEY, owner_sealing TEXT)",
         )
-        .await
-        .expect("sqlite");
-        sqlx::raw_sql("CREATE TABLE resources (id TEXT PRIMARY KEY, owner_sealing TEXT)")
-            .execute(&db)
-            .await
-            .expect("old layout");
-        db.close().await;
+        .await;
         let error = Local::open(old.path()).await.err().expect("refused");
         assert!(matches!(error, LocalError::OldFormat(_)), "{error}");
         assert!(
@@ -617,16 +626,7 @@ mod tests {
         );
 
         // One from a newer zbase.
-        let newer = SqlitePool::connect_with(
-            SqliteConnectOptions::new().filename(home.path().join("zbase.db")),
-        )
-        .await
-        .expect("sqlite");
-        sqlx::raw_sql("PRAGMA user_version = 99")
-            .execute(&newer)
-            .await
-            .expect("set");
-        newer.close().await;
+        write_raw(home.path(), "PRAGMA user_version = 99").await;
         let error = Local::open(home.path()).await.err().expect("refused");
         assert!(matches!(error, LocalError::NewerFormat(_, 99)), "{error}");
     }

@@ -477,18 +477,29 @@ impl Device {
     /// lost and fetching new keys from mailboxes when the station refuses the held one.
     async fn open_resource(&self, held: &Held) -> Result<(Session, Option<Bytes>), SyncError> {
         let station = self.station(&held.station)?;
-        match station.open(&held.id, &held.access).await {
+        let refused = held.access.clone();
+        match station.open(&held.id, &refused).await {
             Err(StationError::Closed(Close::Refused)) => {}
             other => return Ok(other?),
+        }
+        // Read the store again: this home's other process may have rotated, or learned new
+        // keys, since `held` was read.
+        let held = self.local.resource(&held.id).await?;
+        if held.access != refused {
+            match station.open(&held.id, &held.access).await {
+                Err(StationError::Closed(Close::Refused)) => {}
+                other => return Ok(other?),
+            }
         }
         if let Some((next, _)) = &held.rotating
             && let Ok(opened) = station.open(&held.id, next).await
         {
-            // The station took the rotation but its answer was lost.
+            // The station took the rotation but its answer was lost, or this home's other
+            // process has not installed it yet.
             self.finish_rotation(&held.id, next).await?;
             return Ok(opened);
         }
-        if self.refresh(held, None, Some(&held.access)).await? {
+        if self.refresh(&held, None, Some(&held.access)).await? {
             let held = self.local.resource(&held.id).await?;
             match station.open(&held.id, &held.access).await {
                 Err(StationError::Closed(Close::Refused)) => {}

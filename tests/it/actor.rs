@@ -580,25 +580,60 @@ async fn over_tls_offline_changes_wait_for_the_station_and_errors_say_what_to_do
     );
 }
 
+/// A station, a resource its owner shared with a member in `role`, and a third device.
+struct Shared {
+    station: Station,
+    url: String,
+    owner: Device,
+    member: Device,
+    other: Device,
+    resource: String,
+    /// The owner's public identity.
+    owner_id: String,
+}
+
+impl Shared {
+    async fn start(role: &str) -> Shared {
+        let station = Station::start().await;
+        let url = format!("ws://{}", station.addr());
+        let (owner, member, other) = (
+            Device::new(&url).await,
+            Device::new(&url).await,
+            Device::new(&url).await,
+        );
+        let resource = owner.ok(&["create"]).await["resource"]
+            .as_str()
+            .expect("a resource")
+            .to_owned();
+        let owner_id = owner.identity().await;
+        owner
+            .ok(&["share", &resource, &member.identity().await, role])
+            .await;
+        member.ok(&["join", &resource, "--from", &owner_id]).await;
+        Shared {
+            station,
+            url,
+            owner,
+            member,
+            other,
+            resource,
+            owner_id,
+        }
+    }
+}
+
 #[tokio::test]
 async fn keys_reach_the_members_after_a_lost_rotation_answer_and_never_a_revoked_one() {
-    let station = Station::start().await;
-    let url = format!("ws://{}", station.addr());
-    let (owner, member, dropped) = (
-        Device::new(&url).await,
-        Device::new(&url).await,
-        Device::new(&url).await,
-    );
-    let r = owner.ok(&["create"]).await["resource"]
-        .as_str()
-        .expect("a resource")
-        .to_owned();
-    let r = r.as_str();
-    let owner_id = owner.identity().await;
-    owner
-        .ok(&["share", r, &member.identity().await, "editor"])
-        .await;
-    member.ok(&["join", r, "--from", &owner_id]).await;
+    let Shared {
+        station: _station,
+        url,
+        owner,
+        member,
+        other: dropped,
+        resource,
+        owner_id,
+    } = Shared::start("editor").await;
+    let r = resource.as_str();
 
     // Shared and revoked before any sync: the keys must never be sent to it.
     owner
@@ -653,23 +688,15 @@ async fn keys_reach_the_members_after_a_lost_rotation_answer_and_never_a_revoked
 /// resource, and the members get the keys it holds.
 #[tokio::test]
 async fn a_rotation_on_request_and_two_processes_rotating_at_once() {
-    let station = Station::start().await;
-    let url = format!("ws://{}", station.addr());
-    let (owner, member, third) = (
-        Device::new(&url).await,
-        Device::new(&url).await,
-        Device::new(&url).await,
-    );
-    let r = owner.ok(&["create"]).await["resource"]
-        .as_str()
-        .expect("a resource")
-        .to_owned();
-    let r = r.as_str();
-    let owner_id = owner.identity().await;
-    owner
-        .ok(&["share", r, &member.identity().await, "manager"])
-        .await;
-    member.ok(&["join", r, "--from", &owner_id]).await;
+    let Shared {
+        station: _station,
+        owner,
+        member,
+        other: third,
+        resource,
+        ..
+    } = Shared::start("manager").await;
+    let r = resource.as_str();
 
     // On request: new keys, sent to the member, who is cut off and finds them in its mailbox.
     let rotated = owner.ok(&["rotate", r]).await;
